@@ -1,0 +1,47 @@
+"""Helpers shared by every lesson: flags, device choice, seeding, console output, plots.
+
+Each lesson does, in `main()`:
+
+    parser = common.lesson_parser(__doc__)          # the flags every lesson accepts
+    args = common.parse_args(parser, argv)           # bad values -> one line, exit 2
+    device = common.setup(args, "Lesson title")      # threads, seed, device, header
+
+and then calls its sections. Components of earlier lessons come from `load_lesson(n)`.
+"""
+from common.cli import UserError, check_positive, fail, lesson_parser, parse_args
+from common.console import (
+    explain,
+    fmt,
+    header,
+    key_insights,
+    section,
+    show_tensor,
+    table,
+)
+from common.device import choose_device
+from common.lessons import load_lesson
+from common.plotting import new_figure, pyplot, save_figure
+from common.setup import seed_everything, set_threads, setup
+
+__all__ = [
+    "UserError",
+    "check_positive",
+    "choose_device",
+    "explain",
+    "fail",
+    "fmt",
+    "header",
+    "key_insights",
+    "lesson_parser",
+    "load_lesson",
+    "new_figure",
+    "parse_args",
+    "pyplot",
+    "save_figure",
+    "section",
+    "seed_everything",
+    "set_threads",
+    "setup",
+    "show_tensor",
+    "table",
+]

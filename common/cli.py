@@ -1,0 +1,99 @@
+"""Command-line flags shared by all lessons, and one-line errors for user mistakes.
+
+A mistake by the user (a bad flag value, an impossible size, an unwritable folder) is reported
+as one line on stderr, naming the value and what would work, with exit status 2. No traceback:
+tracebacks are for bugs in our code.
+"""
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for. `main()` turns it into one line and exit 2."""
+
+
+def fail(message: str, status: int = 2):
+    """Print `error: <message>` on stderr and exit with `status` (2: a usage error)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        prog = Path(self.prog).name
+        fail(f"{message} (see: python {prog} --help)")
+
+
+def _int_arg(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def lesson_parser(doc: str, quick_help: str = "tiny sizes, for a smoke test") -> argparse.ArgumentParser:
+    """A parser with the flags every lesson accepts. Lessons add their own flags to it."""
+    first_line = (doc or "").strip().splitlines()[0] if doc else None
+    parser = _OneLineParser(
+        description=first_line,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    common = parser.add_argument_group("flags every lesson accepts")
+    common.add_argument("--device", default="auto", choices=DEVICES,
+                        help="where tensors live; auto = CUDA if it works, else MPS, else CPU")
+    common.add_argument("--threads", type=_int_arg, default=None,
+                        help="CPU threads for torch (default: $OMP_NUM_THREADS if set, else 1, "
+                             "which is fastest for these small models on a busy laptop)")
+    common.add_argument("--seed", type=_int_arg, default=0, help="random seed (random, numpy, torch)")
+    common.add_argument("--out-dir", default=".", help="folder for the PNGs (and other outputs)")
+    common.add_argument("--quick", action="store_true", help=quick_help)
+    common.add_argument("--show", action="store_true", help="also open each figure in a window")
+    return parser
+
+
+def check_positive(name: str, value, allow_zero: bool = False):
+    """Raise UserError unless value > 0 (or >= 0)."""
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        need = "0 or more" if allow_zero else "a positive number"
+        raise UserError(f"{name} must be {need}, got {value}")
+
+
+def check_out_dir(out_dir: str) -> Path:
+    """Create the output folder if needed and prove it is writable; UserError if not."""
+    path = Path(out_dir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise UserError(f"--out-dir {out_dir!r} is not a writable folder ({reason}); "
+                        "pass a folder you can write to, e.g. --out-dir ./outputs") from None
+    return path
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse flags and check the common ones. Bad values exit with one line and status 2."""
+    args = parser.parse_args(argv)
+    try:
+        if args.threads is not None:
+            check_positive("--threads", args.threads)
+        args.out_dir = check_out_dir(args.out_dir)
+    except UserError as exc:
+        fail(str(exc))
+    if args.threads is None and os.environ.get("OMP_NUM_THREADS", "").strip():
+        try:
+            args.threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+        except ValueError:
+            fail(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} is not a whole number; "
+                 "unset it or set it to e.g. 1")
+    return args
