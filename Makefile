@@ -15,7 +15,6 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --upgrade --quiet pip
 	$(VPY) -m pip install -r requirements.txt
 	touch $(STAMP)
 
