@@ -1,0 +1,161 @@
+"""Lesson 03: the sinusoidal table, the module that adds it, relative positions, order blindness."""
+import math
+
+import pytest
+import torch
+
+from common import load_lesson
+from conftest import expect_user_error
+
+L3 = load_lesson(3)
+
+
+def closed_form(max_len, d_model):
+    """The table written out entry by entry with math.sin / math.cos (float64)."""
+    table = torch.empty(max_len, d_model, dtype=torch.float64)
+    for p in range(max_len):
+        for col in range(d_model):
+            two_i = col - col % 2  # columns 2i and 2i+1 share the angle p / 10000^(2i/d_model)
+            angle = p / 10000 ** (two_i / d_model)
+            table[p, col] = math.sin(angle) if col % 2 == 0 else math.cos(angle)
+    return table
+
+
+@pytest.mark.parametrize("max_len, d_model", [(1, 4), (20, 8), (17, 7), (9, 1), (40, 10), (50, 64)])
+def test_table_matches_the_closed_form_entry_by_entry(max_len, d_model):
+    pe = L3.sinusoidal_positional_encoding(max_len, d_model)
+    assert pe.shape == (max_len, d_model) and pe.dtype == torch.float32
+    # float32 angles p * w carry ~1e-7 relative rounding: up to ~3e-6 at p = 49
+    torch.testing.assert_close(pe.double(), closed_form(max_len, d_model), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("d_model", [6, 7, 64])
+def test_values_in_unit_range_and_first_row_is_0_1_0_1(d_model):
+    pe = L3.sinusoidal_positional_encoding(2000, d_model)
+    assert pe.abs().max().item() <= 1.0
+    assert pe.min().item() < -0.99 and pe.max().item() > 0.99  # the fast columns reach both ends
+    expected_row0 = torch.tensor([float(col % 2) for col in range(d_model)])  # sin 0 = 0, cos 0 = 1
+    assert torch.equal(pe[0], expected_row0)
+
+
+def test_wavelengths_follow_the_formula():
+    d_model = 16
+    wavelengths = L3.pair_wavelengths(d_model)
+    assert wavelengths.shape == (d_model // 2,)
+    expected = torch.tensor([2 * math.pi * 10000 ** (2 * i / d_model) for i in range(d_model // 2)],
+                            dtype=torch.float64)
+    torch.testing.assert_close(wavelengths, expected)
+    # pair i's column is periodic with that wavelength: sin((p + wavelength) w) = sin(p w)
+    w = L3.pair_frequencies(d_model)
+    p = torch.arange(10, dtype=torch.float64).unsqueeze(1)
+    torch.testing.assert_close(torch.sin((p + wavelengths) * w), torch.sin(p * w), atol=1e-9, rtol=0)
+
+
+def test_module_adds_exactly_the_table_and_has_no_parameters():
+    module = L3.PositionalEncoding(16, max_len=40)
+    x = torch.randn(3, 25, 16)
+    table = L3.sinusoidal_positional_encoding(40, 16)
+    assert torch.equal(module(x), x + table[:25])
+    assert sum(p.numel() for p in module.parameters()) == 0
+    assert list(module.state_dict()) == []  # non-persistent buffer: not saved in checkpoints
+    assert torch.equal(dict(module.named_buffers())["pe"], table)
+    assert torch.equal(module(x[:, :5]), x[:, :5] + table[:5])  # shorter sequences use the first rows
+
+
+def test_module_buffer_moves_with_to():
+    module = L3.PositionalEncoding(8, max_len=12).to(torch.float64)
+    assert module.pe.dtype == torch.float64
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    assert module(x).dtype == torch.float64
+    assert module.to("meta").pe.device.type == "meta"  # a device move without needing a GPU
+    if torch.cuda.is_available():
+        assert L3.PositionalEncoding(8, max_len=12).to("cuda").pe.device.type == "cuda"
+
+
+def test_sequence_longer_than_max_len_raises():
+    module = L3.PositionalEncoding(8, max_len=12)
+    assert module(torch.zeros(2, 12, 8)).shape == (2, 12, 8)  # exactly max_len is fine
+    with pytest.raises(ValueError, match="max_len"):
+        module(torch.zeros(2, 13, 8))
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 30])
+def test_relative_position_matrix_maps_every_p_to_p_plus_k(k):
+    d_model, max_len = 32, 80
+    pe = L3.sinusoidal_positional_encoding(max_len, d_model)
+    M = L3.relative_position_matrix(k, d_model)
+    assert M.shape == (d_model, d_model)
+    moved = pe[:-k] @ M.T  # M_k @ PE(p) for every p at once
+    torch.testing.assert_close(moved, pe[k:], atol=5e-5, rtol=0)
+    assert (pe[:-k] - pe[k:]).abs().max() > 0.1  # the shift itself is far from the identity
+    # block diagonal (2x2 blocks) and a rotation
+    blocks = torch.block_diag(*[torch.ones(2, 2)] * (d_model // 2)).bool()
+    assert M[~blocks].abs().max() == 0
+    torch.testing.assert_close(M.T @ M, torch.eye(d_model), atol=1e-6, rtol=0)
+
+
+def test_relative_position_matrix_exact_in_float64_and_needs_even_d_model():
+    d_model, k = 12, 5
+    table = closed_form(30, d_model)
+    M = L3.relative_position_matrix(k, d_model, dtype=torch.float64)
+    torch.testing.assert_close(table[:-k] @ M.T, table[k:], atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="even"):
+        L3.relative_position_matrix(1, 7)
+
+
+def test_dot_products_depend_only_on_the_offset():
+    max_len, d_model = 60, 24
+    pe = L3.sinusoidal_positional_encoding(max_len, d_model).double()
+    gram = pe @ pe.T
+    w = L3.pair_frequencies(d_model)
+    for k in range(-(max_len - 1), max_len):
+        diagonal = torch.diagonal(gram, k)  # PE(p) . PE(p + k) for every p
+        expected = torch.cos(k * w).sum().expand_as(diagonal)  # sum_i cos(k w_i)
+        torch.testing.assert_close(diagonal, expected, atol=1e-4, rtol=0)
+
+
+def test_concatenated_layout_is_a_column_permutation():
+    pe = L3.sinusoidal_positional_encoding(30, 10)
+    concat = L3.concatenated_positional_encoding(30, 10)
+    order = L3.concatenated_column_order(10)
+    assert sorted(order.tolist()) == list(range(10))
+    assert torch.equal(concat, pe[:, order])
+    assert not torch.equal(concat, pe)
+
+
+def test_attention_is_order_blind_without_positions_but_not_with_them():
+    torch.manual_seed(0)
+    d_model, T = 16, 10
+    attn = load_lesson(2).MultiHeadAttention(d_model, n_heads=4).eval()
+    add_positions = L3.PositionalEncoding(d_model, max_len=T)
+    x = torch.randn(2, T, d_model)
+    perm = torch.roll(torch.arange(T), 3)  # moves every token
+
+    def self_attention(z):
+        return attn(z, z, z)[0]
+
+    with torch.no_grad():
+        # without positions: shuffle in, the same shuffle out
+        torch.testing.assert_close(self_attention(x[:, perm]), self_attention(x)[:, perm])
+        with_pe = self_attention(add_positions(x[:, perm])) - self_attention(add_positions(x))[:, perm]
+    assert with_pe.abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("flags, contains", [
+    (("--d-model", "0"), "--d-model"),
+    (("--d-model", "-8"), "--d-model"),
+    (("--d-model", "6"), "multiple"),
+    (("--max-len", "0"), "--max-len"),
+    (("--max-len", "-3"), "--max-len"),
+])
+def test_bad_sizes_are_one_line_exit_2(capsys, flags, contains):
+    expect_user_error(capsys, 3, *flags, contains=contains)
+
+
+def test_quick_run_writes_both_figures(run_main):
+    out = run_main(3, "--quick")
+    for name in ("positional_encoding_heatmap.png", "positional_encoding_wavelengths.png"):
+        path = out / name
+        assert path.exists(), name
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
