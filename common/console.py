@@ -61,25 +61,20 @@ def explain(text: str, indent: int = 0):
 
 def show_tensor(name: str, tensor, decimals: int = 3, max_rows: int = 8):
     """Print a tensor with its name and shape, rounded; large tensors are cut to `max_rows`."""
+    import numpy as np
     import torch
 
     t = tensor.detach().cpu()
     print(f"{name}  shape={tuple(t.shape)}  dtype={str(t.dtype).replace('torch.', '')}")
     if t.dtype.is_floating_point:
-        t = torch.round(t, decimals=decimals)
-    shown = t[:max_rows] if t.dim() >= 1 else t
-    with_opts = dict(precision=decimals, sci_mode=False, linewidth=WIDTH)
-    old = torch._tensor_str.PRINT_OPTS.__dict__.copy()
-    torch.set_printoptions(**with_opts)
-    try:
-        body = str(shown.numpy() if t.dim() == 0 else shown)
-    finally:
-        torch.set_printoptions(precision=old["precision"], sci_mode=old["sci_mode"],
-                               linewidth=old["linewidth"])
-    body = body.replace("tensor(", "       ").rstrip(")")
+        t = t.float()  # numpy has no bfloat16
+    array = t.numpy()
+    shown = array[:max_rows] if array.ndim >= 1 else array
+    body = np.array2string(shown, precision=decimals, suppress_small=True, max_line_width=WIDTH,
+                           floatmode="maxprec")
     print(textwrap.indent(body, "  "))
-    if t.dim() >= 1 and t.shape[0] > max_rows:
-        print(f"  ... ({t.shape[0] - max_rows} more rows)")
+    if array.ndim >= 1 and array.shape[0] > max_rows:
+        print(f"  ... ({array.shape[0] - max_rows} more rows)")
 
 
 def table(rows, headers):
