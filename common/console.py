@@ -14,7 +14,7 @@ def fmt(x, digits: int = 4) -> str:
     """A number rounded for reading: fmt(0.123456) -> '0.1235', fmt(12345.6) -> '1.235e+04'."""
     if hasattr(x, "item"):
         x = x.item()
-    if isinstance(x, bool):
+    if isinstance(x, (bool, str, tuple, list)):
         return str(x)
     if isinstance(x, int):
         return f"{x:,}" if abs(x) >= 10_000 else str(x)

@@ -1,0 +1,214 @@
+"""Lesson 04: the encoder block and stack against PyTorch's, and the properties the lesson teaches."""
+import pytest
+import torch
+import torch.nn as nn
+from torch.testing import assert_close
+
+from common import load_lesson
+from conftest import expect_user_error
+
+L04 = load_lesson(4)
+causal_mask = load_lesson(1).causal_mask
+
+D_MODEL, N_HEADS, D_FF, B, T = 16, 4, 32, 3, 5
+
+
+def make_pair(norm_first, seed=0):
+    """An nn.TransformerEncoderLayer and our block with its weights copied in, both in eval mode."""
+    torch.manual_seed(seed)
+    reference = nn.TransformerEncoderLayer(D_MODEL, N_HEADS, D_FF, dropout=0.0, batch_first=True,
+                                           norm_first=norm_first).eval()
+    ours = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF, norm_first=norm_first).eval()
+    return L04.copy_weights_from_torch(ours, reference), reference
+
+
+def padding_keep():
+    """(B, T) bool, True = a real token; the last sequences end with padding."""
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[1, -2:] = False
+    keep[2, -1:] = False
+    return keep
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "padding"])
+def test_block_equals_torch_layer(norm_first, mask_kind):
+    ours, reference = make_pair(norm_first)
+    x = torch.randn(B, T, D_MODEL)
+    keep = padding_keep()
+    if mask_kind == "none":
+        our_mask, torch_kwargs = None, {}
+    elif mask_kind == "causal":
+        # ours: True = may attend; PyTorch's src_mask: True = blocked, hence ~mask
+        our_mask, torch_kwargs = causal_mask(T), {"src_mask": ~causal_mask(T)}
+    else:
+        our_mask, torch_kwargs = keep[:, None, :], {"src_key_padding_mask": ~keep}  # (B, 1, T_k)
+    with torch.no_grad():
+        expected = reference(x, **torch_kwargs)
+        got = ours(x, mask=our_mask)
+    assert got.shape == (B, T, D_MODEL)
+    if mask_kind == "padding":
+        # Only the real tokens are compared. In eval mode without gradients PyTorch may take its
+        # "fast path" (fused kernels, nested tensors inside nn.TransformerEncoder), which is free to
+        # return anything (zeros, typically) for padded query rows; ours computes them like any
+        # other row. Padded rows are thrown away by any model, so only real rows must agree.
+        assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
+    else:
+        assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_block_gradients_equal_torch_layer(norm_first):
+    # With gradients on, PyTorch takes its ordinary path: the backward pass must agree too.
+    ours, reference = make_pair(norm_first)
+    x = torch.randn(B, T, D_MODEL)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours(x_ours, mask=causal_mask(T)).square().sum().backward()
+    reference(x_ref, src_mask=~causal_mask(T)).square().sum().backward()
+    assert_close(x_ours.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
+    assert_close(ours.feed_forward.linear1.weight.grad, reference.linear1.weight.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_copy_weights_refuses_a_different_layout():
+    reference = nn.TransformerEncoderLayer(D_MODEL, N_HEADS, D_FF, batch_first=True, norm_first=True)
+    with pytest.raises(ValueError, match="norm_first"):
+        L04.copy_weights_from_torch(L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF), reference)
+
+
+def test_post_ln_and_pre_ln_differ_with_the_same_weights():
+    post = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF, norm_first=False).eval()
+    pre = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF, norm_first=True).eval()
+    pre.load_state_dict(post.state_dict())
+    x = torch.randn(B, T, D_MODEL)
+    with torch.no_grad():
+        assert (post(x) - pre(x)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_return_weights_gives_the_same_output(norm_first):
+    # return_weights=True uses the hand-written attention, False the fused kernel: same result.
+    block = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF, norm_first=norm_first).eval()
+    x = torch.randn(B, T, D_MODEL)
+    mask = causal_mask(T)
+    with torch.no_grad():
+        plain = block(x, mask=mask)
+        with_weights, weights = block(x, mask=mask, return_weights=True)
+    assert_close(plain, with_weights, atol=1e-5, rtol=1e-5)
+    assert weights.shape == (B, N_HEADS, T, T)
+    assert_close(weights.sum(-1), torch.ones(B, N_HEADS, T))
+    assert (weights[..., ~mask] == 0).all()  # nothing attends to the future
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_encoder_equals_torch_encoder(norm_first):
+    n_layers = 3
+    torch.manual_seed(1)
+    layer = nn.TransformerEncoderLayer(D_MODEL, N_HEADS, D_FF, dropout=0.0, batch_first=True,
+                                       norm_first=norm_first)
+    reference = nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(D_MODEL) if norm_first else None,
+                                      enable_nested_tensor=False).eval()
+    # nn.TransformerEncoder deep-copies `layer`: give each copy its own weights, so a mix-up of
+    # layers (or of the final norm) cannot go unnoticed.
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ours = L04.copy_weights_from_torch(
+        L04.TransformerEncoder(n_layers, D_MODEL, N_HEADS, D_FF, norm_first=norm_first).eval(), reference)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    x = torch.randn(B, T, D_MODEL)
+    with torch.no_grad():
+        assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+        assert_close(ours(x, mask=causal_mask(T)), reference(x, mask=~causal_mask(T)), atol=1e-5, rtol=1e-5)
+        out, all_weights = ours(x, return_weights=True)
+    assert_close(out, ours(x).detach(), atol=1e-5, rtol=1e-5)
+    assert len(all_weights) == n_layers and all(w.shape == (B, N_HEADS, T, T) for w in all_weights)
+
+
+def test_parameter_count_formula():
+    block = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF)
+    formula = 4 * (D_MODEL ** 2 + D_MODEL) + 2 * D_MODEL * D_FF + D_FF + D_MODEL + 4 * D_MODEL
+    assert sum(p.numel() for p in block.parameters()) == formula
+    pre = L04.TransformerEncoder(3, D_MODEL, N_HEADS, D_FF, norm_first=True)
+    assert sum(p.numel() for p in pre.parameters()) == 3 * formula + 2 * D_MODEL
+
+
+def test_feed_forward_is_position_wise():
+    ffn = L04.FeedForward(D_MODEL, D_FF).eval()
+    x = torch.randn(B, T, D_MODEL)
+    perm = torch.randperm(T)
+    with torch.no_grad():
+        y = ffn(x)
+        assert y.shape == (B, T, D_MODEL)
+        assert_close(ffn(x[:, 2:3]), y[:, 2:3])             # one token alone = inside the sequence
+        assert_close(ffn(x[:, perm]), y[:, perm])           # shuffling tokens shuffles the outputs
+        x2 = x.clone()
+        x2[:, 0] += 1.0
+        assert_close(ffn(x2)[:, 1:], y[:, 1:])              # other tokens are untouched
+        assert (ffn(x2)[:, 0] - y[:, 0]).abs().max() > 1e-3  # ... while token 0 did change
+
+
+def test_layernorm_is_per_token():
+    block = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF)
+    scales = torch.tensor([0.1, 1.0, 5.0, 20.0, 0.5])
+    offsets = torch.tensor([-3.0, 0.0, 2.0, 10.0, 7.0])
+    x = torch.randn(B, T, D_MODEL) * scales[:, None] + offsets[:, None]
+    with torch.no_grad():
+        y = block.norm1(x)
+        mean, std = L04.per_token_stats(y)
+        assert_close(mean, torch.zeros(B, T), atol=1e-5, rtol=0)
+        # std 1 up to LayerNorm's eps: exactly sqrt(var / (var + eps)) with var over one token
+        var = x.var(dim=-1, unbiased=False)
+        assert_close(std, torch.sqrt(var / (var + block.norm1.eps)), atol=1e-5, rtol=1e-5)
+        assert (std - 1).abs().max() < 2e-3
+        assert_close(block.norm1(x[:, 3:4]), y[:, 3:4])  # a token alone: the same result
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_causal_outputs_ignore_future_tokens(norm_first):
+    block = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF, norm_first=norm_first).eval()
+    encoder = L04.TransformerEncoder(2, D_MODEL, N_HEADS, D_FF, norm_first=norm_first).eval()
+    x = torch.randn(B, T, D_MODEL)
+    x_future = x.clone()
+    x_future[:, 3:] = torch.randn(B, T - 3, D_MODEL)  # change tokens 3.. only
+    mask = causal_mask(T)
+    with torch.no_grad():
+        for model in (block, encoder):
+            a, b = model(x, mask=mask), model(x_future, mask=mask)
+            assert_close(a[:, :3], b[:, :3])                 # positions 0..2 cannot see 3..
+            assert (a[:, 3:] - b[:, 3:]).abs().max() > 1e-3  # the changed positions do change
+            unmasked = model(x_future)
+            assert (unmasked[:, :3] - a[:, :3]).abs().max() > 1e-3  # without a mask, they would
+
+
+def test_dropout_only_in_train_mode():
+    torch.manual_seed(0)
+    block = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF, dropout=0.3)
+    no_dropout = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF, dropout=0.0)
+    no_dropout.load_state_dict(block.state_dict())
+    x = torch.randn(B, T, D_MODEL)
+    block.train()
+    assert (block(x) - block(x)).abs().max() > 1e-3  # two draws of the dropout masks differ
+    block.eval()
+    no_dropout.eval()
+    with torch.no_grad():
+        assert_close(block(x), block(x))
+        assert_close(block(x), no_dropout(x))  # eval mode: dropout switched off entirely
+        assert_close(block(x, return_weights=True)[0], no_dropout(x))
+
+
+def test_lesson_quick_run_writes_its_figures(run_main):
+    out = run_main(4, "--quick")
+    for name in ("transformer_block_gradients.png", "transformer_block_layernorm.png"):
+        path = out / name
+        assert path.exists(), name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heads_must_divide_d_model(capsys):
+    err = expect_user_error(capsys, 4, "--d-model", "30", "--heads", "4", contains="--heads")
+    assert "30" in err and "4" in err
+
+
+@pytest.mark.parametrize("flag", ["--d-model", "--heads", "--d-ff", "--layers"])
+def test_sizes_must_be_positive(capsys, flag):
+    expect_user_error(capsys, 4, flag, "0", contains=flag)
