@@ -1,0 +1,385 @@
+"""The exercise checker (`python -m exercises`) is itself checked here.
+
+The lessons' own code scores full marks; the untouched stubs are reported as not attempted, in one
+line each; deliberately broken implementations (the mistakes learners make) fail, with the hint that
+names the mistake; usage mistakes exit with status 2 and one line.
+"""
+import inspect
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common import load_lesson
+from conftest import REPO_ROOT, run_script
+from exercises import EXERCISES
+from exercises import _checks as checks
+from exercises._checker import CHECKS, check, check_file, load_attempt, load_reference
+from exercises._cli import main
+
+L1, L2, L3, L4, L5 = (load_lesson(n) for n in range(1, 6))
+TOTAL = sum(len(CHECKS[name]) for name in EXERCISES)
+
+
+def failure_text(result):
+    """Every failed check's title and lines, for assertion messages and hint searches."""
+    return "\n".join(f"{c.title}: " + " | ".join(c.lines) for c in result.checks if not c.passed)
+
+
+# ----------------------------------------------------------------------------------------------
+# The lessons pass, the stubs are "not attempted"
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_lesson_code_scores_full_marks(name):
+    implementation, path = load_reference(name)
+    result = check(name, implementation, source_file=path)
+    assert result.state == "checked"
+    assert result.total == len(CHECKS[name]) >= 4
+    assert result.passed == result.total, failure_text(result)
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_untouched_stub_is_not_attempted(name):
+    result = check_file(name)
+    assert result.state == "not attempted", failure_text(result)
+    assert result.passed == 0 and result.checks == []
+    assert "NotImplementedError" in result.note and "\n" not in result.note
+    assert EXERCISES[name].file in result.note  # names the file (and line) that still raises
+
+
+def test_check_command_on_the_stubs_in_process(capsys):
+    assert main(["check"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    lines = captured.out.splitlines()
+    for name in EXERCISES:
+        mine = [line for line in lines if line.startswith(f"{name}: ")]
+        assert len(mine) == 1 and "not attempted yet" in mine[0], mine  # one line per exercise
+        assert f"[0/{len(CHECKS[name])}]" in mine[0]
+    assert any(line.split()[:2] == ["total", f"0/{TOTAL}"] for line in lines), captured.out
+
+
+def test_check_command_on_the_stubs_in_a_real_process():
+    result = run_script("-m", "exercises", "check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.count("not attempted yet") == len(EXERCISES)
+    assert f"0/{TOTAL}" in result.stdout
+
+
+def test_reference_flag_gives_full_marks_and_exit_0(capsys):
+    assert main(["check", "--reference"]) == 0
+    out = capsys.readouterr().out
+    assert f"{TOTAL}/{TOTAL}" in out and "FAIL" not in out
+
+
+def test_one_exercise_only(capsys):
+    assert main(["check", "--reference", "causal_mask"]) == 0
+    out = capsys.readouterr().out
+    assert "causal_mask: 4/4 checks passed" in out
+    assert not any(line.startswith("attention") for line in out.splitlines())
+
+
+@pytest.mark.parametrize("argv, contains", [
+    (["check", "atention"], "atention"),
+    (["check", "attention", "--dir", "/no/such/folder"], "--dir"),
+    (["check", "--bogus"], "--bogus"),
+    ([], "list"),
+])
+def test_usage_mistakes_are_one_line_exit_2(capsys, argv, contains):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert contains in err and captured.out == ""
+    if argv[:2] == ["check", "atention"]:
+        assert all(name in err for name in EXERCISES)  # lists the valid names
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"exercises/{e.file}" in out for e in EXERCISES.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# The stubs: same signature and docstring as the lesson's version
+def _methods(cls):
+    return {name: getattr(cls, name) for name in ("__init__", "forward", "split_heads", "merge_heads")
+            if name in vars(cls)}
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_stub_has_the_lessons_signature_and_docstring(name):
+    stub, _ = load_attempt(name)
+    lesson, _ = load_reference(name)
+    assert inspect.getdoc(stub) == inspect.getdoc(lesson)
+    if inspect.isclass(stub):
+        for method_name, method in _methods(stub).items():
+            assert inspect.signature(method) == inspect.signature(getattr(lesson, method_name)), method_name
+    else:
+        assert inspect.signature(stub) == inspect.signature(lesson)
+
+
+def _copy_into_stub(name, folder):
+    """Write the stub with its body replaced by the lesson's code (what a learner would write)."""
+    exercise = EXERCISES[name]
+    stub_text = (REPO_ROOT / "exercises" / exercise.file).read_text()
+    lines = stub_text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith((f"def {exercise.entry}(", f"class {exercise.entry}(")))
+    while start > 0 and lines[start - 1].startswith("@"):
+        start -= 1  # keep decorators with the definition
+    lesson_source = inspect.getsource(getattr(load_lesson(exercise.lesson), exercise.entry))
+    (folder / exercise.file).write_text("".join(lines[:start]) + lesson_source)
+
+
+def test_a_copy_of_the_lessons_code_in_the_stubs_scores_full_marks(tmp_path, capsys):
+    for name in EXERCISES:
+        _copy_into_stub(name, tmp_path)
+    assert main(["check", "--dir", str(tmp_path)]) == 0, capsys.readouterr().out
+    assert f"{TOTAL}/{TOTAL}" in capsys.readouterr().out
+
+
+def test_an_exception_in_the_learners_code_names_the_line_without_traceback(tmp_path, capsys):
+    (tmp_path / "attention.py").write_text(
+        "import torch\n"
+        "\n"
+        "def scaled_dot_product_attention(query, key, value, mask=None):\n"
+        "    scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))\n"
+        "    return torch.softmax(scores, -1) @ value, torch.softmax(scores, -1)\n")
+    assert main(["check", "attention", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "Traceback" not in out
+    assert "NameError: name 'math' is not defined" in out
+    assert f"at {tmp_path / 'attention.py'}:4, in scaled_dot_product_attention:" in out
+    assert "scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))" in out
+    assert "attention: 0/8 checks passed" in out
+
+
+def test_a_file_that_cannot_be_imported_is_one_line(tmp_path, capsys):
+    (tmp_path / "causal_mask.py").write_text("def causal_mask(T, device=None)\n    return None\n")
+    assert main(["check", "causal_mask", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("causal_mask: "))
+    assert "SyntaxError at line 1" in line and "[0/4]" in line and "Traceback" not in out
+
+
+# ----------------------------------------------------------------------------------------------
+# Broken implementations are caught, with the hint that names the mistake
+def make_attention(divide_by="sqrt_d_k", mask_use="as_given", zero_blocked=True):
+    def scaled_dot_product_attention(query, key, value, mask=None):
+        d_k = query.size(-1)
+        scores = query @ key.transpose(-2, -1) / {"sqrt_d_k": math.sqrt(d_k), "d_k": d_k, "1": 1.0}[divide_by]
+        if mask is not None:
+            mask = {"as_given": mask, "inverted": ~mask, "transposed": mask.transpose(-2, -1)}[mask_use]
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        if mask is not None and zero_blocked:
+            weights = weights.masked_fill(~mask, 0.0)
+        return weights @ value, weights
+
+    return scaled_dot_product_attention
+
+
+class MergeWithoutTranspose(L2.MultiHeadAttention):
+    def merge_heads(self, x):
+        B, _, T, _ = x.shape
+        return x.reshape(B, T, self.d_model)  # the bug: no transpose(1, 2) first
+
+
+class SplitWithoutTranspose(L2.MultiHeadAttention):
+    def split_heads(self, x):
+        B, T, _ = x.shape
+        return x.reshape(B, self.n_heads, T, self.d_head)  # the bug: no view(B, T, n_heads, d_head).transpose
+
+
+class ScaledByDModel(L2.MultiHeadAttention):
+    def forward(self, query, key, value, mask=None, need_weights=True):
+        q, k, v = self.split_heads(self.W_q(query)), self.split_heads(self.W_k(key)), self.split_heads(self.W_v(value))
+        if mask is not None and mask.dim() == 3:
+            mask = mask.unsqueeze(1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_model)  # the bug: d_model, not d_head
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        if mask is not None:
+            weights = weights.masked_fill(~mask, 0.0)
+        return self.W_o(self.merge_heads(weights @ v)), weights
+
+
+class InvertedMaskAttention(L2.MultiHeadAttention):
+    def forward(self, query, key, value, mask=None, need_weights=True):
+        return super().forward(query, key, value, None if mask is None else ~mask, need_weights)
+
+
+def pe_sin_cos_swapped(max_len, d_model):
+    pe = L3.sinusoidal_positional_encoding(max_len, d_model)
+    swapped = torch.empty_like(pe)
+    swapped[:, 0::2], swapped[:, 1::2] = pe[:, 1::2], pe[:, 0::2]
+    return swapped
+
+
+def pe_concatenated_halves(max_len, d_model):
+    pe = L3.sinusoidal_positional_encoding(max_len, d_model)
+    return torch.cat([pe[:, 0::2], pe[:, 1::2]], dim=1)
+
+
+class NoAttentionResidual(L4.TransformerEncoderBlock):
+    def forward(self, x, mask=None, return_weights=False):
+        if self.norm_first:
+            x = self._attend(self.norm1(x), mask, False)[0]  # the bug: x = attention(...), not x + ...
+            return x + self.feed_forward(self.norm2(x))
+        x = self.norm1(self._attend(x, mask, False)[0])
+        return self.norm2(x + self.feed_forward(x))
+
+
+class AlwaysPreLN(L4.TransformerEncoderBlock):
+    def forward(self, x, mask=None, return_weights=False):  # the bug: ignores norm_first
+        x = x + self._attend(self.norm1(x), mask, False)[0]
+        return x + self.feed_forward(self.norm2(x))
+
+
+class NormOnSublayerOutput(L4.TransformerEncoderBlock):
+    def forward(self, x, mask=None, return_weights=False):  # the bug: x + norm(sublayer(x))
+        x = x + self.norm1(self._attend(x, mask, False)[0])
+        return x + self.norm2(self.feed_forward(x))
+
+
+def simple_beam_search(model, src, beam_size, max_len, length_penalty=0.0, *, width=None, stop_at_eos=True,
+                       renormalize=False):
+    """A plain, one-example-at-a-time beam search (correct with the defaults), to break on purpose."""
+    rows, best_scores = [], []
+    for b in range(src.size(0)):
+        memory, src_mask = model.encode(src[b:b + 1])
+        beams = [([], 0.0, False)]  # (tokens, summed log-probability, finished)
+        for _ in range(max_len):
+            candidates = []
+            for tokens, score, done in beams:
+                if done and stop_at_eos:
+                    candidates.append((tokens, score, True))
+                    continue
+                logits = model.decode(torch.tensor([[L5.BOS] + tokens]), memory, src_mask)[0, -1]
+                log_probs = (F.log_softmax(L5.restrict_logits(logits), -1) if renormalize
+                             else L5.restrict_logits(F.log_softmax(logits, -1)))
+                for token in range(model.vocab_size):
+                    if log_probs[token] > float("-inf"):
+                        candidates.append((tokens + [token], score + float(log_probs[token]),
+                                           done or token == L5.EOS))
+            beams = sorted(candidates, key=lambda c: -c[1])[: width or beam_size]
+            if all(done for _, _, done in beams):
+                break
+        rank = (lambda c: c[1] / max(len(c[0]), 1) ** length_penalty) if length_penalty else (lambda c: c[1])
+        tokens, score, _ = max(beams, key=rank)
+        rows.append(tokens)
+        best_scores.append(score)
+    out = torch.full((len(rows), max(len(r) for r in rows)), L5.PAD)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out, torch.tensor(best_scores)
+
+
+def beam_search_that_is_greedy(model, src, beam_size, max_len, length_penalty=0.0):
+    return simple_beam_search(model, src, beam_size, max_len, length_penalty, width=1)
+
+
+def beam_search_without_stop_at_eos(model, src, beam_size, max_len, length_penalty=0.0):
+    return simple_beam_search(model, src, beam_size, max_len, length_penalty, stop_at_eos=False)
+
+
+def beam_search_renormalized(model, src, beam_size, max_len, length_penalty=0.0):
+    return simple_beam_search(model, src, beam_size, max_len, length_penalty, renormalize=True)
+
+
+def causal_mask_triu(T, device=None):
+    return torch.triu(torch.ones(T, T, dtype=torch.bool, device=device))
+
+
+def causal_mask_float(T, device=None):
+    return torch.tril(torch.ones(T, T, device=device))
+
+
+def causal_mask_ignoring_device(T, device=None):
+    return torch.tril(torch.ones(T, T, dtype=torch.bool))
+
+
+BROKEN = [
+    ("attention", make_attention(divide_by="d_k"), "divided by d_k itself"),
+    ("attention", make_attention(divide_by="1"), "not divided by sqrt(d_k)"),
+    ("attention", make_attention(mask_use="inverted"), "wrong way round"),
+    ("attention", make_attention(mask_use="transposed"), "mask is transposed"),
+    ("attention", make_attention(zero_blocked=False), "0/0 = NaN"),
+    ("causal_mask", causal_mask_triu, "torch.tril"),
+    ("causal_mask", causal_mask_float, "dtype=torch.bool"),
+    ("causal_mask", causal_mask_ignoring_device, "device=device"),
+    ("multi_head_attention", MergeWithoutTranspose, "merged with a reshape/view but no transpose"),
+    ("multi_head_attention", SplitWithoutTranspose, "split with a view straight to"),
+    ("multi_head_attention", ScaledByDModel, "divided by sqrt(d_model)"),
+    ("multi_head_attention", InvertedMaskAttention, "wrong way round"),
+    ("positional_encoding", pe_sin_cos_swapped, "sines and cosines are swapped"),
+    ("positional_encoding", pe_concatenated_halves, "concatenated halves"),
+    ("encoder_block", NoAttentionResidual, "attention sublayer has no residual"),
+    ("encoder_block", AlwaysPreLN, "with norm_first=False your block computes pre-LN"),
+    ("encoder_block", NormOnSublayerOutput, "LayerNorm is in the wrong place"),
+    ("beam_search", beam_search_that_is_greedy, "greedy"),
+    ("beam_search", beam_search_without_stop_at_eos, "after the answer ended"),
+    ("beam_search", beam_search_renormalized, "renormalised"),
+]
+
+
+@pytest.mark.parametrize("name, implementation, hint", BROKEN, ids=[
+    f"{name}-{getattr(impl, '__name__', '')}-{hint.split()[0]}" for name, impl, hint in BROKEN])
+def test_broken_implementation_is_caught_with_its_hint(name, implementation, hint):
+    result = check(name, implementation)
+    assert result.state == "checked"
+    assert result.passed < result.total, f"{name}: a broken implementation passed every check"
+    text = failure_text(result)
+    assert hint in text, text
+    assert "Traceback" not in text
+
+
+def test_the_correct_plain_beam_search_passes():
+    # The checker grades behaviour, not the lesson's batched style: a loop over examples passes too.
+    result = check("beam_search", simple_beam_search)
+    assert result.passed == result.total, failure_text(result)
+
+
+# ----------------------------------------------------------------------------------------------
+# The checker's own references: the written-out versions it names mistakes with are right
+def test_written_out_references_equal_pytorch():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 3)
+    mask = checks._random_mask(2, 4, 6)
+    torch.testing.assert_close(checks.attention_variant(q, k, v, mask)[0],
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+    mha = L2.MultiHeadAttention(16, 4).eval()
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    checks._randomize(ref)
+    W = checks._copy_attention(mha, ref)
+    x, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    pad = checks._padding(2, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(checks.mha_variant(x, memory, memory, W, 4, pad)[0],
+                                   checks._reference_mha(ref, x, memory, memory, pad, 4)[0])
+
+    for norm_first in (False, True):
+        block, layer, P = checks._make_block(L4.TransformerEncoderBlock, norm_first)
+        x, causal = torch.randn(2, 5, 16), checks._causal(2, 5, 5)
+        with torch.no_grad():
+            torch.testing.assert_close(checks.block_variant(x, P, 4, causal, norm_first),
+                                       checks._reference_block(layer, x, causal))
+
+    torch.testing.assert_close(checks.pe_variant(40, 12).float(), L3.sinusoidal_positional_encoding(40, 12),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_beam_search_checks_use_a_real_trap_and_a_complete_search():
+    trap = checks._greedy_trap()
+    src = torch.tensor([[3, 4, 3]])
+    best, _ = checks.exhaustive_best(trap, src[0], 3)
+    assert checks.greedy(trap, src[0], 3) != best  # greedy really is wrong there
+    model = checks.TableModel(n_digits=2)
+    answers = checks.all_answers(model, 3)
+    # 1 + 2 + 4 answers ending in EOS (0, 1, 2 digits) and 8 unfinished ones of 3 digits
+    assert len(answers) == 15 == len({tuple(a) for a in answers})
