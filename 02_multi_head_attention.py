@@ -1,12 +1,49 @@
-"""Lesson 02: multi-head attention. (SKELETON: building blocks only; sections to be written.)"""
+"""Lesson 02: multi-head attention - several attention heads side by side, each on a slice.
+
+What you will learn:
+  1. Multi-head attention written naively: a Python loop over heads, each head a slice of the rows
+     of W_q, W_k, W_v, each using lesson 01's scaled_dot_product_attention. Checked equal to
+     PyTorch's nn.MultiheadAttention, whose boolean masks mean the OPPOSITE (True = blocked).
+  2. The same thing batched: split_heads / merge_heads reshape (B, T, d_model) to
+     (B, n_heads, T, d_head) and back, with every shape printed; merging without the transpose
+     back is a silent bug that only a comparison catches.
+  3. Why several heads: a small task that needs two relations at once (left AND right neighbour).
+     Several heads learn one relation each (measured); one head can only blend them.
+  4. Parameters: 4*d_model^2 + 4*d_model whatever the number of heads: heads split d_model.
+
+Run:  python 02_multi_head_attention.py                  (about 5 s on a laptop CPU)
+      python 02_multi_head_attention.py --heads 4        (more heads than relations: watch them share)
+      python 02_multi_head_attention.py --quick          (tiny sizes, for a smoke test)
+
+Shapes: B batch, T sequence length (T_q queries, T_k keys when they differ), d_model embedding
+size, n_heads heads, d_head = d_model // n_heads the size of each head's slice.
+Masks are boolean with True = may attend (as in lesson 01 and F.scaled_dot_product_attention).
+"""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import load_lesson
+import common
 
-# Reused from lesson 01 (one source for each component).
-scaled_dot_product_attention = load_lesson(1).scaled_dot_product_attention
+# Reused from lesson 01 (one source for each component): attention for one head.
+scaled_dot_product_attention = common.load_lesson(1).scaled_dot_product_attention
+causal_mask = common.load_lesson(1).causal_mask
+
+# %% Knobs (edit these)
+D_MODEL = 32         # embedding size of the lesson's model (--d-model)
+N_HEADS = 2          # heads of the lesson's model (--heads); the task of section 3 needs 2 relations
+VOCAB_SIZE = 10      # section 3: tokens are the digits 0..9
+SEQ_LEN = 6          # section 3: positions on a ring (position 0's left neighbour is position 5)
+STEPS = 200          # section 3: training steps, the same for every model compared
+BATCH_SIZE = 64      # section 3: fresh random sequences per step
+LR = 3e-2            # section 3: Adam's peak learning rate
+WARMUP = 20          # section 3: steps of linear warmup to LR, then a cosine decay to 0
+N_EVAL = 2000        # section 3: held-out sequences for accuracy and attention averages
+SPECIALIZED = 0.9    # a head "reads" a neighbour when its average weight there is at least this
+QUICK = dict(steps=30, batch_size=32, n_eval=200)   # --quick
+HEAD_COUNTS = (1, 2, 4, 8, 16)                      # section 4's parameter table
 
 
 # %% Building blocks
@@ -28,6 +65,7 @@ class MultiHeadAttention(nn.Module):
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.dropout_p = dropout
+        # Rows h*d_head .. (h+1)*d_head - 1 of W_q, W_k, W_v belong to head h (see section 1).
         self.W_q = nn.Linear(d_model, d_model, bias=bias)  # all heads' query projections at once
         self.W_k = nn.Linear(d_model, d_model, bias=bias)
         self.W_v = nn.Linear(d_model, d_model, bias=bias)
@@ -51,7 +89,7 @@ class MultiHeadAttention(nn.Module):
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)  # (B, T_q or 1, T_k) -> (B, 1, T_q or 1, T_k): same for every head
         if need_weights:
-            # Scaled by sqrt(d_head), the size of each head's dot products (not d_model).
+            # weights = softmax(Q K^T / sqrt(d_head)): scaled by each head's size, not d_model.
             heads, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, n_heads, T_q, d_head)
             if self.training and self.dropout_p > 0:
                 heads = self.dropout(weights) @ v  # dropout on the weights, as nn.MultiheadAttention
@@ -60,3 +98,467 @@ class MultiHeadAttention(nn.Module):
             heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
             weights = None
         return self.W_o(self.merge_heads(heads)), weights  # (B, T_q, d_model)
+
+
+def multi_head_attention_loop(mha: MultiHeadAttention, query, key, value, mask=None):
+    """The naive version: one head at a time, with mha's weights. Same result as mha(...).
+
+    Head h uses rows h*d_head .. (h+1)*d_head - 1 of W_q, W_k, W_v: a d_head-sized projection.
+    Returns (output (B, T_q, d_model), weights (B, n_heads, T_q, T_k)).
+    """
+    outputs, all_weights = [], []
+    for h in range(mha.n_heads):
+        rows = slice(h * mha.d_head, (h + 1) * mha.d_head)
+        q_h, k_h, v_h = (F.linear(x, W.weight[rows], None if W.bias is None else W.bias[rows])
+                         for x, W in ((query, mha.W_q), (key, mha.W_k), (value, mha.W_v)))  # (B, T, d_head)
+        mask_h = mask[:, h] if mask is not None and mask.dim() == 4 else mask
+        out_h, weights_h = scaled_dot_product_attention(q_h, k_h, v_h, mask_h)  # (B, T_q, d_head)
+        outputs.append(out_h)
+        all_weights.append(weights_h)
+    # concatenate the heads side by side, then mix them with W_o
+    concat = torch.cat(outputs, dim=-1)                          # (B, T_q, n_heads * d_head = d_model)
+    return mha.W_o(concat), torch.stack(all_weights, dim=1)     # (B, n_heads, T_q, T_k)
+
+
+def merge_heads_without_transpose(x):
+    """A BUG kept for teaching (PITFALLS #8): reshape (B, n_heads, T, d_head) straight to (B, T, d_model).
+
+    The shapes fit, so nothing complains, but each output row now mixes several positions of one head.
+    """
+    B, n_heads, T, d_head = x.shape
+    return x.reshape(B, T, n_heads * d_head)
+
+
+def torch_reference(mha: MultiHeadAttention) -> nn.MultiheadAttention:
+    """nn.MultiheadAttention(batch_first=True) holding mha's weights (W_q, W_k, W_v stacked in in_proj)."""
+    bias = mha.W_q.bias is not None
+    ref = nn.MultiheadAttention(mha.d_model, mha.n_heads, bias=bias, batch_first=True)
+    ref = ref.to(mha.W_q.weight.device)
+    with torch.no_grad():
+        # in_proj_weight (3*d_model, d_model) is W_q, W_k, W_v stacked; out_proj is W_o
+        ref.in_proj_weight.copy_(torch.cat([mha.W_q.weight, mha.W_k.weight, mha.W_v.weight]))
+        ref.out_proj.weight.copy_(mha.W_o.weight)
+        if bias:
+            ref.in_proj_bias.copy_(torch.cat([mha.W_q.bias, mha.W_k.bias, mha.W_v.bias]))
+            ref.out_proj.bias.copy_(mha.W_o.bias)
+    return ref.eval()
+
+
+def attention_parameter_count(d_model: int) -> int:
+    """4 d_model x d_model matrices (W_q, W_k, W_v, W_o) + 4 bias vectors of d_model. No n_heads in it."""
+    return 4 * d_model**2 + 4 * d_model
+
+
+# The task of section 3: every position must output (left neighbour) - (right neighbour).
+def neighbour_difference_batch(batch_size: int, generator, seq_len: int = SEQ_LEN,
+                               vocab_size: int = VOCAB_SIZE):
+    """Random digit sequences on a ring and their targets.
+
+    x (B, T) digits; y (B, T) = x[t-1] - x[t+1] (positions wrap around), shifted by vocab_size - 1
+    into a class index 0 .. 2*vocab_size - 2. Order matters: 3 - 5 = -2 but 5 - 3 = +2.
+    """
+    x = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)  # (B, T)
+    left, right = torch.roll(x, 1, dims=1), torch.roll(x, -1, dims=1)               # x[t-1], x[t+1]
+    return x, left - right + vocab_size - 1
+
+
+class NeighbourModel(nn.Module):
+    """Token + learned position embedding -> one MultiHeadAttention layer -> a linear output layer.
+
+    No residual and no feed-forward: the output can only come from what the heads bring in.
+    forward(x (B, T)) -> (logits (B, T, 2*vocab_size - 1), weights (B, n_heads, T, T) or None).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, vocab_size: int = VOCAB_SIZE, seq_len: int = SEQ_LEN):
+        super().__init__()
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(seq_len, d_model)  # one learned vector per position (lesson 03)
+        self.attn = MultiHeadAttention(d_model, n_heads)
+        self.out = nn.Linear(d_model, 2 * vocab_size - 1)
+
+    def forward(self, x, need_weights: bool = False):
+        h = self.tok_emb(x) + self.pos_emb.weight                             # (B, T, d_model)
+        attended, weights = self.attn(h, h, h, need_weights=need_weights)    # (B, T, d_model)
+        return self.out(attended), weights                                   # (B, T, 2*vocab_size - 1)
+
+
+class Adam:
+    """Adam in a few lines, the same update as torch.optim.Adam (the tests check it). Why not
+    torch.optim? In torch 2.13 the first optimizer it creates imports torch._dynamo and sympy:
+    about 2 s of CPU, more than this lesson's whole training."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = list(params), lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in self.params]  # running mean of gradients
+        self.v = [torch.zeros_like(p) for p in self.params]  # running mean of squared gradients
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        beta1, beta2 = self.betas
+        for p, m, v in zip(self.params, self.m, self.v):
+            m.lerp_(p.grad, 1 - beta1)                                  # m = beta1 m + (1 - beta1) g
+            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)    # v = beta2 v + (1 - beta2) g^2
+            # p -= lr * m_hat / (sqrt(v_hat) + eps), with the bias corrections m_hat, v_hat
+            denominator = (v / (1 - beta2**self.t)).sqrt_().add_(self.eps)
+            p.addcdiv_(m, denominator, value=-self.lr / (1 - beta1**self.t))
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None  # the next backward() writes fresh gradients
+
+
+def train_neighbour_model(d_model: int, n_heads: int, steps: int = STEPS, batch_size: int = BATCH_SIZE,
+                          lr: float = LR, seed: int = 0, device="cpu"):
+    """Train a NeighbourModel on fresh batches. The same seed gives the same init and data.
+
+    Training takes the fused path (need_weights=False), shown equal to the naive one in section 1.
+    Returns (model in eval mode, list of losses).
+    """
+    torch.manual_seed(seed)
+    model = NeighbourModel(d_model, n_heads).to(device)
+    optimizer = Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        x, y = (t.to(device) for t in neighbour_difference_batch(batch_size, generator))
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        # learning rate: linear warmup for WARMUP steps, then a cosine decay towards 0
+        optimizer.lr = lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        optimizer.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
+@torch.no_grad()
+def evaluate(model: NeighbourModel, x, y):
+    """(accuracy over all positions, attention weights averaged over the batch (n_heads, T, T))."""
+    logits, weights = model(x, need_weights=True)
+    return (logits.argmax(-1) == y).float().mean().item(), weights.mean(0)
+
+
+@torch.no_grad()
+def accuracy_with_frozen_weights(model: NeighbourModel, x, y, avg_weights):
+    """Accuracy when every input gets the same attention weights avg_weights (n_heads, T, T):
+    the values still carry the digits, but weights that depend on the digits are switched off."""
+    attn = model.attn
+    h = model.tok_emb(x) + model.pos_emb.weight              # (B, T, d_model)
+    v = attn.split_heads(attn.W_v(h))                        # (B, n_heads, T, d_head)
+    heads = avg_weights @ v  # (n_heads, T, T) @ (B, n_heads, T, d_head) -> (B, n_heads, T, d_head)
+    logits = model.out(attn.W_o(attn.merge_heads(heads)))   # (B, T, 2*vocab_size - 1)
+    return (logits.argmax(-1) == y).float().mean().item()
+
+
+def offset_weights(avg_weights, offset: int):
+    """Per head, the average weight a query puts on the key `offset` positions away (on the ring)."""
+    t = torch.arange(avg_weights.size(-1))
+    return avg_weights[:, t, (t + offset) % len(t)].mean(-1)  # (n_heads,)
+
+
+def head_role(left: float, right: float) -> str:
+    """What a head reads, from its average weights on offsets -1 and +1."""
+    return ("left neighbour" if left >= SPECIALIZED else "right neighbour" if right >= SPECIALIZED
+            else "both neighbours (mixed)" if left + right >= SPECIALIZED else "other positions")
+
+
+# %% 1. A loop over heads, checked against nn.MultiheadAttention
+def section_1_loop(d_model, n_heads, device):
+    common.section(1, "One head at a time: a loop over heads")
+    mha = MultiHeadAttention(d_model, n_heads).to(device).eval()
+    common.explain(f"""
+        Each of the {n_heads} heads is lesson 01's attention on its own d_head = {d_model} //
+        {n_heads} = {mha.d_head} numbers per token. Head h takes rows h*d_head .. (h+1)*d_head - 1
+        of W_q, W_k and W_v (a {mha.d_head} x {d_model} slice of each), attends, and returns
+        (B, T_q, d_head). The heads' outputs are concatenated side by side back to d_model and
+        mixed by W_o. Below, the loop (multi_head_attention_loop) against our batched class and
+        against PyTorch's nn.MultiheadAttention holding the same weights.""")
+    B, T, T_k = 2, 5, 7
+    x = torch.randn(B, T, d_model, device=device)
+    memory = torch.randn(B, T_k, d_model, device=device)  # another sequence, for cross-attention
+    keep = torch.ones(B, T, dtype=torch.bool, device=device)
+    keep[1, 3:] = False                                   # sequence 1 has 2 padding tokens at the end
+    ref = torch_reference(mha)
+    causal = causal_mask(T, device=device)                # (T, T), True = may attend (on/below diagonal)
+    cases = [  # name, query, key/value, our mask (True = may attend), PyTorch's masks (True = BLOCKED)
+        ("no mask", x, x, None, {}),
+        ("causal mask", x, x, causal, dict(attn_mask=~causal)),
+        # key_padding_mask=~keep does the same (the tests check it); in torch 2.13 its first call
+        # costs ~0.6 s of imports, so here the padding goes in attn_mask, one (T, T) per batch and head.
+        ("padding mask", x, x, keep[:, None, :],
+         dict(attn_mask=(~keep)[:, None, None, :].expand(B, n_heads, T, T).reshape(B * n_heads, T, T))),
+        (f"cross, T_q={T}, T_k={T_k}", x, memory, None, {}),
+    ]
+    rows, worst = [], 0.0
+    with torch.no_grad():
+        for name, q, kv, mask, torch_masks in cases:
+            out_loop, w_loop = multi_head_attention_loop(mha, q, kv, kv, mask)
+            out_cls, w_cls = mha(q, kv, kv, mask=mask)
+            out_fused, _ = mha(q, kv, kv, mask=mask, need_weights=False)
+            out_ref, w_ref = ref(q, kv, kv, need_weights=True, average_attn_weights=False, **torch_masks)
+            diffs = [max((out_loop - out_cls).abs().max(), (w_loop - w_cls).abs().max()),
+                     (out_cls - out_ref).abs().max(),
+                     (w_cls - w_ref).abs().max(), (out_fused - out_cls).abs().max()]
+            worst = max([worst] + [d.item() for d in diffs])
+            rows.append([name, *diffs])
+        print(f"  largest |difference| (weights: (B, n_heads, T_q, T_k) = "
+              f"{tuple(w_cls.shape)} in the cross case)")
+        common.table(rows, ["case", "loop vs class", "class vs PyTorch", "weights vs PyTorch",
+                            "fused vs naive"])
+        wrong, _ = ref(x, x, x, attn_mask=causal, need_weights=True)  # our mask passed unchanged
+        nan_rows = torch.isnan(wrong).any(-1).sum().item()
+        wrong_diff = torch.nan_to_num(wrong - mha(x, x, x, mask=causal)[0]).abs().max().item()
+    common.explain(f"""
+        {"All four agree" if worst < 1e-5 else "They DISAGREE"}: largest difference
+        {common.fmt(worst, 2)} (float32 rounding is ~1e-7). "fused vs naive" is need_weights=False,
+        PyTorch's fused kernel, which training uses below.
+
+        Mask polarity: our masks (like F.scaled_dot_product_attention) say True = may attend;
+        nn.MultiheadAttention's attn_mask and key_padding_mask say True = BLOCKED. So we pass
+        ~mask. Passing our causal mask unchanged blocks the past and lets each query see only the
+        future: outputs differ by up to {common.fmt(wrong_diff, 3)}, and {nan_rows} of {B * T} query
+        rows (the last position, with nothing left to see) come out as NaN.""")
+    return worst, wrong_diff
+
+
+# %% 2. All heads at once: split_heads and merge_heads
+def section_2_batched(d_model, n_heads, device):
+    common.section(2, "All heads at once: split_heads / merge_heads")
+    mha = MultiHeadAttention(d_model, n_heads).to(device).eval()
+    B, T, H, d_head = 2, 5, n_heads, mha.d_head
+    x = torch.randn(B, T, d_model, device=device)
+    common.explain("""
+        The loop runs n_heads small projections. Instead we project once with the full W_q
+        (all heads' rows) and reshape so that heads become a batch dimension; every matmul then
+        handles all heads at once. The shapes, step by step:""")
+    with torch.no_grad():
+        projected = mha.W_q(x)
+        q = mha.split_heads(projected)
+        k = mha.split_heads(mha.W_k(x))
+        v = mha.split_heads(mha.W_v(x))
+        heads, weights = scaled_dot_product_attention(q, k, v)
+        merged = mha.merge_heads(heads)
+        steps = [
+            ("x", "(B, T, d_model)", x),
+            ("W_q(x)", "(B, T, d_model)", projected),
+            (".view(B, T, n_heads, d_head)", "(B, T, n_heads, d_head)", projected.view(B, T, H, d_head)),
+            (".transpose(1, 2) = split_heads", "(B, n_heads, T, d_head)", q),
+            ("weights = softmax(Q K^T / sqrt(d_head))", "(B, n_heads, T, T)", weights),
+            ("weights @ V", "(B, n_heads, T, d_head)", heads),
+            (".transpose(1, 2).reshape = merge_heads", "(B, T, d_model)", merged),
+        ]
+        common.table([[name, names, str(tuple(t.shape))] for name, names, t in steps],
+                     ["step", "shape", f"here (B={B}, T={T}, n_heads={H}, d_head={d_head})"])
+        # head h of the batched q is exactly the loop's q_h: rows h*d_head.. of W_q
+        rows = slice((H - 1) * d_head, H * d_head)
+        slice_diff = (q[:, H - 1] - F.linear(x, mha.W_q.weight[rows], mha.W_q.bias[rows])).abs().max().item()
+        good = mha.W_o(merged)
+        ref_out, _ = torch_reference(mha)(x, x, x)
+        bad = mha.W_o(merge_heads_without_transpose(heads))
+    good_diff = (good - ref_out).abs().max().item()
+    bad_diff = (bad - ref_out).abs().max().item()
+    common.explain(f"""
+        q[:, {H - 1}] (the last head) {"equals" if slice_diff < 1e-5 else "DIFFERS from"} the
+        loop's head {H - 1} built from rows
+        {rows.start}..{rows.stop - 1} of W_q: largest difference {common.fmt(slice_diff, 2)}.
+        Batched output vs nn.MultiheadAttention: {common.fmt(good_diff, 2)}.
+
+        The classic bug: merging with .reshape(B, T, d_model) but no transpose back. Nothing
+        complains, since the shapes fit, but row t then holds pieces of several positions of one head:
+        it differs from PyTorch by {common.fmt(bad_diff, 3)}. Only a comparison like this one (and
+        the tests) catches it.""")
+    return good_diff, bad_diff
+
+
+# %% 3. Why several heads: a task that needs two relations at once
+def section_3_why_heads(d_model, n_heads, sizes, args, device):
+    common.section(3, "Why several heads: left AND right neighbour at once")
+    common.explain(f"""
+        Task: random digits 0..{VOCAB_SIZE - 1} on a ring of {SEQ_LEN} positions; every position
+        must output (its left neighbour) - (its right neighbour), a class from
+        -{VOCAB_SIZE - 1} to +{VOCAB_SIZE - 1}. Order matters (3 - 5 = -2, 5 - 3 = +2), so a
+        position needs both neighbours AND which is which. The model: token embedding + a
+        learned position embedding (positions are lesson 03's subject), one MultiHeadAttention
+        layer, a linear output layer. No residual: the answer can only come through attention.
+
+        One head returns one weighted average of value vectors, weights positive and summing to
+        1. With the same weights for every input its output is a fixed blend w*left +
+        (1-w)*right, and a linear output layer cannot turn that into left - right: the blends
+        for (3,3), (3,5), (5,3), (5,5) lie on one line in that order, and their answers 0, -2,
+        +2, 0 would need the answer 0 at both ends. So one head must make its weights depend on
+        the digits to get anything right. Two heads can each read one neighbour into their own
+        slice of the output, and the output layer can give the slices opposite signs. We train a {n_heads}-head and a 1-head model with the
+        same d_model={d_model}, {sizes['steps']} steps, seed and data, then measure in eval mode on
+        {sizes['n_eval']} held-out sequences. "frozen" below replaces each head's weights by their
+        average over those sequences: the same blend for every input.""")
+    x_eval, y_eval = (t.to(device) for t in neighbour_difference_batch(
+        sizes["n_eval"], torch.Generator().manual_seed(args.seed + 1)))
+    baseline = (y_eval == VOCAB_SIZE - 1).float().mean().item()  # always answer "difference 0"
+    results = {}
+    for h in dict.fromkeys([n_heads, 1]):  # the lesson's model, then one head (once with --heads 1)
+        model, losses = train_neighbour_model(d_model, h, sizes["steps"], sizes["batch_size"],
+                                              seed=args.seed, device=device)
+        accuracy, avg = evaluate(model, x_eval, y_eval)
+        left, right, itself = (offset_weights(avg, k).tolist() for k in (-1, +1, 0))
+        results[h] = dict(loss=losses[-1], accuracy=accuracy, avg=avg.cpu(), left=left, right=right,
+                          itself=itself, roles=[head_role(l, r) for l, r in zip(left, right)],
+                          frozen=accuracy_with_frozen_weights(model, x_eval, y_eval, avg))
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    print("  average attention weight of each head on each offset (key - query position):")
+    common.table([[f"{h}-head model", f"head {i}", *(f"{w:.3f}" for w in (r["left"][i], r["itself"][i],
+                   r["right"][i], 1 - r["left"][i] - r["itself"][i] - r["right"][i])), r["roles"][i]]
+                  for h, r in results.items() for i in range(h)],
+                 ["model", "head", "-1 (left)", "0 (itself)", "+1 (right)", "elsewhere", "reads"])
+    print()
+    common.table([[f"{h}-head model", r["loss"], pct(r["accuracy"]), pct(r["frozen"])]
+                  for h, r in results.items()]
+                 + [["always answer 0", "", pct(baseline), ""]],
+                 ["model", "final train loss", "held-out accuracy", "frozen weights"])
+    multi, one = results[n_heads], results[1]
+    gap = multi["accuracy"] - one["accuracy"]
+    if n_heads == 1:
+        verdict = "With --heads 1 there is nothing to compare: run with --heads 2 (the default)."
+    elif max(multi["accuracy"], one["accuracy"]) < 2 * baseline:
+        verdict = f"Neither model learned the task in {sizes['steps']} steps: too few steps."
+    else:
+        verdict = (f"{n_heads} heads reach {pct(multi['accuracy'])}, one head {pct(one['accuracy'])}"
+                   + ("." if gap >= 0.1 else ": this time one head did about as well." if gap > -0.02
+                      else ": this time one head did better. Try another --seed."))
+    single = (f"The single head blends left ({one['left'][0]:.2f}) and right ({one['right'][0]:.2f})"
+              + ("; what it gets right needs weights that change with the digits: frozen to one blend "
+                 f"it falls to {pct(one['frozen'])}." if one["frozen"] < one["accuracy"] - 0.05
+                 else f"; frozen it scores {pct(one['frozen'])}."))
+    readers = {side: [str(i) for i, r in enumerate(multi["roles"]) if r == f"{side} neighbour"]
+               for side in ("left", "right")}
+    split = n_heads > 1 and bool(readers["left"]) and bool(readers["right"])
+    frozen_holds = multi["frozen"] >= multi["accuracy"] - 0.05
+    if n_heads == 1:
+        several = ""
+    elif split:
+        several = (f"The heads divided the work by position: left neighbour: head "
+                   f"{', '.join(readers['left'])}; right neighbour: head {', '.join(readers['right'])}. "
+                   f"Frozen they score {pct(multi['frozen'])}"
+                   + (": their weights hardly depend on the digits. Nobody told a head what to read; "
+                      "the split comes from training." if frozen_holds else
+                      ": part of their work also depends on the digits."))
+    else:
+        several = (f"No head reads the left and another the right neighbour alone (weights on the left: "
+                   f"{', '.join(f'{w:.2f}' for w in multi['left'])}); frozen they score "
+                   f"{pct(multi['frozen'])}"
+                   + (": different fixed blends, which is enough to tell the neighbours apart."
+                      if frozen_holds else ": what they read also depends on the digits."))
+    common.explain(f"""{verdict} {single} {several} (On the ring, query 0's left neighbour is key
+        {SEQ_LEN - 1}: the corner cells of the figure.)""")
+    plot_heads(results, sizes, args)
+    return results, baseline, split
+
+
+def plot_heads(results, sizes, args):
+    panels = [(h, i) for h in results for i in range(h)]  # the lesson's model's heads, then 1 head
+    ncols = min(len(panels), 4)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = common.new_figure(nrows, ncols, figsize=(3.5 * ncols, 3.3 * nrows + 0.7),
+                                  show=args.show, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    ticks = list(range(SEQ_LEN))
+    for ax, (h, i) in zip(axes.flat, panels):
+        r = results[h]
+        image = ax.imshow(r["avg"][i].numpy(), cmap="viridis", vmin=0, vmax=1)
+        for (q, k), w in ((qk, r["avg"][i][qk].item()) for qk in zip(*torch.where(r["avg"][i] >= 0.05))):
+            ax.text(k, q, f"{w:.2f}", ha="center", va="center", fontsize=7, color="k" if w > 0.6 else "w")
+        ax.set(xticks=ticks, yticks=ticks, xlabel="key position", ylabel="query position")
+        ax.set_title(f"{h}-head model, head {i}: {r['roles'][i]}\n"
+                     f"left {r['left'][i]:.2f}, right {r['right'][i]:.2f}", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+    accuracies = ", ".join(f"{h} head{'s' if h > 1 else ''} {100 * r['accuracy']:.0f}% accurate"
+                           for h, r in results.items())
+    fig.suptitle(f"Output left - right neighbour: {accuracies}.\nEach head's attention weights, "
+                 f"averaged over {sizes['n_eval']} held-out sequences (eval mode); "
+                 "left/right = weight on offset -1/+1", fontsize=9)
+    common.save_figure(fig, args.out_dir, "multi_head_attention.png", show=args.show)
+
+
+# %% 4. Parameters: heads split d_model, they don't add parameters
+def section_4_parameters(d_model):
+    common.section(4, "Parameter count: 4*d_model^2 + 4*d_model, whatever n_heads")
+    rows, all_equal = [], True
+    for h in sorted(set(HEAD_COUNTS)):
+        if d_model % h:
+            rows.append([h, "-", "-", "-", f"{d_model} % {h} != 0: not possible"])
+            continue
+        mha = MultiHeadAttention(d_model, h)
+        numel = sum(p.numel() for p in mha.parameters())
+        torch_numel = sum(p.numel() for p in nn.MultiheadAttention(d_model, h, batch_first=True).parameters())
+        formula = attention_parameter_count(d_model)
+        all_equal &= numel == formula == torch_numel
+        rows.append([h, d_model // h, numel, torch_numel,
+                     f"{formula} ({'equal' if numel == formula else 'DIFFERENT'})"])
+    common.table(rows, ["n_heads", "d_head", "numel()", "nn.MultiheadAttention", "4*d^2 + 4*d"])
+    common.explain(f"""
+        Formula vs numel() for d_model={d_model}: {'all equal' if all_equal else 'NOT all equal'}.
+        W_q, W_k, W_v, W_o are d_model x d_model whatever n_heads is: more heads mean thinner
+        slices (d_head = d_model / n_heads), not more weights. Of the
+        {attention_parameter_count(d_model)}, {4 * d_model} are biases.""")
+    return all_equal
+
+
+def parse_model_size(args):
+    """--d-model / --heads: a positive d_model that n_heads divides, else one line and exit 2."""
+    d_model, n_heads = args.d_model, args.heads
+    if d_model <= 0:
+        common.fail(f"--d-model must be a positive number, got {d_model} (with --heads {n_heads}); "
+                    f"e.g. --d-model {D_MODEL}")
+    if n_heads <= 0 or d_model % n_heads:
+        divisors = ", ".join(str(h) for h in range(1, min(d_model, 64) + 1) if d_model % h == 0)
+        need = "must be a positive number that divides" if n_heads <= 0 else "must divide"
+        common.fail(f"--heads {n_heads} {need} --d-model {d_model} (each head gets d_model/heads numbers); "
+                    f"choose --heads from the divisors of {d_model}: {divisors}"
+                    + (", ..." if d_model > 64 else ""))
+    return d_model, n_heads
+
+
+def main(argv=None):
+    quick = ", ".join(f"{k}={v}" for k, v in QUICK.items())
+    parser = common.lesson_parser(__doc__, quick_help=f"tiny sizes, for a smoke test: {quick}")
+    parser.add_argument("--d-model", type=int, default=D_MODEL, help="embedding size of the lesson's model")
+    parser.add_argument("--heads", type=int, default=N_HEADS,
+                        help="attention heads of the lesson's model (must divide --d-model)")
+    args = common.parse_args(parser, argv)
+    d_model, n_heads = parse_model_size(args)
+    device = common.setup(args, "Lesson 02: multi-head attention")
+    sizes = QUICK if args.quick else dict(steps=STEPS, batch_size=BATCH_SIZE, n_eval=N_EVAL)
+    print(f"d_model={d_model}, n_heads={n_heads}, d_head={d_model // n_heads}; each head uses lesson 01's "
+          "scaled_dot_product_attention (common.load_lesson(1))")
+
+    worst, wrong_polarity = section_1_loop(d_model, n_heads, device)
+    good_merge, bad_merge = section_2_batched(d_model, n_heads, device)
+    results, baseline, split = section_3_why_heads(d_model, n_heads, sizes, args, device)
+    counts_equal = section_4_parameters(d_model)
+
+    multi, one = results[n_heads], results[1]
+    common.key_insights([
+        f"Multi-head attention = n_heads copies of lesson 01's attention on d_head-sized slices of W_q, "
+        f"W_k, W_v, concatenated and mixed by W_o. Loop, batched class and nn.MultiheadAttention: "
+        f"largest difference {common.fmt(worst, 2)}.",
+        f"nn.MultiheadAttention's masks mean True = blocked, ours True = may attend: pass ~mask. The "
+        f"wrong polarity changed outputs by up to {common.fmt(wrong_polarity, 3)}.",
+        f"split_heads: view + transpose to (B, n_heads, T, d_head); merge_heads must transpose back. "
+        f"Without it the output is wrong by {common.fmt(bad_merge, 3)} "
+        f"(with it: {common.fmt(good_merge, 2)}) "
+        "and no shape error warns you.",
+        f"Left - right neighbour: {n_heads} heads {100 * multi['accuracy']:.1f}%, 1 head "
+        f"{100 * one['accuracy']:.1f}% (always answering 0: {100 * baseline:.1f}%). One head is one "
+        f"blend; frozen to a fixed blend it scores {100 * one['frozen']:.1f}%. "
+        + (f"Several heads split the work, left reader and right reader, learned and not designed "
+           f"(frozen: {100 * multi['frozen']:.1f}%)." if split else
+           "In this run the heads did not split into a left and a right reader."),
+        f"Parameters: 4*d_model^2 + 4*d_model = {attention_parameter_count(d_model)} for d_model={d_model} "
+        f"with any number of heads ({'equal to' if counts_equal else 'DIFFERENT from'} numel()).",
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""Lesson 02: MultiHeadAttention against nn.MultiheadAttention, the naive loop, and the lesson's claims."""
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from common import load_lesson
+from conftest import expect_user_error
+
+L02 = load_lesson(2)
+causal_mask = load_lesson(1).causal_mask
+
+D_MODEL, N_HEADS, B, T, T_K = 16, 4, 3, 5, 7
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def make_pair(bias=True, seed=0, dropout=0.0):
+    """Our MultiHeadAttention and nn.MultiheadAttention(batch_first=True) holding the same weights."""
+    torch.manual_seed(seed)
+    ours = L02.MultiHeadAttention(D_MODEL, N_HEADS, dropout=dropout, bias=bias).eval()
+    with torch.no_grad():  # non-zero biases, so a bias that is dropped or misplaced shows
+        for p in ours.parameters():
+            p.uniform_(-0.5, 0.5)
+    return ours, L02.torch_reference(ours)
+
+
+def padding_keep(t=T):
+    """(B, t) bool, True = a real token; sequences 1 and 2 end with padding."""
+    keep = torch.ones(B, t, dtype=torch.bool)
+    keep[1, -2:] = False
+    keep[2, -3:] = False
+    return keep
+
+
+def case_inputs(kind):
+    """query, key/value, our mask (True = may attend), PyTorch's mask kwargs (True = blocked)."""
+    x = torch.randn(B, T, D_MODEL)
+    if kind == "none":
+        return x, x, None, {}
+    if kind == "causal":
+        return x, x, causal_mask(T), {"attn_mask": ~causal_mask(T)}
+    if kind == "padding":
+        keep = padding_keep()
+        return x, x, keep[:, None, :], {"key_padding_mask": ~keep}  # (B, 1, T_k)
+    memory = torch.randn(B, T_K, D_MODEL)  # cross-attention: T_q = 5 queries, T_k = 7 keys
+    keep = padding_keep(T_K)
+    return x, memory, keep[:, None, :], {"key_padding_mask": ~keep}
+
+
+@pytest.mark.parametrize("kind", ["none", "causal", "padding", "cross"])
+def test_equals_nn_multihead_attention(kind):
+    ours, reference = make_pair()
+    q, kv, mask, torch_masks = case_inputs(kind)
+    with torch.no_grad():
+        out, weights = ours(q, kv, kv, mask=mask)
+        ref_out, ref_per_head = reference(q, kv, kv, average_attn_weights=False, **torch_masks)
+        _, ref_average = reference(q, kv, kv, average_attn_weights=True, **torch_masks)
+        loop_out, loop_weights = L02.multi_head_attention_loop(ours, q, kv, kv, mask)
+    t_k = kv.size(1)
+    assert out.shape == (B, T, D_MODEL) and weights.shape == (B, N_HEADS, T, t_k)
+    assert_close(out, ref_out, **TOL)
+    assert_close(weights, ref_per_head, **TOL)
+    assert_close(weights.mean(1), ref_average, **TOL)
+    # the naive loop over heads is the same computation
+    assert_close(loop_out, out, **TOL)
+    assert_close(loop_weights, weights, **TOL)
+
+
+@pytest.mark.parametrize("kind", ["none", "causal", "padding", "cross"])
+def test_fused_path_equals_naive_path(kind):
+    ours, _ = make_pair()
+    q, kv, mask, _ = case_inputs(kind)
+    with torch.no_grad():
+        naive, _ = ours(q, kv, kv, mask=mask, need_weights=True)
+        fused, none = ours(q, kv, kv, mask=mask, need_weights=False)
+    assert none is None
+    assert_close(fused, naive, **TOL)
+
+
+def test_weights_are_a_distribution_and_masked_keys_get_zero():
+    ours, _ = make_pair()
+    x = torch.randn(B, T, D_MODEL)
+    keep = padding_keep()
+    mask = keep[:, None, :] & causal_mask(T)  # (B, T, T): causal and padding together
+    with torch.no_grad():
+        _, weights = ours(x, x, x, mask=mask)
+    assert_close(weights.sum(-1), torch.ones(B, N_HEADS, T))
+    assert (weights[~mask.unsqueeze(1).expand_as(weights)] == 0).all()
+
+
+def test_query_with_nothing_to_attend_gives_no_nan():
+    ours, _ = make_pair()
+    x = torch.randn(B, T, D_MODEL)
+    mask = torch.ones(B, T, T, dtype=torch.bool)
+    mask[0, 2, :] = False  # query 2 of sequence 0 may attend to nothing
+    for need_weights in (True, False):
+        with torch.no_grad():
+            out, _ = ours(x, x, x, mask=mask, need_weights=need_weights)
+        assert not out.isnan().any()
+
+
+def test_causal_output_ignores_future_tokens():
+    ours, _ = make_pair()
+    x = torch.randn(B, T, D_MODEL)
+    changed = x.clone()
+    changed[:, 3:] = torch.randn(B, T - 3, D_MODEL)  # change positions 3.. only
+    with torch.no_grad():
+        a, _ = ours(x, x, x, mask=causal_mask(T))
+        b, _ = ours(changed, changed, changed, mask=causal_mask(T))
+    assert_close(a[:, :3], b[:, :3], **TOL)
+    assert (a[:, 3:] - b[:, 3:]).abs().max() > 1e-3
+
+
+def test_no_bias_equals_reference_and_has_no_bias_parameters():
+    ours, reference = make_pair(bias=False)
+    assert all(W.bias is None for W in (ours.W_q, ours.W_k, ours.W_v, ours.W_o))
+    assert sum(p.numel() for p in ours.parameters()) == 4 * D_MODEL**2
+    q, kv, mask, torch_masks = case_inputs("causal")
+    with torch.no_grad():
+        out, weights = ours(q, kv, kv, mask=mask)
+        ref_out, ref_weights = reference(q, kv, kv, average_attn_weights=False, **torch_masks)
+        loop_out, _ = L02.multi_head_attention_loop(ours, q, kv, kv, mask)
+    assert_close(out, ref_out, **TOL)
+    assert_close(weights, ref_weights, **TOL)
+    assert_close(loop_out, out, **TOL)
+
+
+def test_batch_mask_of_shape_b_tq_tk_is_applied_per_batch_element():
+    ours, reference = make_pair()
+    x = torch.randn(B, T, D_MODEL)
+    torch.manual_seed(1)
+    mask = torch.rand(B, T, T) > 0.4  # a different (T_q, T_k) mask for each batch element
+    mask[:, :, 0] = True               # every query keeps at least one key
+    with torch.no_grad():
+        out, weights = ours(x, x, x, mask=mask)
+        # PyTorch takes a 3-D attn_mask as (B * n_heads, T_q, T_k): repeat each element's mask per head
+        ref_out, ref_weights = reference(x, x, x, attn_mask=~mask.repeat_interleave(N_HEADS, 0),
+                                         average_attn_weights=False)
+        for b in range(B):  # and each element alone, with its own 2-D mask
+            alone, _ = ours(x[b:b + 1], x[b:b + 1], x[b:b + 1], mask=mask[b])
+            assert_close(alone[0], out[b], **TOL)
+    assert_close(out, ref_out, **TOL)
+    assert_close(weights, ref_weights, **TOL)
+    assert (weights[~mask.unsqueeze(1).expand_as(weights)] == 0).all()
+
+
+def test_per_head_mask_in_the_loop_and_the_class():
+    ours, _ = make_pair()
+    x = torch.randn(B, T, D_MODEL)
+    mask = torch.rand(B, N_HEADS, T, T) > 0.5
+    mask[..., 0] = True
+    with torch.no_grad():
+        out, weights = ours(x, x, x, mask=mask)
+        loop_out, loop_weights = L02.multi_head_attention_loop(ours, x, x, x, mask)
+    assert_close(loop_out, out, **TOL)
+    assert_close(loop_weights, weights, **TOL)
+
+
+def test_dropout_in_eval_mode_is_off_and_in_train_mode_is_on():
+    ours, _ = make_pair(dropout=0.5)
+    plain = L02.MultiHeadAttention(D_MODEL, N_HEADS, dropout=0.0).eval()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(B, T, D_MODEL)
+    with torch.no_grad():
+        first, w1 = ours(x, x, x)
+        second, _ = ours(x, x, x)
+        expected, w0 = plain(x, x, x)
+        assert_close(first, second, atol=0, rtol=0)
+        assert_close(first, expected, **TOL)
+        assert_close(w1, w0, **TOL)
+        ours.train()
+        for need_weights in (True, False):
+            dropped, _ = ours(x, x, x, need_weights=need_weights)
+            assert (dropped - expected).abs().max() > 1e-3  # dropout really acts in training mode
+
+
+def test_broken_merge_without_transpose_is_caught():
+    ours, reference = make_pair()
+    x = torch.randn(B, T, D_MODEL)
+    with torch.no_grad():
+        expected, _ = reference(x, x, x)
+        good, _ = ours(x, x, x)
+        ours.merge_heads = L02.merge_heads_without_transpose  # PITFALLS #8, on this instance only
+        bad, _ = ours(x, x, x)
+    assert bad.shape == good.shape  # the bug does not change any shape ...
+    assert_close(good, expected, **TOL)
+    assert (bad - expected).abs().max() > 1e-2  # ... only a comparison catches it
+
+
+def test_split_heads_and_merge_heads_are_inverses_and_slice_rows():
+    mha = L02.MultiHeadAttention(D_MODEL, N_HEADS)
+    x = torch.randn(B, T, D_MODEL)
+    split = mha.split_heads(x)
+    assert split.shape == (B, N_HEADS, T, D_MODEL // N_HEADS)
+    assert torch.equal(mha.merge_heads(split), x)
+    assert torch.equal(split[:, 1], x[..., mha.d_head:2 * mha.d_head])  # head 1 = columns d_head..2*d_head-1
+
+
+@pytest.mark.parametrize("d_model,n_heads", [(16, 3), (10, 4), (16, 0), (0, 2), (-8, 2), (8, -2)])
+def test_impossible_sizes_raise_value_error(d_model, n_heads):
+    with pytest.raises(ValueError):
+        L02.MultiHeadAttention(d_model, n_heads)
+
+
+@pytest.mark.parametrize("d_model", [8, 32, 48])
+def test_parameter_count_formula(d_model):
+    for n_heads in (h for h in (1, 2, 4, 8, 16) if d_model % h == 0):
+        mha = L02.MultiHeadAttention(d_model, n_heads)
+        count = sum(p.numel() for p in mha.parameters())
+        assert count == L02.attention_parameter_count(d_model) == 4 * d_model**2 + 4 * d_model
+
+
+def test_adam_matches_the_textbook_update():
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, requires_grad=True)
+    w_ref = w.detach().double().clone()
+    m, v = torch.zeros_like(w_ref), torch.zeros_like(w_ref)
+    optimizer = L02.Adam([w], lr=0.05)
+    for t in range(1, 13):
+        x = torch.randn(3)
+        optimizer.zero_grad()
+        (w @ x).sin().sum().backward()
+        grad = torch.autograd.functional.jacobian(lambda p: (p @ x.double()).sin().sum(), w_ref)
+        optimizer.step()
+        # Adam (Kingma & Ba 2015) with torch's defaults: betas (0.9, 0.999), eps 1e-8 outside the sqrt
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad**2
+        w_ref = w_ref - 0.05 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    assert_close(w.detach().double(), w_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_neighbour_task_targets_are_left_minus_right():
+    x, y = L02.neighbour_difference_batch(64, torch.Generator().manual_seed(0))
+    n, T = x.shape
+    V = L02.VOCAB_SIZE
+    for b in range(n):
+        for t in range(T):  # on the ring, position 0's left neighbour is position T - 1
+            assert y[b, t] == x[b, (t - 1) % T] - x[b, (t + 1) % T] + V - 1
+    assert y.min() >= 0 and y.max() <= 2 * V - 2 and len(y.unique()) > V  # many differences occur
+
+
+def test_several_heads_beat_one_head_and_split_left_and_right():
+    x, y = L02.neighbour_difference_batch(500, torch.Generator().manual_seed(123))
+    two, _ = L02.train_neighbour_model(32, 2, steps=100, batch_size=64, seed=0)
+    one, one_losses = L02.train_neighbour_model(32, 1, steps=100, batch_size=64, seed=0)
+    acc_two, avg_two = L02.evaluate(two, x, y)
+    acc_one, avg_one = L02.evaluate(one, x, y)
+    assert acc_two >= acc_one  # several heads beat or match one head ...
+    assert acc_two > 0.9 and acc_one < 0.6  # ... here clearly: the task needs both neighbours apart
+    left, right = L02.offset_weights(avg_two, -1), L02.offset_weights(avg_two, +1)
+    assert left.max() > 0.9 and right.max() > 0.9 and left.argmax() != right.argmax()
+    # the heads read fixed positions: freezing their weights at the average keeps the accuracy
+    assert L02.accuracy_with_frozen_weights(two, x, y, avg_two) > acc_two - 0.05
+    assert not two.training and math.isfinite(one_losses[-1])
+
+
+def test_frozen_weights_path_reproduces_the_model_when_given_its_own_weights():
+    model, _ = L02.train_neighbour_model(16, 2, steps=5, batch_size=8, seed=0)
+    x, y = L02.neighbour_difference_batch(50, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, weights = model(x, need_weights=True)  # (B, n_heads, T, T): each input's own weights
+    accuracy, _ = L02.evaluate(model, x, y)
+    assert L02.accuracy_with_frozen_weights(model, x, y, weights) == accuracy
+
+
+def test_training_is_deterministic_with_the_seed():
+    _, a = L02.train_neighbour_model(16, 2, steps=5, batch_size=8, seed=3)
+    _, b = L02.train_neighbour_model(16, 2, steps=5, batch_size=8, seed=3)
+    _, c = L02.train_neighbour_model(16, 2, steps=5, batch_size=8, seed=4)
+    assert a == b and a != c
+
+
+def test_smoke_quick_run_writes_the_figure(run_main, capsys):
+    out_dir = run_main(2, "--quick")
+    png = out_dir / "multi_head_attention.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Key insights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,contains", [
+    (("--heads", "5"), "--heads 5"),
+    (("--heads", "0"), "--heads 0"),
+    (("--d-model", "30", "--heads", "4"), "--d-model 30"),
+    (("--d-model", "0"), "--d-model"),
+])
+def test_impossible_sizes_are_one_line_exit_2(capsys, flags, contains):
+    err = expect_user_error(capsys, 2, *flags, contains=contains)
+    if "--heads" in flags:
+        assert "divisors" in err  # names what would work
