@@ -29,6 +29,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) bench/run_benchmarks.py
+	$(VPY) bench/bench_training.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache __pycache__ */__pycache__

@@ -1,0 +1,431 @@
+"""Lesson 05: the decoder block, the data, training, decoding, checkpoints and the lesson's flags."""
+import itertools
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from common import load_lesson
+from conftest import expect_user_error
+
+L = load_lesson(5)
+
+# A short reversal that a small model learns in about a second on one thread.
+SMALL = dict(seq_len=5, d_model=32, n_heads=1, d_ff=64, lr=5e-3, warmup=10, val_size=200, test_size=200,
+             patience=0)
+
+
+def tokens(*digit_lists, T=None):
+    """Digit lists -> (B, T) source tokens, PAD after each list."""
+    T = T or max(len(d) for d in digit_lists)
+    src = torch.full((len(digit_lists), T), L.PAD, dtype=torch.long)
+    for i, d in enumerate(digit_lists):
+        src[i, :len(d)] = torch.tensor(d) + L.FIRST_DIGIT
+    return src
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A short reversal trained to the target (the 'learns a small task' test reads it too)."""
+    config = L.TrainConfig(**SMALL, steps=200, target=0.99)
+    return config, L.train(config, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def half_trained():
+    """A model stopped early: some answers right, some wrong (what decoder checks need)."""
+    config = L.TrainConfig(**SMALL, steps=100, target=0.3, eval_every=5)
+    result = L.train(config, quiet=True)
+    val, test = L.heldout_sets(config)
+    return config, result.model, test
+
+
+# ---------------------------------------------------------------- the data
+def test_task_outputs_on_known_examples():
+    src = tokens([1, 2, 3], [4, 0, 9, 9], [7])
+    out = {task: [L.tokens_to_digits(row) for row in L.task_outputs(src, task, 10)] for task in L.TASKS}
+    assert out["reverse"] == [[3, 2, 1], [9, 9, 0, 4], [7]]
+    assert out["copy"] == [[1, 2, 3], [4, 0, 9, 9], [7]]
+    assert out["sort"] == [[1, 2, 3], [0, 4, 9, 9], [7]]
+    assert out["sum"] == [[6], [2, 2], [7]]
+    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([9] * 16), "sum", 10)] == [[1, 4, 4]]
+    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([0, 0]), "sum", 10)] == [[0]]
+    # the sum is written in base n_digits: 2 + 2 = 4 = "11" in base 3
+    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([2, 2]), "sum", 3)] == [[1, 1]]
+
+
+def test_teacher_forcing_pair_is_the_answer_shifted_by_one():
+    out = L.task_outputs(tokens([1, 2, 3], [5]), "copy", 10)
+    tgt_in, tgt_out = L.teacher_forcing_pair(out)
+    D = L.FIRST_DIGIT
+    assert tgt_in.tolist() == [[L.BOS, 1 + D, 2 + D, 3 + D], [L.BOS, 5 + D, L.PAD, L.PAD]]
+    assert tgt_out.tolist() == [[1 + D, 2 + D, 3 + D, L.EOS], [5 + D, L.EOS, L.PAD, L.PAD]]
+    # what position i reads next (tgt_in[i+1]) is what it had to predict (tgt_out[i])
+    assert torch.equal(tgt_in[0, 1:], tgt_out[0, :-1])
+
+
+def test_training_batches_never_contain_a_heldout_input():
+    # length 3, 10 digits: only 1000 possible inputs, so collisions are frequent and must be removed
+    config = L.TrainConfig(task="reverse", seq_len=3, batch_size=256)
+    val, test = L.heldout_sets(config)
+    assert len(val) == len(test) == 100  # capped at a tenth of the possible inputs
+    stream = L.TrainingData(config, [val.src, test.src], seed=0)
+    held = {tuple(r) for r in torch.cat([val.src, test.src]).tolist()}
+    for _ in range(20):
+        batch = stream.next_batch()
+        assert len(batch) == config.batch_size
+        assert not held & {tuple(r) for r in batch.src.tolist()}
+    assert stream.removed > 0  # it did have to remove some (about 19% of 5120 draws)
+
+
+def test_heldout_sets_do_not_depend_on_the_training_seed():
+    a_val, a_test = L.heldout_sets(L.TrainConfig(seed=0))
+    b_val, b_test = L.heldout_sets(L.TrainConfig(seed=7))
+    assert torch.equal(a_val.src, b_val.src) and torch.equal(a_test.src, b_test.src)
+    assert not torch.equal(a_val.src, a_test.src)
+
+
+def test_predict_on_the_sum_task_gives_answers_of_their_own_length():
+    torch.manual_seed(0)
+    model = L.Seq2SeqTransformer(task="sum", d_model=16, n_heads=2, d_ff=32).eval()
+    answers = L.predict(model, [[1, 2, 3], [9] * 12], beam_size=2)
+    assert len(answers) == 2
+    # an untrained model may never write EOS: decoding stops after the longest answer (3) + 1 tokens
+    assert all(len(a) <= L.output_len("sum", 12, 10) + 1 and all(0 <= d <= 9 for d in a) for a in answers)
+
+
+def test_sequence_keys_equal_exactly_for_equal_rows():
+    src = tokens([1, 2, 3], [1, 2, 3], [3, 2, 1], [1, 2])
+    keys = L.sequence_keys(src, 10)
+    assert keys[0] == keys[1] and len(set(keys.tolist())) == 3
+    long = torch.randint(L.FIRST_DIGIT, 13, (50, 40))  # 13**40 does not fit: the hash path
+    keys = L.sequence_keys(torch.cat([long, long[:5]]), 10)
+    assert torch.equal(keys[:5], keys[50:])
+
+
+# ---------------------------------------------------------------- the model
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_decoder_block_equals_pytorch_decoder_layer(norm_first):
+    torch.manual_seed(0)
+    d_model, n_heads, d_ff, B, T_tgt, T_src = 16, 4, 24, 3, 5, 7
+    ours = L.TransformerDecoderBlock(d_model, n_heads, d_ff, norm_first=norm_first).eval()
+    ref = nn.TransformerDecoderLayer(d_model, n_heads, d_ff, dropout=0.0, batch_first=True,
+                                     norm_first=norm_first).eval()
+    with torch.no_grad():
+        for mine, theirs in ((ours.self_attn, ref.self_attn), (ours.cross_attn, ref.multihead_attn)):
+            theirs.in_proj_weight.copy_(torch.cat([mine.W_q.weight, mine.W_k.weight, mine.W_v.weight]))
+            theirs.in_proj_bias.copy_(torch.cat([mine.W_q.bias, mine.W_k.bias, mine.W_v.bias]))
+            theirs.out_proj.weight.copy_(mine.W_o.weight)
+            theirs.out_proj.bias.copy_(mine.W_o.bias)
+        for name in ("linear1", "linear2"):
+            getattr(ref, name).load_state_dict(getattr(ours.feed_forward, name).state_dict())
+        for name in ("norm1", "norm2", "norm3"):
+            getattr(ref, name).load_state_dict(getattr(ours, name).state_dict())
+    x, memory = torch.randn(B, T_tgt, d_model), torch.randn(B, T_src, d_model)
+    causal = L.causal_mask(T_tgt)                                   # True = may attend
+    keep = torch.ones(B, T_src, dtype=torch.bool)
+    keep[1, 4:] = False                                             # row 1 has 3 padded inputs
+    got = ours(x, memory, self_mask=causal, memory_mask=keep[:, None, :])
+    # nn.Transformer* masks mean the opposite: True = blocked
+    want = ref(x, memory, tgt_mask=~causal, memory_key_padding_mask=~keep)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    got_w, self_w, cross_w = ours(x, memory, causal, keep[:, None, :], return_weights=True)
+    torch.testing.assert_close(got_w, want, atol=1e-5, rtol=1e-5)   # naive path = fused path
+    assert cross_w.shape == (B, n_heads, T_tgt, T_src)
+    assert float(cross_w[1, :, :, 4:].abs().max().detach()) == 0.0          # padded inputs get no attention
+    torch.testing.assert_close(cross_w.sum(-1), torch.ones(B, n_heads, T_tgt))
+
+
+def test_decoder_is_causal():
+    torch.manual_seed(0)
+    model = L.Seq2SeqTransformer(d_model=32, n_heads=2, n_layers=2, d_ff=64).eval()
+    src = torch.randint(L.FIRST_DIGIT, 13, (4, 8))
+    tgt_in = torch.randint(L.FIRST_DIGIT, 13, (4, 9))
+    tgt_in[:, 0] = L.BOS
+    changed = tgt_in.clone()
+    k = 5
+    changed[:, k:] = torch.randint(L.FIRST_DIGIT, 13, (4, 9 - k))
+    assert not torch.equal(changed[:, k:], tgt_in[:, k:])
+    with torch.no_grad():
+        before, after = model(src, tgt_in), model(src, changed)
+    torch.testing.assert_close(after[:, :k], before[:, :k], atol=1e-6, rtol=0)
+    assert float((after[:, k:] - before[:, k:]).abs().max()) > 1e-3
+
+
+def test_padding_in_the_source_changes_nothing_for_the_real_tokens():
+    torch.manual_seed(0)
+    model = L.Seq2SeqTransformer(d_model=32, n_heads=2, d_ff=64).eval()
+    short = tokens([1, 2, 3])
+    padded = tokens([1, 2, 3], T=6)
+    tgt_in = torch.tensor([[L.BOS, 6, 5, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded, tgt_in), model(short, tgt_in), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- training
+def test_learning_rate_warmup_then_schedule():
+    c = L.TrainConfig(lr=1e-2, warmup=10, steps=110)
+    assert L.learning_rate(5, c) == pytest.approx(5e-3)
+    assert L.learning_rate(10, c) == pytest.approx(1e-2)
+    assert L.learning_rate(60, c) == pytest.approx(5e-3)             # cosine halfway
+    assert L.learning_rate(110, c) == pytest.approx(0.0, abs=1e-12)
+    const = L.TrainConfig(lr=1e-2, warmup=10, steps=110, schedule="constant")
+    assert L.learning_rate(100, const) == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.1])
+def test_our_adamw_equals_pytorch_adamw_with_clipping(grad_clip):
+    torch.manual_seed(0)
+    ours_model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    ref_model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    ref_model.load_state_dict(ours_model.state_dict())
+    ours = L.AdamW(ours_model.parameters(), lr=0.01, weight_decay=0.1)
+    ref = torch.optim.AdamW(ref_model.parameters(), lr=0.01, weight_decay=0.1)
+    for step in range(5):
+        x = torch.randn(16, 5)
+        for model in (ours_model, ref_model):
+            model.zero_grad()
+            (model(x) ** 2).mean().backward()
+        if grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(ref_model.parameters(), grad_clip)
+            assert norm > grad_clip  # the clipping really acts in this test
+        ours.lr = ref.param_groups[0]["lr"] = 0.01 * (step + 1)      # a changing learning rate
+        ours.step(grad_clip=grad_clip)
+        ref.step()
+    for a, b in zip(ours_model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_decoding_one_token_at_a_time_equals_the_full_decoder():
+    torch.manual_seed(0)
+    for norm_first in (True, False):
+        model = L.Seq2SeqTransformer(d_model=16, n_heads=2, n_layers=2, d_ff=32, norm_first=norm_first).eval()
+        src = tokens([1, 2, 3, 4], [5, 6])                     # with padding
+        ys = torch.tensor([[L.BOS, 7, 8, 9, 3], [L.BOS, 4, 4, 5, 6]])
+        memory, src_mask = model.encode(src)
+        cache = [None] * 2
+        with torch.no_grad():
+            full = model.decode(ys, memory, src_mask)          # (B, 5, vocab_size)
+            for t in range(1, ys.size(1) + 1):
+                step = model.decode_next(ys[:, :t], memory, src_mask, cache)
+                torch.testing.assert_close(step, full[:, t - 1], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_falls_and_a_short_reversal_is_learned(trained):
+    config, result = trained
+    losses = result.history["loss"]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 / 5
+    assert result.stopped_because == "target reached"
+    assert result.best_val["exact_match"] >= 0.99
+    assert result.target_step is not None and result.target_step <= 200
+    assert not result.model.training
+    val, test = L.heldout_sets(config)
+    answers = L.predict(result.model, [[1, 2, 3, 4, 5], [9, 0, 9, 0, 1]])
+    assert answers == [[5, 4, 3, 2, 1], [1, 0, 9, 0, 9]]
+
+
+def test_cheap_exact_match_equals_greedy_exact_match(half_trained):
+    config, model, test = half_trained
+    greedy = L.greedy_decode(model, test.src, max_len=config.seq_len + 1)
+    width = test.tgt_out.size(1)
+    greedy_right = (torch.nn.functional.pad(greedy, (0, width - greedy.size(1)), value=L.PAD)
+                    == test.tgt_out).all(1)
+    with torch.no_grad():
+        logits = model(test.src, test.tgt_in)
+    predicted = L.restrict_logits(logits).argmax(-1)
+    cheap_right = ((predicted == test.tgt_out) | (test.tgt_out == L.PAD)).all(1)
+    assert 0.05 < greedy_right.float().mean() < 0.95                  # a mix, so the check means something
+    assert torch.equal(cheap_right, greedy_right)                     # sequence by sequence
+    cheap = L.evaluate_teacher_forced(model, test)["exact_match"]
+    assert cheap == pytest.approx(float(greedy_right.float().mean()))
+
+
+def test_ctrl_c_stops_training_and_keeps_the_best_model():
+    def interrupt(step, metrics):
+        if step >= 20:
+            raise KeyboardInterrupt
+
+    config = L.TrainConfig(**SMALL, steps=200)
+    result = L.train(config, quiet=True, callback=interrupt)
+    assert result.stopped_because.startswith("interrupted")
+    assert result.steps_run == 20
+    assert result.best_step <= 20 and result.history["val_step"][-1] == 20
+    val, _ = L.heldout_sets(config)
+    assert L.evaluate_teacher_forced(result.model, val)["loss"] == pytest.approx(result.best_val["loss"], rel=1e-5)
+
+
+def test_nan_loss_raises_with_advice(monkeypatch):
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(L.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(L.TrainingDiverged, match="--lr"):
+        L.train(L.TrainConfig(**SMALL, steps=5), quiet=True)
+
+
+def test_resume_continues_from_the_saved_step(tmp_path):
+    config = L.TrainConfig(**SMALL, steps=20, target=1.0)
+    first = L.train(config, quiet=True)
+    path = L.save_checkpoint(tmp_path / "m.pt", first, config)
+    checkpoint = L.read_checkpoint(path)
+    assert checkpoint["step"] == first.best_step
+    longer = L.TrainConfig(**{**SMALL, "steps": 40, "target": 1.0})
+    second = L.train(longer, quiet=True, resume=checkpoint)
+    assert second.steps_run == 40
+    assert second.history["step"][: first.best_step] == first.history["step"][: first.best_step]
+    assert second.history["step"][-1] == 40 and len(second.history["step"]) == 40
+
+
+# ---------------------------------------------------------------- decoding
+def test_beam_size_1_equals_greedy(half_trained):
+    config, model, test = half_trained
+    greedy = L.greedy_decode(model, test.src, max_len=config.seq_len + 1)
+    beam, scores = L.beam_search(model, test.src, beam_size=1, max_len=config.seq_len + 1)
+    assert torch.equal(beam, greedy)
+    torch.testing.assert_close(scores, L.sequence_log_prob(model, test.src, beam))
+
+
+def test_beam_search_finds_the_most_likely_answer_of_an_exhaustive_search():
+    """On a tiny random model every possible answer can be scored: a beam as wide as the number of
+    hypotheses must find the best, and it is at least as likely as the greedy answer."""
+    torch.manual_seed(3)
+    n_digits, max_len = 2, 3
+    model = L.Seq2SeqTransformer(n_digits=n_digits, d_model=16, n_heads=2, d_ff=32).eval()
+    src = torch.randint(L.FIRST_DIGIT, L.FIRST_DIGIT + n_digits, (6, 3))
+    digits = [d + L.FIRST_DIGIT for d in range(n_digits)]
+    answers = [list(p) + [L.EOS] for n in range(max_len) for p in itertools.product(digits, repeat=n)]
+    answers += [list(p) for p in itertools.product(digits, repeat=max_len)]  # cut off without EOS
+    candidates = torch.tensor([a + [L.PAD] * (max_len - len(a)) for a in answers])   # (15, max_len)
+    best_scores = []
+    for row in src:
+        scores = L.sequence_log_prob(model, row.expand(len(candidates), -1), candidates)
+        best_scores.append(scores.max())
+    best_scores = torch.stack(best_scores)
+    beam, beam_scores = L.beam_search(model, src, beam_size=len(candidates), max_len=max_len)
+    torch.testing.assert_close(beam_scores, best_scores)
+    torch.testing.assert_close(L.sequence_log_prob(model, src, beam), best_scores)
+    greedy = L.greedy_decode(model, src, max_len)
+    assert bool((L.sequence_log_prob(model, src, greedy) <= beam_scores + 1e-6).all())
+    # and a narrower beam is never better than the exhaustive best
+    _, narrow = L.beam_search(model, src, beam_size=2, max_len=max_len)
+    assert bool((narrow <= best_scores + 1e-6).all())
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(trained, tmp_path):
+    config, result = trained
+    path = L.save_checkpoint(tmp_path / L.CHECKPOINT_NAME, result, config)
+    raw = torch.load(path, weights_only=True)
+    assert isinstance(raw["config"], dict) and raw["config"]["d_model"] == config.d_model
+    assert all(isinstance(v, (int, float, str, bool)) for v in raw["config"].values())
+    loaded = L.load_checkpoint(path)
+    assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
+    inputs = [[1, 2, 3, 4, 5], [0, 0, 7], [9, 8, 7, 6, 5]]
+    assert L.predict(loaded, inputs) == L.predict(result.model, inputs)
+    assert L.predict(loaded, inputs, beam_size=3) == L.predict(result.model, inputs, beam_size=3)
+    assert list(tmp_path.iterdir()) == [tmp_path / L.CHECKPOINT_NAME]  # no temporary file left
+
+
+def test_load_checkpoint_rejects_missing_corrupt_and_mismatched_files(trained, tmp_path):
+    config, result = trained
+    with pytest.raises(L.CheckpointError, match="not found"):
+        L.load_checkpoint(tmp_path / "nothing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(L.CheckpointError, match="corrupt"):
+        L.load_checkpoint(corrupt)
+    path = L.save_checkpoint(tmp_path / "good.pt", result, config)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["d_model"] = 64
+    torch.save(payload, tmp_path / "shape.pt")
+    with pytest.raises(L.CheckpointError, match="do not fit"):
+        L.load_checkpoint(tmp_path / "shape.pt")
+
+
+def test_predict_rejects_bad_sequences(trained):
+    _, result = trained
+    with pytest.raises(ValueError, match="digits"):
+        L.predict(result.model, [[1, 2, 10]])
+    with pytest.raises(ValueError, match="positions"):
+        L.predict(result.model, [[1] * 100])
+
+
+# ---------------------------------------------------------------- the lesson's flags
+@pytest.fixture(scope="module")
+def checkpoint_file(trained, tmp_path_factory):
+    config, result = trained
+    return L.save_checkpoint(tmp_path_factory.mktemp("ckpt") / L.CHECKPOINT_NAME, result, config)
+
+
+@pytest.mark.parametrize("flags, contains", [
+    (["--d-model", "30", "--heads", "4"], "divisible"),
+    (["--d-model", "0"], "--d-model"),
+    (["--layers", "-1"], "--layers"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--steps", "0"], "--steps"),
+    (["--lr", "-0.1"], "--lr"),
+    (["--seq-len", "80"], "--max-len"),
+    (["--min-len", "20"], "--min-len"),
+    (["--task", "multiply"], "multiply"),
+    (["--target", "1.5"], "--target"),
+    (["--resume", "no_such_file.pt"], "not found"),
+])
+def test_bad_flags_give_one_line_and_exit_2(capsys, flags, contains):
+    expect_user_error(capsys, 5, *flags, contains=contains)
+
+
+def test_bad_checkpoints_and_contradicting_flags(capsys, checkpoint_file, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    expect_user_error(capsys, 5, "--resume", str(corrupt), contains="corrupt")
+    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--task", "sort", contains="another task")
+    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--d-model", "64", contains="contradicts")
+    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--steps", "5", contains="--steps")
+    payload = torch.load(checkpoint_file, weights_only=True)
+    payload["config"]["d_ff"] = 16
+    torch.save(payload, tmp_path / "shape.pt")
+    expect_user_error(capsys, 5, "--resume", str(tmp_path / "shape.pt"), contains="do not fit")
+
+
+def test_nan_loss_in_main_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path):
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(L.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    err = expect_user_error(capsys, 5, "--quick", "--out-dir", str(tmp_path), contains="--lr")
+    assert "nan" in err
+    assert not (tmp_path / L.CHECKPOINT_NAME).exists()
+
+
+# ---------------------------------------------------------------- the whole lesson
+EXPECTED_KEYS = {"task", "config", "steps_run", "train_seconds", "target_step", "target_seconds",
+                 "val_token_accuracy", "val_exact_match", "test_token_accuracy_greedy",
+                 "test_exact_match_greedy", "test_token_accuracy_beam", "test_exact_match_beam"}
+
+
+def test_quick_run_writes_both_pngs_the_checkpoint_and_metrics(run_main):
+    out = run_main(5, "--quick")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["metrics.json", "mini_transformer.pt", "training_progress.png",
+                     "transformer_attention_patterns.png"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert EXPECTED_KEYS <= set(metrics)
+    assert metrics["task"] == "reverse" and metrics["config"]["seq_len"] == 6
+    assert 0.0 <= metrics["test_exact_match_greedy"] <= 1.0
+    assert L.load_checkpoint(out / L.CHECKPOINT_NAME).config["task"] == "reverse"
+
+
+def test_ctrl_c_in_the_lesson_still_writes_plots_and_metrics(run_main, monkeypatch):
+    calls = {"n": 0}
+    real = L.evaluate_teacher_forced
+
+    def interrupt_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:            # the third validation: Ctrl-C
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(L, "evaluate_teacher_forced", interrupt_once)
+    out = run_main(5, "--quick", "--beam-size", "1")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_because"].startswith("interrupted")
+    assert metrics["steps_run"] == 20 and metrics["test_exact_match_beam"] is None
+    assert (out / "training_progress.png").exists() and (out / "transformer_attention_patterns.png").exists()
+    assert (out / L.CHECKPOINT_NAME).exists()
