@@ -406,6 +406,10 @@ class Seq2SeqTransformer(nn.Module):
         x = self._embed(ys)[:, -1:]                                      # newest token + its position
         return self.out(self.decoder(x, memory, None, src_mask, cache=cache))[:, -1]
 
+    def new_cache(self):
+        """An empty cache for decode_next: one slot per decoder layer."""
+        return [None] * len(self.decoder.layers)
+
     def forward(self, src, tgt_in):
         memory, src_mask = self.encode(src)                              # (B, T_src, d_model)
         return self.decode(tgt_in, memory, src_mask)                     # (B, T_tgt, vocab_size)
@@ -440,7 +444,7 @@ def greedy_decode(model, src, max_len):
     B = src.size(0)
     ys = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)    # every answer starts with BOS
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
-    cache = [None] * len(model.decoder.layers)
+    cache = model.new_cache()
     for _ in range(max_len):
         logits = model.decode_next(ys, memory, src_mask, cache)          # (B, vocab_size) next token
         next_token = restrict_logits(logits).argmax(-1)                  # (B,)
@@ -482,7 +486,7 @@ def beam_search(model, src, beam_size, max_len, length_penalty=0.0):
     lengths = torch.zeros(B, K, device=src.device)                       # tokens up to and incl. EOS
     after_eos = torch.full((V,), float("-inf"), device=src.device)
     after_eos[PAD] = 0.0                                                 # a finished beam only pads
-    cache = [None] * len(model.decoder.layers)
+    cache = model.new_cache()
     for _ in range(max_len):
         logits = model.decode_next(seqs, memory, src_mask, cache)         # (B*K, V)
         log_probs = F.log_softmax(logits, dim=-1)
