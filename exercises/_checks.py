@@ -786,10 +786,14 @@ def _tokens():
 class TableModel(nn.Module):
     """A stand-in for lesson 05's model with its decoding interface and nothing to learn.
 
+    The interface lesson 05's decoders use, as Seq2SeqTransformer has it:
     encode(src) -> (memory, src_mask); decode(tgt_in, memory, src_mask) -> logits (B, T_tgt, vocab_size);
-    forward(src, tgt_in) = decode(tgt_in, *encode(src)); vocab_size. The logits for a prefix come
-    from `table` when it lists that prefix, else from a random generator seeded by (source, prefix),
-    so they are fixed, and exhaustive search can score every possible answer.
+    new_cache() -> a list; decode_next(ys, memory, src_mask, cache) -> logits (B, vocab_size) of the
+    next token only; forward(src, tgt_in) = decode(tgt_in, *encode(src)); vocab_size; eval()/train().
+    The logits for a prefix come from `table` when it lists that prefix, else from a random generator
+    seeded by (source, prefix), so they are fixed, and exhaustive search can score every possible answer.
+    Wrong use of memory or of the cache is named at the call (CheckFailed) where the real model would
+    fail with a shape error or, for a cache that was not reordered, silently give other scores.
     """
 
     def __init__(self, n_digits=2, spread=1.5, table=None):
@@ -799,7 +803,7 @@ class TableModel(nn.Module):
         self.n_digits = n_digits
         self.spread = spread
         self.table = table or {}
-        self._cache = {}
+        self._table_cache = {}
         # One unused parameter, so `next(model.parameters()).device` works as with a real model.
         self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
 
@@ -808,23 +812,73 @@ class TableModel(nn.Module):
 
     def _logits(self, source, prefix):
         key = (source, prefix)
-        if key not in self._cache:
+        if key not in self._table_cache:
             if prefix in self.table:
-                self._cache[key] = torch.tensor(self.table[prefix], dtype=torch.float32)
+                self._table_cache[key] = torch.tensor(self.table[prefix], dtype=torch.float32)
             else:
                 rng = random.Random(f"{source}|{prefix}")
-                self._cache[key] = torch.tensor([rng.gauss(0.0, self.spread) for _ in range(self.vocab_size)])
-        return self._cache[key]
+                self._table_cache[key] = torch.tensor([rng.gauss(0.0, self.spread) for _ in range(self.vocab_size)])
+        return self._table_cache[key]
+
+    def _sources(self, memory, tgt_in, method):
+        """The source of each row of tgt_in, read from memory (which must have one row per row)."""
+        expect(torch.is_tensor(tgt_in) and tgt_in.dim() == 2 and not tgt_in.dtype.is_floating_point,
+               f"model.{method}: expected the tokens so far as an integer tensor (rows, t), got {describe(tgt_in)}",
+               "hint: each row is one hypothesis: BOS, then the tokens chosen so far")
+        expect(memory.size(0) == tgt_in.size(0),
+               f"model.{method}: memory has {memory.size(0)} rows but the tokens have {tgt_in.size(0)}: "
+               "the model needs one row of memory per hypothesis",
+               "hint: repeat each example's memory for its beam_size hypotheses, "
+               "memory.repeat_interleave(beam_size, dim=0) (and src_mask the same way when it is not None)")
+        return [tuple(row) for row in memory[..., 0].long().tolist()]
 
     def decode(self, tgt_in, memory, src_mask=None):
+        sources = self._sources(memory, tgt_in, "decode")
         B, T = tgt_in.shape
-        sources = memory[..., 0].long().tolist()
         rows = tgt_in.tolist()
         logits = torch.empty(B, T, self.vocab_size)
         for b in range(B):
             for t in range(T):
-                logits[b, t] = self._logits(tuple(sources[b]), tuple(rows[b][: t + 1]))
+                logits[b, t] = self._logits(sources[b], tuple(rows[b][: t + 1]))
         return logits
+
+    def new_cache(self):
+        """An empty cache for decode_next: one slot, as the real model has one per decoder layer."""
+        return [None]
+
+    def decode_next(self, ys, memory, src_mask, cache):
+        """Scores for the next token only, (B, vocab_size), given all tokens so far ys (B, t).
+
+        As in the real model, `cache` keeps what earlier calls saw, one row per row of ys (here the
+        tokens, a (B, t - 1) tensor), and a beam search reorders it with its hypotheses,
+        cache = [c[rows] for c in cache]. Unlike the real model this one checks that the cache matches
+        ys, so a cache that was not kept in step is named instead of giving other scores.
+        """
+        sources = self._sources(memory, ys, "decode_next")
+        fix = ("hint: make one cache per search, cache = model.new_cache(), pass it to every decode_next "
+               "call, and whenever you keep rows `rows` of ys keep the same rows of the cache: "
+               "cache = [c[rows] for c in cache]. (Or use no cache: model.decode(ys, memory, src_mask)[:, -1].)")
+        expect(isinstance(cache, list) and len(cache) == 1,
+               f"model.decode_next: cache should be the list model.new_cache() made (or that list reordered), "
+               f"got {describe(cache)}", fix)
+        seen, before = cache[0], ys[:, :-1]
+        if seen is None:
+            expect(before.size(1) == 0, f"model.decode_next: ys has {ys.size(1)} tokens per row but the cache is "
+                                        "new: the model has not seen the earlier ones", fix)
+        else:
+            expect(torch.is_tensor(seen) and tuple(seen.shape) == tuple(before.shape),
+                   f"model.decode_next: the cache holds {describe(seen)}, the earlier tokens of ys are "
+                   f"{shape_str(before.shape)} (rows, tokens): the cache is not in step with ys", fix)
+            differ = (seen != before).any(dim=1).nonzero()
+            if len(differ):
+                r = int(differ[0])
+                raise CheckFailed(f"model.decode_next: row {r} of ys is {_words(self, ys[r].tolist())} but row {r} "
+                                  f"of the cache was made for {_words(self, seen[r].tolist())} "
+                                  f"({len(differ)} of {ys.size(0)} rows differ): the cache did not follow the "
+                                  "hypotheses", fix)
+        cache[0] = ys.clone()  # filled in place, as the real model fills its list
+        rows = ys.tolist()
+        return torch.stack([self._logits(sources[b], tuple(rows[b])) for b in range(len(rows))])
 
     def forward(self, src, tgt_in):
         memory, src_mask = self.encode(src)

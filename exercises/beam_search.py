@@ -1,13 +1,28 @@
 """Exercise: beam search (lesson 05), from memory.
 
 The model is lesson 05's Seq2SeqTransformer, or anything with its decoding interface:
-    memory, src_mask = model.encode(src)              # src (B, T_src) tokens
-    logits = model.decode(tgt_in, memory, src_mask)   # tgt_in (B, T_tgt) -> (B, T_tgt, vocab_size)
-    model.vocab_size
-Every answer starts after BOS. Score the tokens as lesson 05 does: log_softmax over the whole
-vocabulary, then rule out PAD and BOS with restrict_logits (they are never generated).
+    model.vocab_size                                         # V, the number of tokens
+    memory, src_mask = model.encode(src)                     # src (B, T_src); src_mask may be None
+    logits = model.decode(ys, memory, src_mask)              # ys (N, t) -> (N, t, V), every position
+    cache = model.new_cache()                                # a list the model fills (see below)
+    logits = model.decode_next(ys, memory, src_mask, cache)  # ys (N, t) -> (N, V), the next token only
+Each row of ys is one hypothesis: BOS, then the tokens chosen so far. memory and src_mask need one
+row per row of ys: repeat each example's rows for its beam_size hypotheses with
+repeat_interleave(beam_size, dim=0) (src_mask only when it is not None).
+
+The next token's scores, either way (the same scores up to rounding; the checker accepts both):
+  - simplest: logits = model.decode(ys, memory, src_mask)[:, -1], the whole prefix again every step.
+  - as lesson 05 does, faster for long answers: cache = model.new_cache() once, then at every step
+    logits = model.decode_next(ys, memory, src_mask, cache); the model runs only the newest token
+    and keeps the earlier ones' work in `cache`, one row per row of ys. So when you keep rows `rows`
+    of ys (ys = ys[rows]), keep the same rows of the cache: cache = [c[rows] for c in cache].
+Score the tokens as lesson 05 does: log_softmax over the whole vocabulary, then rule out PAD and
+BOS with restrict_logits (they are never generated). Lesson 05 also switches the model to eval mode
+while it decodes (model.eval(), then model.train(was_training) to put it back).
+
 The checker runs your function on small stand-in models with this interface whose next-token
 scores come from a fixed table, so it can compare with exhaustive search over every answer.
+The stand-in checks at every decode_next call that the cache still matches ys.
 
 Replace the body of the function below, then check it from the repository root:
 
