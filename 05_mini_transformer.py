@@ -16,6 +16,7 @@ Run it
   python 05_mini_transformer.py --d-model 64 --heads 4 --layers 2   # a bigger model
   python 05_mini_transformer.py --compare            # measure pre-LN vs post-LN, embedding scaling
   python 05_mini_transformer.py --resume mini_transformer.pt --target 1.0 --steps 800
+  python 05_mini_transformer.py --eval-lengths 8,12,16,20,24   # then test lengths it never saw
   python 05_mini_transformer.py --quick              # a tiny version in a few seconds
 
 Shapes: B batch, T_src source length, T_tgt decoder length (output + 1), d_model model width,
@@ -52,6 +53,8 @@ PAD, BOS, EOS = 0, 1, 2       # special tokens; digit d is token d + FIRST_DIGIT
 FIRST_DIGIT = 3
 VAL_SEED = 1_000_003          # the validation set is drawn from its own seed ...
 TEST_SEED = 2_000_003         # ... and so is the test set: the same sets for every training seed
+LENGTH_SEED = 3_000_003       # --eval-lengths: the set of length L is drawn from seed LENGTH_SEED + L
+LENGTH_TEST_SIZE = 500        # --eval-lengths: sequences per length
 CHECKPOINT_NAME = "mini_transformer.pt"
 # Per-task defaults where --steps / --eval-every are not given (training stops earlier at --target).
 # Measured steps to 99% validation exact-match with the default model: reverse ~120 (length 16;
@@ -123,6 +126,12 @@ def sum_digits_needed(seq_len: int, n_digits: int) -> int:
 def output_len(task: str, src_len: int, n_digits: int) -> int:
     """The longest answer (without EOS) for inputs of length src_len."""
     return sum_digits_needed(src_len, n_digits) if task == "sum" else src_len
+
+
+def positions_needed(task: str, src_len: int, n_digits: int) -> int:
+    """Rows of the positional-encoding table that inputs of length src_len use: the encoder reads
+    src_len positions, the decoder the longest answer plus EOS."""
+    return max(src_len, output_len(task, src_len, n_digits) + 1)
 
 
 def sample_inputs(n, seq_len, min_len, n_digits, generator):
@@ -229,6 +238,14 @@ def heldout_sets(config: TrainConfig):
         src = sample_inputs(min(size, cap), config.seq_len, config.resolved_min_len(), config.n_digits, g)
         sets.append(make_batch(src, config.task, config.n_digits))
     return sets[0], sets[1]
+
+
+def length_test_set(config: TrainConfig, length: int, size: int = LENGTH_TEST_SIZE) -> Batch:
+    """`size` random inputs of exactly `length` digits (no padding), from seed LENGTH_SEED + length:
+    the same set for every run and every training seed (for --eval-lengths)."""
+    g = torch.Generator().manual_seed(LENGTH_SEED + length)
+    src = sample_inputs(size, length, length, config.n_digits, g)
+    return make_batch(src, config.task, config.n_digits)
 
 
 class TrainingData:
@@ -1410,7 +1427,155 @@ def section_7_save(config: TrainConfig, result: TrainResult, test: Batch, decode
     return same
 
 
-def write_metrics(path, config, result, decoded, attention, compare, beam_size):
+# %% 8. Length generalization (only with --eval-lengths)
+def trained_lengths(config: TrainConfig, checkpoint=None) -> list:
+    """The input lengths the model was trained on: this run's and, after --resume, the checkpoint's."""
+    lengths = set(range(config.resolved_min_len(), config.seq_len + 1))
+    if checkpoint is not None:
+        saved = TrainConfig(**checkpoint["config"])
+        lengths |= set(range(saved.resolved_min_len(), saved.seq_len + 1))
+    return sorted(lengths)
+
+
+def length_verdict(config: TrainConfig, results: dict, trained: list, reference: float) -> list:
+    """What the sinusoidal encoding does and does not buy, in sentences built from the measured
+    exact-match of each length (results) and of the trained lengths (reference, the test set)."""
+    lo, hi = min(trained), max(trained)
+    longer = [L for L in results if L > hi]
+    shorter = [L for L in results if L < lo]
+    sentences = []
+    if longer:
+        far = max(longer)
+        acc = results[far]["exact_match_greedy"]
+        text = (f"The sinusoidal formula gives every position up to --max-len {config.max_len} an encoding, so "
+                f"the model runs on length {far} (a learned position table would hold only its random initial "
+                f"values for the {far - hi} input positions past {hi}); ")
+        if reference - acc > 0.1:
+            text += (f"but nothing in training taught the weights what to do with those positions: exact-match "
+                     f"fell from {reference:.1%} on the trained lengths to {acc:.1%} at length {far}.")
+        else:
+            text += (f"and here what it learned carried over: exact-match {acc:.1%} at length {far} against "
+                     f"{reference:.1%} on the trained lengths.")
+        sentences.append(text)
+    if shorter:
+        near = min(shorter)
+        acc = results[near]["exact_match_greedy"]
+        text = f"Shorter inputs use only positions seen in training; at length {near} exact-match was {acc:.1%}"
+        if reference - acc <= 0.1:
+            text += f", close to the trained lengths' {reference:.1%}."
+        elif lo == hi:
+            text += (f" (trained lengths: {reference:.1%}): trained on length {hi} only, the model never saw an "
+                     "input end earlier, so known positions were not enough (try --min-len).")
+        else:
+            text += f" (trained lengths: {reference:.1%}): it never saw inputs that short."
+        sentences.append(text)
+    if not sentences:
+        accs = [r["exact_match_greedy"] for r in results.values()]
+        sentences.append(f"Every length asked for lies in the trained range {lo}..{hi} (exact-match "
+                         f"{min(accs):.1%} to {max(accs):.1%}); ask for longer ones (up to "
+                         f"{max_eval_length(config)}) to see what the positional encoding does not buy.")
+    return sentences
+
+
+def section_8_length_generalization(config: TrainConfig, model, lengths, trained, reference, device, out_dir,
+                                    show):
+    common.section(8, "Length generalization: inputs longer and shorter than in training")
+    lo, hi = min(trained), max(trained)
+    span, asked = (f"length {hi}" if lo == hi else f"lengths {lo} to {hi}"), ", ".join(map(str, lengths))
+    common.explain(f"""
+        The model was trained on inputs of {span}. Now the best model (eval mode) answers
+        {LENGTH_TEST_SIZE} random inputs of each length in {asked}, one fixed set per length drawn
+        from a seed of its own, by greedy decoding. The positional encoding is a formula: its
+        table has a row for each of the {config.max_len} positions (--max-len), also for positions
+        that no training input reached. Whether the model knows what to do with them is what this
+        section measures.""")
+    out_hi = output_len(config.task, hi, config.n_digits) + 1      # decoder positions seen (answer + EOS)
+    rows, results = [], {}
+    for L in lengths:
+        data = length_test_set(config, L)
+        out_L = output_len(config.task, L, config.n_digits) + 1
+        tokens = decode(model, data.src.to(device), out_L).cpu()   # greedy
+        greedy = compare_decoded(tokens, data.tgt_out)
+        cheap = evaluate_teacher_forced(model, data.to(device))
+        # How long were the answers? Digits written before EOS, against the digits expected.
+        written = [len(tokens_to_digits(row)) for row in tokens]
+        expected = [len(tokens_to_digits(row)) for row in data.tgt_out]
+        right_length = sum(w == e for w, e in zip(written, expected)) / len(data)
+        r = results[L] = {
+            "sequences": len(data), "trained_on": L in trained,
+            "unseen_input_positions": max(0, L - hi), "unseen_answer_positions": max(0, out_L - out_hi),
+            "exact_match_greedy": greedy["exact_match"], "token_accuracy_greedy": greedy["token_accuracy"],
+            "exact_match_teacher_forced": cheap["exact_match"], "answers_of_right_length": right_length,
+            "most_common_answer_length": statistics.mode(written),
+            "accuracy_by_position_greedy": greedy["by_position"]}
+        where = "yes" if L in trained else "longer" if L > hi else "shorter" if L < lo else "no (gap)"
+        rows.append([L, where, f"{r['unseen_input_positions']} + {r['unseen_answer_positions']}",
+                     r["exact_match_greedy"], r["token_accuracy_greedy"], right_length,
+                     r["most_common_answer_length"]])
+    common.table(rows, ["length", "trained", "new positions", "exact-match", "token acc.", "right length",
+                        "usual length"])
+    agree = all(results[L]["exact_match_greedy"] == results[L]["exact_match_teacher_forced"] for L in lengths)
+    print("  new positions: input + answer positions (rows of the encoding table) that training never")
+    print("  reached. right length: share of answers with as many digits as expected; usual length:")
+    print("  the most common number of digits written. Exact-match from one teacher-forced pass:")
+    print(f"  {'the same for every length' if agree else 'DIFFERENT (unexpected: investigate)'}. "
+          f"Section 5's test set (trained lengths): exact-match {reference:.4f}.")
+    print()
+    sentences = length_verdict(config, results, trained, reference)
+    common.explain("\n\n".join(sentences))
+    plot_length_generalization(config, results, trained, reference, out_dir, show)
+    return {"results": results, "trained": trained, "sentences": sentences}
+
+
+def plot_length_generalization(config, results, trained, reference, out_dir, show):
+    """Left: accuracy by input length, trained lengths shaded. Right: accuracy by answer position."""
+    plt = common.pyplot(show)
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = min(trained), max(trained)
+    lengths = sorted(results)
+    fig, axes = common.new_figure(1, 2, figsize=(13, 5.4), show=show)
+    ax = axes[0]
+    # one shaded band per run of consecutive trained lengths (two runs after --resume with other lengths)
+    runs = list(zip([L for L in trained if L - 1 not in trained], [L for L in trained if L + 1 not in trained]))
+    label = f"trained length{'s' if len(trained) > 1 else ''} (" + \
+        ", ".join(f"{a}..{b}" if a < b else str(a) for a, b in runs) + ")"
+    for i, (a, b) in enumerate(runs):
+        ax.axvspan(a - 0.5, b + 0.5, color="tab:green", alpha=0.15, label=None if i else label)
+    ax.plot(lengths, [results[L]["exact_match_greedy"] for L in lengths], "o-", label="exact-match (whole answer)")
+    ax.plot(lengths, [results[L]["token_accuracy_greedy"] for L in lengths], "s--", label="token accuracy")
+    ax.axhline(reference, color="gray", ls=":", lw=1, label=f"test set, trained lengths ({reference:.1%})")
+    ax.set_xticks(lengths)
+    outside = [results[L]["exact_match_greedy"] for L in lengths if L not in trained]
+    if not outside:
+        title = "Accuracy by input length (all inside the trained range)"
+    elif reference - min(outside) > 0.1:
+        title = "Exact-match falls outside the trained lengths (shaded)"
+    else:
+        title = "Exact-match holds outside the trained lengths (shaded)"
+    ax.set(xlabel="input length (digits)", ylabel=f"accuracy on {LENGTH_TEST_SIZE} inputs (greedy)",
+           ylim=(-0.02, 1.02), title=title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)   # below: never on a line
+    ax = axes[1]
+    out_hi = output_len(config.task, hi, config.n_digits) + 1
+    ax.axvspan(0.5, out_hi + 0.5, color="tab:green", alpha=0.15,
+               label=f"answer positions seen in training (1..{out_hi})")
+    colors = plt.cm.viridis([0.9 * i / max(1, len(lengths) - 1) for i in range(len(lengths))])
+    for L, color in zip(lengths, colors):
+        by_pos = results[L]["accuracy_by_position_greedy"]
+        ax.plot(range(1, len(by_pos) + 1), by_pos, "-" if L in trained else "--", marker=".", color=color,
+                label=f"length {L}" + ("" if L in trained else " (not trained on)"))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="answer position (1 = first token; the last one is EOS)", ylabel="token accuracy (greedy)",
+           ylim=(-0.02, 1.02), title="Where the answers go wrong: accuracy by answer position")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    span = f"length {hi}" if lo == hi else f"lengths {lo} to {hi}"
+    tested = f"length {lengths[0]}" if len(lengths) == 1 else f"lengths {lengths[0]} to {lengths[-1]}"
+    fig.suptitle(f"Length generalization on '{config.task}': trained on {span}, tested on {tested}")
+    common.save_figure(fig, out_dir, "length_generalization.png", show=show)
+
+
+def write_metrics(path, config, result, decoded, attention, compare, beam_size, lengths=None):
     greedy, beam = decoded["greedy"], decoded["beam"]
     metrics = {
         "task": config.task,
@@ -1436,6 +1601,8 @@ def write_metrics(path, config, result, decoded, attention, compare, beam_size):
         "cross_attention_alignment_share": attention["alignment_share"],
         "attention_focus": {"encoder": attention["encoder_focus"], "cross": attention["cross_focus"]},
         "compare": compare,
+        # --eval-lengths: {length: exact-match, token accuracy, ...}; null without the flag
+        "length_generalization": {str(L): r for L, r in lengths["results"].items()} if lengths else None,
     }
     with open(path, "w") as f:
         json.dump(metrics, f, indent=2)
@@ -1501,6 +1668,10 @@ def build_parser():
                        help="also measure pre-LN vs post-LN and embedding scaling (about a minute)")
     group.add_argument("--compare-seeds", type=int, default=argparse.SUPPRESS, metavar="N",
                        help="seeds per variant for --compare (default: 2; 1 with --quick)")
+    group.add_argument("--eval-lengths", metavar="L1,L2,...", default=None,
+                       help=f"after training, test the model on {LENGTH_TEST_SIZE} inputs of each of these "
+                            "lengths (longer or shorter than trained on), e.g. 8,16,24; writes "
+                            "length_generalization.png (default: off)")
     return parser
 
 
@@ -1534,7 +1705,7 @@ def validate_config(c: TrainConfig):
     if c.min_len > c.seq_len:
         raise common.UserError(f"--min-len {c.min_len} is longer than --seq-len {c.seq_len}; "
                                f"use --min-len <= {c.seq_len}")
-    needed = max(c.seq_len, output_len(c.task, c.seq_len, c.n_digits) + 1)
+    needed = positions_needed(c.task, c.seq_len, c.n_digits)
     if needed > c.max_len:
         raise common.UserError(f"--seq-len {c.seq_len} needs {needed} positions (the answer plus EOS) but the "
                                f"positional encoding has --max-len {c.max_len}; use --seq-len <= "
@@ -1547,6 +1718,35 @@ def validate_config(c: TrainConfig):
         raise common.UserError(f"--seq-len {c.seq_len} with --digits {c.n_digits} allows only "
                                f"{n_possible_inputs(c)} different inputs, too few to hold some out for testing; "
                                "use a longer --seq-len or more --digits")
+
+
+def max_eval_length(config: TrainConfig) -> int:
+    """The longest input whose answer (plus EOS) still fits the positional-encoding table."""
+    return max(L for L in range(1, config.max_len + 1)
+               if positions_needed(config.task, L, config.n_digits) <= config.max_len)
+
+
+def parse_eval_lengths(text: str, config: TrainConfig) -> list:
+    """'8,16,24' -> [8, 16, 24], sorted, each once. UserError, naming the value and the longest
+    length that fits, for anything that is not a whole number from 1 to max_eval_length(config)."""
+    largest, lengths = max_eval_length(config), set()
+    for item in text.split(","):
+        try:
+            L = int(item.strip())
+        except ValueError:
+            raise common.UserError(f"--eval-lengths {text!r}: {item.strip()!r} is not a whole number; give "
+                                   f"lengths from 1 to {largest} separated by commas, e.g. 8,16,24") from None
+        if L < 1:
+            raise common.UserError(f"--eval-lengths: {L} is not a length (an input has at least 1 digit); use "
+                                   f"lengths from 1 to {largest}")
+        if L > largest:
+            needed = positions_needed(config.task, L, config.n_digits)
+            raise common.UserError(f"--eval-lengths: length {L} needs {needed} positions (the input, and the "
+                                   f"answer plus EOS) but the positional encoding has --max-len "
+                                   f"{config.max_len}; use lengths up to {largest}, or train a model with "
+                                   f"--max-len {needed} or more")
+        lengths.add(L)
+    return sorted(lengths)
 
 
 def config_from_args(args):
@@ -1585,7 +1785,7 @@ def config_from_args(args):
     return config, checkpoint
 
 
-def insights(config, model_info, result, decoded, attention, compare, beam_size, reloaded_same):
+def insights(config, model_info, result, decoded, attention, compare, beam_size, reloaded_same, lengths=None):
     greedy, beam = decoded["greedy"], decoded["beam"]
     items = []
     items.append(f"Teacher forcing trains every answer position in one pass, and the causal mask keeps it "
@@ -1632,6 +1832,8 @@ def insights(config, model_info, result, decoded, attention, compare, beam_size,
         items.append("Measured here, median steps to the target: " + "; ".join(parts) + ".")
     items.append(f"The checkpoint reloads with weights_only=True and predicts the same answers "
                  f"({reloaded_same} of 8 checked).")
+    if lengths:
+        items.extend(lengths["sentences"])
     return items
 
 
@@ -1640,6 +1842,7 @@ def main(argv=None):
     args = common.parse_args(parser, argv)
     try:
         config, checkpoint = config_from_args(args)
+        lengths = parse_eval_lengths(args.eval_lengths, config) if args.eval_lengths is not None else None
     except common.UserError as exc:
         common.fail(str(exc))
     device = common.setup(args, "Lesson 05: a mini encoder-decoder transformer, trained end to end")
@@ -1656,10 +1859,15 @@ def main(argv=None):
     decoded = section_5_decode(config, result.model, test, args.beam_size, device)
     attention = section_6_attention(config, result.model, test, device, args.out_dir, args.show)
     reloaded_same = section_7_save(config, result, test, decoded, args.out_dir)
+    by_length = None
+    if lengths:                                                  # only with --eval-lengths
+        by_length = section_8_length_generalization(
+            config, result.model, lengths, trained_lengths(config, checkpoint), decoded["greedy"]["exact_match"],
+            device, args.out_dir, args.show)
     write_metrics(os.path.join(args.out_dir, "metrics.json"), config, result, decoded, attention, compare,
-                  args.beam_size)
+                  args.beam_size, by_length)
     common.key_insights(insights(config, model_info, result, decoded, attention, compare, args.beam_size,
-                                 reloaded_same))
+                                 reloaded_same, by_length))
 
 
 if __name__ == "__main__":

@@ -408,6 +408,7 @@ def test_quick_run_writes_both_pngs_the_checkpoint_and_metrics(run_main):
     metrics = json.loads((out / "metrics.json").read_text())
     assert EXPECTED_KEYS <= set(metrics)
     assert metrics["task"] == "reverse" and metrics["config"]["seq_len"] == 6
+    assert metrics["length_generalization"] is None          # only with --eval-lengths
     assert 0.0 <= metrics["test_exact_match_greedy"] <= 1.0
     assert L.load_checkpoint(out / L.CHECKPOINT_NAME).config["task"] == "reverse"
 
@@ -429,3 +430,67 @@ def test_ctrl_c_in_the_lesson_still_writes_plots_and_metrics(run_main, monkeypat
     assert metrics["steps_run"] == 20 and metrics["test_exact_match_beam"] is None
     assert (out / "training_progress.png").exists() and (out / "transformer_attention_patterns.png").exists()
     assert (out / L.CHECKPOINT_NAME).exists()
+
+
+# ---------------------------------------------------------------- --eval-lengths
+def test_eval_lengths_on_a_quick_resumed_run_writes_the_plot_and_one_entry_per_length(run_main, checkpoint_file):
+    # the checkpoint was trained on length 5 to 99%: resuming it trains no further, then tests lengths
+    out = run_main(5, "--quick", "--resume", str(checkpoint_file), "--steps", "400", "--beam-size", "1",
+                   "--eval-lengths", "8, 3,5,3")
+    assert (out / "length_generalization.png").exists()
+    by_length = json.loads((out / "metrics.json").read_text())["length_generalization"]
+    assert sorted(by_length, key=int) == ["3", "5", "8"]                 # sorted, each length once
+    for length, r in by_length.items():
+        assert r["sequences"] == L.LENGTH_TEST_SIZE
+        assert r["trained_on"] == (length == "5")
+        assert r["exact_match_greedy"] == r["exact_match_teacher_forced"]
+        assert len(r["accuracy_by_position_greedy"]) == int(length) + 1   # every answer digit, then EOS
+        assert 0.0 <= r["token_accuracy_greedy"] <= 1.0
+    assert by_length["5"]["exact_match_greedy"] >= 0.9                   # the trained length is learned
+    assert by_length["8"]["unseen_input_positions"] == 3 and by_length["8"]["unseen_answer_positions"] == 3
+    assert by_length["3"]["unseen_input_positions"] == 0
+
+
+def test_length_sets_are_fixed_full_length_and_answered():
+    config = L.TrainConfig(task="sort")
+    a = L.length_test_set(config, 9)
+    b = L.length_test_set(L.TrainConfig(task="sort", seed=5), 9)          # another training seed: same set
+    assert torch.equal(a.src, b.src) and a.src.shape == (L.LENGTH_TEST_SIZE, 9)
+    assert bool((a.src != L.PAD).all())                                  # exactly 9 digits each
+    assert torch.equal(a.tgt_out[:, :9], a.src.sort(dim=1).values) and bool((a.tgt_out[:, 9] == L.EOS).all())
+    assert not torch.equal(L.length_test_set(config, 10).src[:, :9], a.src)  # each length: a seed of its own
+
+
+def test_length_section_on_the_sum_task_counts_answer_positions_of_their_own(tmp_path):
+    """sum: the answer is shorter than the input and grows by a digit only now and then."""
+    torch.manual_seed(0)
+    config = L.TrainConfig(task="sum", seq_len=5)
+    model = L.Seq2SeqTransformer(**{**config.model_config(), "d_model": 16, "d_ff": 32}).eval()
+    out = L.section_8_length_generalization(config, model, [2, 5, 12], [5], 0.5, "cpu", tmp_path, False)
+    r = out["results"]
+    assert list(r) == [2, 5, 12] and (tmp_path / "length_generalization.png").exists()
+    # length 5: sums up to 45 (2 digits); length 12: up to 108 (3 digits, one answer position more)
+    assert r[12]["unseen_input_positions"] == 7 and r[12]["unseen_answer_positions"] == 1
+    assert r[2]["unseen_answer_positions"] == 0
+    assert all(v["exact_match_greedy"] == v["exact_match_teacher_forced"] for v in r.values())
+    assert out["sentences"] and all("%" in text for text in out["sentences"])
+
+
+@pytest.mark.parametrize("flags, contains", [
+    (["--eval-lengths", "8,0"], "0 is not a length"),
+    (["--eval-lengths", "-3"], "-3 is not a length"),
+    (["--eval-lengths", "8,x"], "'x' is not a whole number"),
+    (["--eval-lengths", "8.5"], "'8.5'"),
+    (["--eval-lengths", "8,,16"], "''"),
+    (["--eval-lengths", "64"], "length 64 needs 65 positions"),            # reversal: the answer + EOS
+    (["--quick", "--max-len", "12", "--eval-lengths", "12"], "up to 11"),
+    (["--quick", "--task", "sum", "--max-len", "12", "--eval-lengths", "13"], "up to 12"),  # short answers
+])
+def test_bad_eval_lengths_give_one_line_and_exit_2_before_training(capsys, monkeypatch, flags, contains):
+    monkeypatch.setattr(L, "train", lambda *a, **k: pytest.fail("trained before checking --eval-lengths"))
+    err = expect_user_error(capsys, 5, *flags, contains=contains)
+    assert "--eval-lengths" in err
+
+
+def test_eval_lengths_beyond_a_checkpoints_max_len_are_refused(capsys, checkpoint_file):
+    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--eval-lengths", "5,70", contains="up to 63")
