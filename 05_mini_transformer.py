@@ -1682,6 +1682,7 @@ def given_values(args) -> dict:
         given["norm_first"] = args.norm == "pre"
     if hasattr(args, "embed_scale"):
         given["embed_scale"] = True
+    given["seed"] = args.seed  # the common --seed flag: model initialisation and training batches
     return given
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import common
 from common import load_lesson
 from conftest import expect_user_error
 
@@ -494,3 +495,11 @@ def test_bad_eval_lengths_give_one_line_and_exit_2_before_training(capsys, monke
 
 def test_eval_lengths_beyond_a_checkpoints_max_len_are_refused(capsys, checkpoint_file):
     expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--eval-lengths", "5,70", contains="up to 63")
+
+
+def test_common_seed_flag_reaches_the_training_config(tmp_path):
+    lesson = load_lesson(5)
+    for seed in (0, 3):
+        args = common.parse_args(lesson.build_parser(), ["--quick", "--seed", str(seed), "--out-dir", str(tmp_path)])
+        config, _ = lesson.config_from_args(args)
+        assert config.seed == seed
