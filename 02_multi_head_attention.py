@@ -11,7 +11,7 @@ What you will learn:
      Several heads learn one relation each (measured); one head can only blend them.
   4. Parameters: 4*d_model^2 + 4*d_model whatever the number of heads: heads split d_model.
 
-Run:  python 02_multi_head_attention.py                  (about 5 s on a laptop CPU)
+Run:  python 02_multi_head_attention.py                  (about 6 s on a 2-core CPU)
       python 02_multi_head_attention.py --heads 4        (more heads than relations: watch them share)
       python 02_multi_head_attention.py --quick          (tiny sizes, for a smoke test)
 

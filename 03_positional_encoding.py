@@ -10,7 +10,7 @@ What you will learn:
   5. Dot products PE(p) . PE(q) depend only on the offset p - q.
   6. Interleaved sin/cos vs concatenated halves: the same columns in another order.
 
-Run:  python 03_positional_encoding.py                  (about 5 s on a laptop CPU)
+Run:  python 03_positional_encoding.py                  (about 6 s on a 2-core CPU)
       python 03_positional_encoding.py --quick          (tiny sizes)
       python 03_positional_encoding.py --d-model 128 --max-len 256
 

@@ -9,7 +9,7 @@ What you will learn:
   5. What residual connections do in a deep stack.
   6. Post-LN against pre-LN as the stack gets deeper.
 
-Run:  python 04_transformer_block.py                 (about 5 s on a laptop CPU)
+Run:  python 04_transformer_block.py                 (about 6 s on a 2-core CPU)
       python 04_transformer_block.py --d-model 128 --heads 8 --d-ff 512 --layers 6
       python 04_transformer_block.py --help          (all flags)
 

@@ -10,7 +10,7 @@ What you will learn
   - what the trained attention does: for reversal, output position i looks at input position T-1-i.
 
 Run it
-  python 05_mini_transformer.py                      # reverse 16 digits (about 10-15 s)
+  python 05_mini_transformer.py                      # reverse 16 digits (about 10 s)
   python 05_mini_transformer.py --task sort          # also: copy, sum
   python 05_mini_transformer.py --min-len 4          # train and test on lengths 4..16
   python 05_mini_transformer.py --d-model 64 --heads 4 --layers 2   # a bigger model

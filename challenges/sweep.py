@@ -12,7 +12,7 @@ from lesson 05's defaults with exactly one knob changed. All runs share the same
 test sets and, for the same seed, the same training batches and the same learning-rate schedule.
 
 Run it (from the repository root)
-  python -m challenges.sweep                                 # reverse, all three axes (~2-3 min)
+  python -m challenges.sweep                                 # reverse, all three axes (about 2 min)
   python -m challenges.sweep --axes heads --heads 1,2,4,8 --seeds 3
   python -m challenges.sweep --axes heads,d_model --heads 1,2,4 --d-model 32,64
   python -m challenges.sweep --task copy --axes layers
