@@ -871,7 +871,8 @@ def read_checkpoint(path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or not plain data
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        reason = f"{exc.__class__.__name__}: {detail}" if detail else exc.__class__.__name__
         raise CheckpointError(f"checkpoint {path!r} is corrupt or not a torch checkpoint ({reason}); "
                               "retrain to write a new one") from None
     needed = ("format", "state_dict", "config", "step")
