@@ -30,6 +30,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VPY) bench/run_benchmarks.py
 	$(VPY) bench/bench_training.py
+	$(VPY) bench/bench_threads.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache __pycache__ */__pycache__

@@ -8,11 +8,12 @@ import torch
 from common.console import header
 from common.device import choose_device
 
-# Thread policy, chosen by measurement on a shared 2-core machine (torch 2.13, CPU): a training
-# step of a small model (d_model <= 64) took ~15 ms with 1 thread, and 20-50x longer with torch's
-# default of 2 threads whenever another process used a core (threads wait for each other). A second
-# thread gained almost nothing even on an idle machine at these sizes. So the default is 1 thread;
-# OMP_NUM_THREADS or --threads override it.
+# Thread policy, chosen by measurement (bench/bench_threads.py, 2-core machine, torch 2.13 CPU,
+# lesson 05's default model): a training step took 13.7 ms with 1 thread and 12.4 ms with 2 on an
+# idle machine, but 12.8 ms with 1 thread and 49.5 ms with 2 while another process kept one core
+# busy (the threads wait for each other). At these model sizes a second thread gains ~10% at best
+# and loses 4x (20-50x has been seen on busier shared machines) when anything else runs. So the
+# default is 1 thread; OMP_NUM_THREADS or --threads override it.
 DEFAULT_THREADS = 1
 
 

@@ -1,0 +1,71 @@
+"""Why the lessons use one CPU thread by default: training-step time for 1 and 2 threads,
+on an idle machine and while another process keeps one core busy.
+
+    python bench/bench_threads.py                  # lesson 05's default model, 60 steps per case
+    python bench/bench_threads.py --steps 100 --d-model 64
+
+For each case, lesson 05's `train()` runs a fixed number of steps (no target, validation only at
+the end) and the milliseconds per training step are reported (median of --repeats). The "busy"
+cases start one extra Python process that spins on a core, and stop it (by its PID) afterwards,
+as another program on a laptop would. Results also go to bench/results_threads.json.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import common  # noqa: E402
+
+lesson05 = common.load_lesson(5)
+
+
+def ms_per_step(threads: int, steps: int, d_model: int, repeats: int) -> float:
+    torch.set_num_threads(threads)
+    config = lesson05.TrainConfig(d_model=d_model, steps=steps, eval_every=steps, patience=0, target=2.0,
+                                  val_size=200, test_size=200)
+    times = []
+    for seed in range(repeats):
+        config.seed = seed
+        result = lesson05.train(config, device="cpu", quiet=True)
+        times.append(1000 * result.train_seconds / result.steps_run)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="training steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per case (median reported)")
+    parser.add_argument("--d-model", type=int, default=32, help="model width (lesson 05's default: 32)")
+    args = parser.parse_args(argv)
+
+    print(f"{os.cpu_count()} cores, torch {torch.__version__}, lesson 05 model with d_model {args.d_model}, "
+          f"{args.steps} steps per measurement, median of {args.repeats}")
+    rows = {}
+    for busy in (False, True):
+        spinner = None
+        if busy:
+            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(0.5)
+        try:
+            for threads in (1, 2):
+                key = f"{threads} thread{'s' if threads > 1 else ''}, {'one core busy' if busy else 'idle'}"
+                rows[key] = ms_per_step(threads, args.steps, args.d_model, args.repeats)
+                print(f"  {key:<28} {rows[key]:8.1f} ms per training step")
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    (ROOT / "bench" / "results_threads.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
