@@ -157,10 +157,12 @@ def plot_weights(fig, ax, weights, title, x_labels=None, y_labels=None, mask=Non
 # %% 1. Q, K and V on a tiny example you can follow by hand
 def section_1_qkv_by_hand(device):
     common.section(1, "Q, K and V on a tiny example you can follow by hand")
-    common.explain("""Attention lets each token gather information from the other tokens. Every
+    d_k = len(HAND_Q[0])
+    common.explain(f"""Attention lets each token gather information from the other tokens. Every
     token has three vectors: a query (what it looks for), a key (what it offers, so that others
     can find it) and a value (what it hands over when it is found). Here they are picked by hand
-    for three words, with d_k = 4 features (article, noun, verb, past tense), so sqrt(d_k) = 2.""")
+    for {len(TOKENS)} words, with d_k = {d_k} features (article, noun, verb, past tense), so
+    sqrt(d_k) = {fmt(math.sqrt(d_k))}.""")
     Q = torch.tensor(HAND_Q, dtype=torch.float32, device=device)  # (T, d_k)
     K = torch.tensor(HAND_K, dtype=torch.float32, device=device)  # (T, d_k)
     V = torch.tensor(HAND_V, dtype=torch.float32, device=device)  # (T, d_v)
@@ -181,7 +183,7 @@ def section_1_qkv_by_hand(device):
                  ["key", "q . k", "/ sqrt(d_k)", "exp", "weight = exp / sum", "weight * v"])
     output = weights @ V  # (T_k,) @ (T_k, d_v) -> (d_v,)
     best = int(weights.argmax())
-    common.explain(f"""The exps sum to {fmt(sum(exps))}; dividing by that sum turns the scores into
+    common.explain(f"""The exps sum to {fmt(sum(exps))}; dividing by that sum turns the exps into
     weights that sum to {fmt(float(weights.sum()))}. The output of {TOKENS[t]!r} is the weighted sum
     of the value rows: {vec(output)}. It listens most to {TOKENS[best]!r} (weight
     {fmt(float(weights[best]))}), the key that best matches what its query asks for.""")
@@ -207,9 +209,11 @@ def section_2_step_by_step(Q, K, V, hand_output, args):
     diff_fn = float((fn_output - output).abs().max())
     diff_hand = float((output[-1] - hand_output).abs().max())
     row_sum_err = float((weights.sum(-1) - 1).abs().max())
+    same_hand = "equals" if diff_hand < 1e-5 else "DIFFERS from"
+    same_fn = "gives the same output" if diff_fn < 1e-5 else "gives ANOTHER output: look for a bug"
     common.explain(f"""Every row of weights sums to 1 (largest error {fmt(row_sum_err)}). The last
-    row of output equals the by-hand result of section 1 (largest difference {fmt(diff_hand)}),
-    and the building block scaled_dot_product_attention gives the same output (largest
+    row of output {same_hand} the by-hand result of section 1 (largest difference
+    {fmt(diff_hand)}), and the building block scaled_dot_product_attention {same_fn} (largest
     difference {fmt(diff_fn)}).""")
 
     fig, ax = common.new_figure(figsize=(5.6, 4.4), show=args.show)
@@ -248,8 +252,8 @@ def section_3_scaling(device, args):
     last = rows[-1]
     ratio = last[8] / max(last[7], 1e-12)
     common.explain(f"""(var = variance of the scores; top = average largest weight of a row; H =
-    average entropy of a row; grad = average size of the softmax's gradient.) The raw variance tracks d_k: {fmt(last[1])} at
-    d_k = {last[0]}, while the scaled scores stay at {fmt(last[2])}. Without scaling, at d_k =
+    average entropy of a row; grad = average size of the softmax's gradient.) The raw variance
+    tracks d_k: {fmt(last[1])} at d_k = {last[0]}, while the scaled scores stay at {fmt(last[2])}. Without scaling, at d_k =
     {last[0]} the largest of {N_KEYS_SWEEP} weights averages {fmt(last[3])} (entropy {fmt(last[5])});
     with scaling {fmt(last[4])} (entropy {fmt(last[6])}). The softmax's gradient is
     {fmt(ratio, 3)} times larger with scaling, so the scores can keep learning.""")
@@ -387,17 +391,25 @@ def section_6_masks(x, head, device, args):
 
     def on_pad(w):  # average total weight that a query of sequence s puts on padding keys
         return fmt(float(w[s][:, ~valid[s]].sum(-1).mean()))
-    common.explain(f"""Careful: nn.MultiheadAttention's boolean attn_mask and key_padding_mask use the
-    opposite polarity, True = blocked. Given the inverted mask, sequence {s} puts weight
-    {on_pad(w_right)} on its padding; given our mask unchanged, it puts {on_pad(w_wrong)} there
-    (only the padding is left to attend to). Rows with no padding key at all have nothing left and
-    become NaN: {int(w_wrong.isnan().any(-1).sum())} of {B * T} rows.""")
+    n_nan = int(w_wrong.isnan().any(-1).sum())
+    if (~valid[s]).any():
+        common.explain(f"""Careful: nn.MultiheadAttention's boolean attn_mask and key_padding_mask use
+        the opposite polarity, True = blocked. Given the inverted mask, sequence {s} puts weight
+        {on_pad(w_right)} on its padding; given our mask unchanged, it puts {on_pad(w_wrong)} there
+        (only the padding is left to attend to). Rows with no padding key at all have nothing left
+        and become NaN: {n_nan} of {B * T} rows.""")
+    else:
+        common.explain(f"""Careful: nn.MultiheadAttention's boolean attn_mask and key_padding_mask use
+        the opposite polarity, True = blocked. LENGTHS = {LENGTHS} has no padding, so our mask passed
+        unchanged blocks every key: {n_nan} of {B * T} rows become NaN.""")
 
     fig, axes = common.new_figure(2, 2, figsize=(10, 8.6), show=args.show)
     titles = {"causal": "Causal: no weight above the diagonal (the future)",
-              "padding": f"Padding: keys {LENGTHS[s]}..{T - 1} are filler, weight 0",
+              "padding": (f"Padding: keys {LENGTHS[s]}..{T - 1} are filler, weight 0" if LENGTHS[s] < T
+                          else "Padding: this sequence has no filler keys"),
               "causal + padding": "Causal and padding combined",
-              "padded keys and queries": "Padded queries too: their rows are all 0 (not NaN)"}
+              "padded keys and queries": ("Padded queries too: their rows are all 0 (not NaN)"
+                                          if LENGTHS[s] < T else "Padded queries too (none here)")}
     for ax, (name, (w, mask)) in zip(axes.flat, results.items()):
         plot_weights(fig, ax, w[s], f"{titles[name]}\n(sequence {s}, length {LENGTHS[s]} of {T}; "
                      "grey = blocked)", mask=mask[s])
@@ -421,7 +433,7 @@ def section_7_check_against_pytorch(device):
              ("padding (B, 1, 1, T_k)", (q, k, v), valid[:, None, None, :], None),
              ("padding (B, 1, T_q, T_k)", (q, k, v), (valid[:, :, None] & valid[:, None, :])[:, None], None),
              ("cross-attention", (q_x, k_x, v_x), None, {})]
-    rows, worst, empty_out = [], 0.0, 0.0
+    rows, worst, empty_out, n_empty = [], 0.0, 0.0, 0
     for name, (qq, kk, vv), mask, ref_kwargs in cases:
         ours, _ = scaled_dot_product_attention(qq, kk, vv, mask)
         if ref_kwargs is None:  # compare with the same boolean mask given to PyTorch
@@ -431,15 +443,18 @@ def section_7_check_against_pytorch(device):
         worst = max(worst, diff)
         if mask is not None and not mask.any(-1).all():  # some query rows have no key at all
             empty = ~mask.any(-1, keepdim=True)  # (..., T_q, 1)
+            n_empty += int(empty.sum())
             empty_out = max(empty_out, float(ours.masked_select(empty).abs().max()),
                             float(ref.masked_select(empty).abs().max()))
         rows.append([name, str(tuple(qq.shape)), str(tuple(kk.shape)),
                      str(tuple(mask.shape)) if mask is not None else "-", diff])
     common.table(rows, ["case", "query", "key", "mask", "largest |diff|"])
     verdict = "agree to float32 rounding" if worst < 1e-5 else "DISAGREE: look for a bug"
-    common.explain(f"""Largest difference over all cases: {fmt(worst)}: the two {verdict}. The
-    second padding case has query rows with no key at all: the largest |output| there, ours or
-    PyTorch's, is {fmt(empty_out)}.""")
+    empty_text = (f"""The padding cases have {n_empty} query rows with no key at all: the largest
+    |output| there, ours or PyTorch's, is {fmt(empty_out)}.""" if n_empty else
+                  f"No query row was left without keys: LENGTHS = {LENGTHS} has no padding.")
+    common.explain(f"""Largest difference over all cases: {fmt(worst)}: the two {verdict}.
+    {empty_text}""")
     return worst
 
 
@@ -462,7 +477,8 @@ def key_insights(hand_weights, scaling_rows, cross_shape, masks, worst):
         f"{fmt(masks['blocked_max'])}; "
         f"fully masked rows gave {masks['ours_nan']} NaN (a plain softmax: {masks['naive_nan']} NaN rows). "
         "nn.MultiheadAttention uses the opposite polarity.",
-        f"Our function matches F.scaled_dot_product_attention to {fmt(worst)} in every case tested.",
+        f"Our function {'matches' if worst < 1e-5 else 'does NOT match'} F.scaled_dot_product_attention: "
+        f"largest difference {fmt(worst)} over every case tested.",
     ])
 
 

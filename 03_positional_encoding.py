@@ -13,6 +13,8 @@ What you will learn:
 Run:  python 03_positional_encoding.py                  (about 6 s on a 2-core CPU)
       python 03_positional_encoding.py --quick          (tiny sizes)
       python 03_positional_encoding.py --d-model 128 --max-len 256
+It writes positional_encoding_heatmap.png, positional_encoding_wavelengths.png,
+positional_encoding_dot_products.png and positional_encoding_layouts.png.
 
 Shapes: B batch, T sequence length, d_model embedding size, max_len rows of the table,
 p and q positions, k an offset between positions, i a dimension pair (columns 2i and 2i+1).
@@ -241,7 +243,7 @@ def section_2_table(pe, d_model, max_len, args):
         In the heatmap each row is one position's vector. Read across a row: the left columns
         (fast pairs) look random, the right ones sit near sin = 0, cos = 1. Read down a column:
         a stripe pattern whose period grows from left to right.""")
-    return added
+    return added, n_params, len(module.state_dict())
 
 
 # %% 3. Wavelengths
@@ -256,7 +258,7 @@ def section_3_wavelengths(pe, d_model, max_len, args):
     measured = 2 * math.pi / step.mean(0)
     change = (table[1:] - table[:-1]).abs().mean(0)     # (d_model,) mean |PE[p+1] - PE[p]|
     n_pairs = d_model // 2
-    pairs = sorted({0, 1, 2, n_pairs // 4, n_pairs // 2, n_pairs - 1})
+    pairs = sorted({min(i, n_pairs - 1) for i in (0, 1, 2, n_pairs // 4, n_pairs // 2, n_pairs - 1)})
     rows = [[i, f"{2 * i},{2 * i + 1}", BASE ** (2 * i / d_model), wavelengths[i].item(),
              measured[i].item(), change[2 * i].item()] for i in pairs]
     common.table(rows, ["pair i", "columns", "10000^(2i/d)", "wavelength 2*pi*10000^(2i/d)",
@@ -341,12 +343,15 @@ def section_4_relative(pe, d_model, offsets, args):
                   .abs().max().item() for k in offsets)
     print(f"  M_1 applied {k} times vs M_{k}: largest difference {common.fmt(power, 2)}")
     print(f"  the same check on a table computed in float64: largest error {common.fmt(worst64, 2)}")
+    cause = ("the float32 rounding of the table" if worst < 1e-4
+             else "far more than float32 rounding: look for a bug in relative_position_matrix")
+    squared_length = pe.double().pow(2).sum(1)  # |PE(p)|^2 for every p
     common.explain(f"""
-        Largest error over all positions and offsets: {common.fmt(worst, 2)}, the float32 rounding of
-        the table (in float64 it drops to {common.fmt(worst64, 2)}), against differences up to
-        {common.fmt(max(r[3] for r in rows), 3)} between the vectors themselves. M_k is a rotation
-        (M^T M = I), so every PE(p) has the same length: |PE(p)|^2 = d_model/2 = {d_model // 2}
-        (measured {common.fmt(pe.double().pow(2).sum(1).mean())}).""")
+        Largest error over all positions and offsets: {common.fmt(worst, 2)}, {cause} (in float64
+        it is {common.fmt(worst64, 2)}), against differences up to {common.fmt(max(r[3] for r in rows), 3)}
+        between the vectors themselves. M_k is a rotation (M^T M = I), so every PE(p) has the length
+        of PE(0): |PE(p)|^2 = d_model/2 = {d_model // 2} (largest gap from {d_model // 2} over all
+        {pe.size(0)} positions: {common.fmt((squared_length - d_model / 2).abs().max(), 2)}).""")
     return worst
 
 
@@ -365,8 +370,12 @@ def section_5_dot_products(pe, d_model, offsets, args):
                      (diagonal.max() - diagonal.min()).item()])
     common.table(rows, ["offset", "pairs (p, p+k)", "mean PE(p).PE(p+k)", "sum_i cos(k w_i)",
                         "spread over p (max - min)"])
-    spread = max(r[4] for r in rows)
+    n = gram.size(0)
+    # the spread over p along all 2n - 1 diagonals, not only the offsets in the table
+    spread = max((torch.diagonal(gram, k).max() - torch.diagonal(gram, k).min()).item()
+                 for k in range(-(n - 1), n))
     across = (gram[0].max() - gram[0].min()).item()
+    rises = int((gram[0, 1:] > gram[0, :-1]).sum())  # offsets k where PE(0).PE(k) grows again
     print(f"  for comparison, PE(0) . PE(q) ranges over {common.fmt(across)} as q varies")
     k = offsets[-1]
     turn_gap = (relative_position_matrix(k, d_model) - relative_position_matrix(-k, d_model)).abs().max()
@@ -374,15 +383,15 @@ def section_5_dot_products(pe, d_model, offsets, args):
           f"{common.fmt(torch.diagonal(gram, k).mean())}, while M_-{k} and M_{k} differ by up to "
           f"{common.fmt(turn_gap)}:\n  the dot product cannot tell before from after; the rotation can")
     common.explain(f"""
-        Along each diagonal the spread is at most {common.fmt(spread, 2)} (float32 rounding of the
-        table, as in section 4), while
-        the value changes by {common.fmt(across)} from one offset to another: similarity between two
-        positions is a function of their distance, largest at distance 0 and falling off (not
-        monotonically) as they move apart.""")
+        Along all {2 * n - 1} diagonals the spread over p is at most {common.fmt(spread, 2)} (float32
+        rounding of the table, as in section 4), while the value changes by up to {common.fmt(across)}
+        from one offset to another: similarity between two positions is a function of their distance.
+        It is largest at distance 0 ({common.fmt(gram[0, 0])}; at any other offset at most
+        {common.fmt(gram[0, 1:].max())}) and falls off as they move apart, though not monotonically:
+        PE(0).PE(k) grows again at {rises} of the {n - 1} steps from k to k + 1.""")
 
     fig, axes = common.new_figure(1, 2, figsize=(12, 4.8), show=args.show)
     image = axes[0].imshow(gram.numpy(), cmap="viridis", interpolation="nearest")
-    n = gram.size(0)
     axes[0].set_xticks(range(0, n, _tick_step(n)))
     axes[0].set_yticks(range(0, n, _tick_step(n)))
     axes[0].set(xlabel="position q", ylabel="position p",
@@ -408,10 +417,13 @@ def section_6_layouts(pe, d_model, max_len, args):
     order = concatenated_column_order(d_model)
     # Match every column of one table to its nearest column of the other.
     distance = torch.cdist(concat.T.double(), pe.T.double())  # (d_model, d_model)
-    nearest = distance.min(1)
-    one_to_one = sorted(nearest.indices.tolist()) == list(range(d_model))
-    print(f"  every concatenated column has an identical interleaved column: largest distance "
-          f"{common.fmt(nearest.values.max(), 2)}; the matching is one-to-one: {one_to_one}")
+    match = distance.argmin(1)  # for each concatenated column, the nearest interleaved column
+    one_to_one = sorted(match.tolist()) == list(range(d_model))
+    # cdist takes a fast matmul route that leaves ~1e-7 even between equal columns, so the
+    # matched pairs are compared entry by entry.
+    match_gap = (concat - pe[:, match]).abs().max().item()
+    print(f"  each concatenated column matched to its nearest interleaved column: largest entry "
+          f"difference {common.fmt(match_gap, 2)}; the matching is one-to-one: {one_to_one}")
     print(f"  concatenated == interleaved[:, {order[:4].tolist()}...{order[-2:].tolist()}]: largest "
           f"difference {common.fmt((pe[:, order] - concat).abs().max(), 2)}")
     gram_gap = (pe.double() @ pe.double().T - concat.double() @ concat.double().T).abs().max().item()
@@ -468,7 +480,7 @@ def main(argv=None):
     pe = sinusoidal_positional_encoding(max_len, d_model)  # (max_len, d_model), on the CPU
 
     plain, with_pe = section_1_order_blindness(d_model, device)
-    section_2_table(pe, d_model, max_len, args)
+    _, n_params, n_saved = section_2_table(pe, d_model, max_len, args)
     wavelengths, _ = section_3_wavelengths(pe, d_model, max_len, args)
     relative_error = section_4_relative(pe, d_model, offsets, args)
     spread = section_5_dot_products(pe, d_model, offsets, args)
@@ -477,13 +489,13 @@ def main(argv=None):
     common.key_insights([
         f"Attention alone is permutation-equivariant: shuffled input, shuffled output (largest "
         f"difference {common.fmt(plain, 2)}). Adding PE breaks that (difference {common.fmt(with_pe, 3)}).",
-        "PositionalEncoding adds a fixed table: no parameters, a buffer that moves with .to() and is "
-        "not saved in state_dict.",
+        f"PositionalEncoding adds a fixed table: {n_params} parameters, a buffer that moves with .to(), "
+        f"{n_saved} entries in state_dict (the formula rebuilds it).",
         f"Pair i has wavelength 2*pi*10000^(2i/d_model), from {common.fmt(wavelengths[0])} positions "
         f"(pair 0) to {common.fmt(wavelengths[-1])} (last pair), so low dimensions change fastest.",
         f"For each offset k a fixed rotation M_k maps PE(p) to PE(p+k) for every p (largest error "
         f"{common.fmt(relative_error, 2)}), so relative positions are a linear map away.",
-        f"PE(p).PE(q) depends only on p - q (spread along each offset {common.fmt(spread, 2)}), "
+        f"PE(p).PE(q) depends only on p - q (largest spread along an offset {common.fmt(spread, 2)}), "
         "and not on its sign.",
         f"Interleaved and concatenated layouts hold the same columns (one-to-one: {one_to_one}); a "
         f"linear layer with reordered weights gives the same output (difference {common.fmt(layer_gap, 2)}).",

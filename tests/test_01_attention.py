@@ -184,6 +184,8 @@ def test_unscaled_score_variance_grows_with_d_k_scaled_stays_near_one():
 def test_helpers_entropy_and_softmax_gradient_size():
     p = torch.softmax(randn(4, 6, seed=3), -1)
     assert_close(L01.entropy(torch.full((6,), 1 / 6)), torch.tensor(math.log(6)))
+    assert_close(L01.entropy(p), torch.distributions.Categorical(probs=p).entropy())
+    assert L01.entropy(torch.tensor([0.0, 1.0, 0.0])).item() == 0  # one key takes everything
     for row, size in zip(p, L01.softmax_gradient_size(p)):
         jac = torch.autograd.functional.jacobian(lambda s: torch.softmax(s, -1), torch.log(row))
         assert_close(size, jac.norm())
@@ -199,6 +201,10 @@ def test_attention_head_self_and_cross_use_the_projections():
     out_self, _ = head(x, x)
     assert_close(out_self, F.scaled_dot_product_attention(
         x @ head.W_q.weight.T, x @ head.W_k.weight.T, x @ head.W_v.weight.T))
+    mask = L01.causal_mask(5)  # the mask is passed through to the attention
+    out_causal, _ = head(x, x, mask)
+    assert_close(out_causal, F.scaled_dot_product_attention(
+        x @ head.W_q.weight.T, x @ head.W_k.weight.T, x @ head.W_v.weight.T, attn_mask=mask))
 
 
 # --- the lesson runs -------------------------------------------------------------------------

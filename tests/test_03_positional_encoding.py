@@ -1,4 +1,5 @@
 """Lesson 03: the sinusoidal table, the module that adds it, relative positions, order blindness."""
+import argparse
 import math
 
 import pytest
@@ -70,6 +71,19 @@ def test_module_buffer_moves_with_to():
     assert module.to("meta").pe.device.type == "meta"  # a device move without needing a GPU
     if torch.cuda.is_available():
         assert L3.PositionalEncoding(8, max_len=12).to("cuda").pe.device.type == "cuda"
+
+
+def test_dropout_only_in_training_mode():
+    module = L3.PositionalEncoding(8, max_len=12, dropout=0.5)
+    x = torch.randn(2, 10, 8)
+    expected = x + L3.sinusoidal_positional_encoding(12, 8)[:10]
+    assert torch.equal(module.eval()(x), expected)
+    torch.manual_seed(0)
+    dropped = module.train()(x)
+    zeros = dropped == 0
+    assert 0.3 < zeros.float().mean().item() < 0.7  # about half of the entries dropped
+    # the kept entries are scaled by 1 / (1 - 0.5)
+    torch.testing.assert_close(dropped[~zeros], 2 * expected[~zeros])
 
 
 def test_sequence_longer_than_max_len_raises():
@@ -147,15 +161,32 @@ def test_attention_is_order_blind_without_positions_but_not_with_them():
     (("--d-model", "6"), "multiple"),
     (("--max-len", "0"), "--max-len"),
     (("--max-len", "-3"), "--max-len"),
+    (("--max-len", "8"), "--max-len"),
+    (("--d-model", "64.5"), "--d-model"),
 ])
 def test_bad_sizes_are_one_line_exit_2(capsys, flags, contains):
     expect_user_error(capsys, 3, *flags, contains=contains)
 
 
-def test_quick_run_writes_both_figures(run_main):
+FIGURES = ("positional_encoding_heatmap.png", "positional_encoding_wavelengths.png",
+           "positional_encoding_dot_products.png", "positional_encoding_layouts.png")
+
+
+def test_quick_run_writes_its_figures(run_main, capsys):
     out = run_main(3, "--quick")
-    for name in ("positional_encoding_heatmap.png", "positional_encoding_wavelengths.png"):
+    for name in FIGURES:
         path = out / name
         assert path.exists(), name
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+    text = capsys.readouterr().out
+    assert "Key insights" in text and "unexpected" not in text and "look for a bug" not in text
+
+
+def test_wavelength_section_works_at_the_smallest_d_model(tmp_path, capsys):
+    # d_model = 4 (allowed by --d-model) has only two sin/cos pairs: the table must not ask for pair 2
+    args = argparse.Namespace(out_dir=tmp_path, show=False)
+    pe = L3.sinusoidal_positional_encoding(16, 4)
+    wavelengths, worst = L3.section_3_wavelengths(pe, 4, 16, args)
+    torch.testing.assert_close(wavelengths, L3.pair_wavelengths(4))
+    assert worst < 1e-5 and (tmp_path / "positional_encoding_wavelengths.png").exists()
