@@ -33,6 +33,7 @@ causal_mask = common.load_lesson(1).causal_mask
 
 # %% Knobs (edit these)
 D_MODEL = 32         # embedding size of the lesson's model (--d-model)
+MAX_D_MODEL = 1024   # largest --d-model accepted: section 3 trains two models of this width on a CPU
 N_HEADS = 2          # heads of the lesson's model (--heads); the task of section 3 needs 2 relations
 VOCAB_SIZE = 10      # section 3: tokens are the digits 0..9
 SEQ_LEN = 6          # section 3: positions on a ring (position 0's left neighbour is position 5)
@@ -123,7 +124,9 @@ def multi_head_attention_loop(mha: MultiHeadAttention, query, key, value, mask=N
 def merge_heads_without_transpose(x):
     """A BUG kept for teaching (PITFALLS #8): reshape (B, n_heads, T, d_head) straight to (B, T, d_model).
 
-    The shapes fit, so nothing complains, but each output row now mixes several positions of one head.
+    The shapes fit, so nothing complains, but output row t now holds the n_heads * d_head numbers
+    that follow each other in memory: row 0 is head 0 at positions 0 .. n_heads-1 (when n_heads <= T).
+    With one head there is nothing to transpose and the "bug" is harmless.
     """
     B, n_heads, T, d_head = x.shape
     return x.reshape(B, T, n_heads * d_head)
@@ -183,9 +186,9 @@ class NeighbourModel(nn.Module):
 
 
 class Adam:
-    """Adam in a few lines, the same update as torch.optim.Adam (the tests check it). Why not
+    """Adam in a few lines, the same update as torch.optim.Adam (the tests compare both). Why not
     torch.optim? In torch 2.13 the first optimizer it creates imports torch._dynamo and sympy:
-    about 2 s of CPU, more than this lesson's whole training."""
+    about 1.5 s of CPU, more than this lesson's whole training."""
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params, self.lr, self.betas, self.eps, self.t = list(params), lr, betas, eps, 0
@@ -317,9 +320,10 @@ def section_1_loop(d_model, n_heads, device):
 
         Mask polarity: our masks (like F.scaled_dot_product_attention) say True = may attend;
         nn.MultiheadAttention's attn_mask and key_padding_mask say True = BLOCKED. So we pass
-        ~mask. Passing our causal mask unchanged blocks the past and lets each query see only the
-        future: outputs differ by up to {common.fmt(wrong_diff, 3)}, and {nan_rows} of {B * T} query
-        rows (the last position, with nothing left to see) come out as NaN.""")
+        ~mask. Passing our causal mask unchanged blocks each query's own position and the past,
+        so it sees only the future: outputs differ by up to {common.fmt(wrong_diff, 3)}, and
+        {nan_rows} of {B * T} query rows (the last position, with nothing left to see) come out
+        as NaN.""")
     return worst, wrong_diff
 
 
@@ -359,16 +363,23 @@ def section_2_batched(d_model, n_heads, device):
         bad = mha.W_o(merge_heads_without_transpose(heads))
     good_diff = (good - ref_out).abs().max().item()
     bad_diff = (bad - ref_out).abs().max().item()
+    if H == 1:
+        bug = (f"With one head there is nothing to swap, so here it changes nothing (difference "
+               f"{common.fmt(bad_diff, 2)}): run with --heads 2 to see it.")
+    else:
+        positions = ", ".join(str(t) for t in range(min(H, T))) + ("" if H <= T else ", then head 1")
+        bug = (f"Nothing complains, since the shapes fit, but row t then holds the {H} * d_head numbers "
+               f"that follow each other in memory (row 0: head 0 at positions {positions}, instead of "
+               "every head at position 0): it differs "
+               f"from PyTorch by {common.fmt(bad_diff, 3)}. Only a comparison like this one (and the "
+               "tests) catches it.")
     common.explain(f"""
         q[:, {H - 1}] (the last head) {"equals" if slice_diff < 1e-5 else "DIFFERS from"} the
         loop's head {H - 1} built from rows
         {rows.start}..{rows.stop - 1} of W_q: largest difference {common.fmt(slice_diff, 2)}.
         Batched output vs nn.MultiheadAttention: {common.fmt(good_diff, 2)}.
 
-        The classic bug: merging with .reshape(B, T, d_model) but no transpose back. Nothing
-        complains, since the shapes fit, but row t then holds pieces of several positions of one head:
-        it differs from PyTorch by {common.fmt(bad_diff, 3)}. Only a comparison like this one (and
-        the tests) catches it.""")
+        The classic bug: merging with .reshape(B, T, d_model) but no transpose back. {bug}""")
     return good_diff, bad_diff
 
 
@@ -386,11 +397,13 @@ def section_3_why_heads(d_model, n_heads, sizes, args, device):
         One head returns one weighted average of value vectors, weights positive and summing to
         1. With the same weights for every input its output is a fixed blend w*left +
         (1-w)*right, and a linear output layer cannot turn that into left - right: the blends
-        for (3,3), (3,5), (5,3), (5,5) lie on one line in that order, and their answers 0, -2,
-        +2, 0 would need the answer 0 at both ends. So one head must make its weights depend on
-        the digits to get anything right. Two heads can each read one neighbour into their own
-        slice of the output, and the output layer can give the slices opposite signs. We train a {n_heads}-head and a 1-head model with the
-        same d_model={d_model}, {sizes['steps']} steps, seed and data, then measure in eval mode on
+        for (left, right) = (3,3), (3,5), (5,3), (5,5) lie on one line with (3,3) and (5,5) at
+        the ends, and their answers 0, -2, +2, 0 would need the answer 0 at both ends but not
+        in between, which a linear layer followed by argmax cannot give. So one head cannot
+        solve the task with fixed weights: it must make its weights depend on the digits. Two
+        heads can each read one neighbour into their own slice of the output, and the output
+        layer can give the slices opposite signs. We train a {n_heads}-head and a 1-head model
+        with the same d_model={d_model}, {sizes['steps']} steps, seed and data, then measure in eval mode on
         {sizes['n_eval']} held-out sequences. "frozen" below replaces each head's weights by their
         average over those sequences: the same blend for every input.""")
     x_eval, y_eval = (t.to(device) for t in neighbour_difference_batch(
@@ -434,6 +447,7 @@ def section_3_why_heads(d_model, n_heads, sizes, args, device):
                for side in ("left", "right")}
     split = n_heads > 1 and bool(readers["left"]) and bool(readers["right"])
     frozen_holds = multi["frozen"] >= multi["accuracy"] - 0.05
+    learned = multi["accuracy"] >= 2 * baseline  # the lesson's model learned something
     if n_heads == 1:
         several = ""
     elif split:
@@ -447,7 +461,9 @@ def section_3_why_heads(d_model, n_heads, sizes, args, device):
         several = (f"No head reads the left and another the right neighbour alone (weights on the left: "
                    f"{', '.join(f'{w:.2f}' for w in multi['left'])}); frozen they score "
                    f"{pct(multi['frozen'])}"
-                   + (": different fixed blends, which is enough to tell the neighbours apart."
+                   + (". The model has not learned the task yet, so there is nothing to read into that."
+                      if not learned else
+                      ": different fixed blends, which is enough to tell the neighbours apart."
                       if frozen_holds else ": what they read also depends on the digits."))
     common.explain(f"""{verdict} {single} {several} (On the ring, query 0's left neighbour is key
         {SEQ_LEN - 1}: the corner cells of the figure.)""")
@@ -506,11 +522,14 @@ def section_4_parameters(d_model):
 
 
 def parse_model_size(args):
-    """--d-model / --heads: a positive d_model that n_heads divides, else one line and exit 2."""
+    """--d-model / --heads: a d_model in 1..MAX_D_MODEL that n_heads divides, else one line and exit 2."""
     d_model, n_heads = args.d_model, args.heads
     if d_model <= 0:
         common.fail(f"--d-model must be a positive number, got {d_model} (with --heads {n_heads}); "
                     f"e.g. --d-model {D_MODEL}")
+    if d_model > MAX_D_MODEL:
+        common.fail(f"--d-model {d_model} is too large for this CPU lesson (at most {MAX_D_MODEL}, the "
+                    f"models of section 3 are trained here); e.g. --d-model {D_MODEL}")
     if n_heads <= 0 or d_model % n_heads:
         divisors = ", ".join(str(h) for h in range(1, min(d_model, 64) + 1) if d_model % h == 0)
         need = "must be a positive number that divides" if n_heads <= 0 else "must divide"
@@ -546,15 +565,17 @@ def main(argv=None):
         f"nn.MultiheadAttention's masks mean True = blocked, ours True = may attend: pass ~mask. The "
         f"wrong polarity changed outputs by up to {common.fmt(wrong_polarity, 3)}.",
         f"split_heads: view + transpose to (B, n_heads, T, d_head); merge_heads must transpose back. "
-        f"Without it the output is wrong by {common.fmt(bad_merge, 3)} "
-        f"(with it: {common.fmt(good_merge, 2)}) "
-        "and no shape error warns you.",
-        f"Left - right neighbour: {n_heads} heads {100 * multi['accuracy']:.1f}%, 1 head "
-        f"{100 * one['accuracy']:.1f}% (always answering 0: {100 * baseline:.1f}%). One head is one "
+        + (f"Without it the output is wrong by {common.fmt(bad_merge, 3)} "
+           f"(with it: {common.fmt(good_merge, 2)}) and no shape error warns you." if n_heads > 1 else
+           f"With one head the missing transpose is harmless ({common.fmt(bad_merge, 2)}); "
+           "with --heads 2 it is not."),
+        (f"Left - right neighbour: {n_heads} heads {100 * multi['accuracy']:.1f}%, 1 head "
+         if n_heads > 1 else "Left - right neighbour: 1 head ")
+        + f"{100 * one['accuracy']:.1f}% (always answering 0: {100 * baseline:.1f}%). One head is one "
         f"blend; frozen to a fixed blend it scores {100 * one['frozen']:.1f}%. "
         + (f"Several heads split the work, left reader and right reader, learned and not designed "
            f"(frozen: {100 * multi['frozen']:.1f}%)." if split else
-           "In this run the heads did not split into a left and a right reader."),
+           "In this run the heads did not split into a left and a right reader." if n_heads > 1 else ""),
         f"Parameters: 4*d_model^2 + 4*d_model = {attention_parameter_count(d_model)} for d_model={d_model} "
         f"with any number of heads ({'equal to' if counts_equal else 'DIFFERENT from'} numel()).",
     ])

@@ -39,6 +39,7 @@ DEPTH_HEADS = 4
 DEPTH_B, DEPTH_T = 8, 16     # batch and sequence length of the depth study
 DEPTH_SEEDS = (0, 1)  # random initialisations measured at each depth (results are averaged)
 QUICK = dict(depths=(2, 4), d_model=16, heads=2, B=4, T=8, seeds=(0,))  # --quick
+MAX_PARAMETERS = 250_000_000  # sections 1-4 hold about 2 * --layers + 7 blocks: keep them under 1 GB
 
 
 # %% Building blocks
@@ -190,6 +191,11 @@ def token_similarity(x) -> float:
     cos = unit @ unit.transpose(1, 2)  # (B, T, d_model) @ (B, d_model, T) -> (B, T, T)
     off_diagonal = ~torch.eye(x.size(1), dtype=torch.bool, device=x.device)
     return cos[:, off_diagonal].mean().item()
+
+
+def ratio_first(variant_results) -> float:
+    """How the first block's gradient changed from the shallowest to the deepest stack."""
+    return variant_results["first"][-1] / variant_results["first"][0]
 
 
 # %% 1. One block, step by step, and PyTorch's own
@@ -422,7 +428,8 @@ def section_5_residuals(results, attn_max, depths, length, size_note):
     common.explain(f"""
         With a residual, a block computes x + f(x), whose derivative is I + f'(x): the gradient from
         the loss reaches every block through the identity path as well as through the sublayers.
-        Without it, the gradient must pass through every sublayer in turn. We stack {depths[0]} to
+        Without it, the gradient must pass through every sublayer in turn. (In post-LN a LayerNorm
+        sits on that identity path after every sublayer: section 6.) We stack {depths[0]} to
         {depths[-1]} blocks ({size_note}), put a random regression loss on the output and measure the
         gradient norm of the FIRST block's parameters. All stacks share the same weights; "no
         residual" is post-LN with both "x +" removed (class WithoutResidual).""")
@@ -431,13 +438,15 @@ def section_5_residuals(results, attn_max, depths, length, size_note):
                   for i, d in enumerate(depths)],
                  ["blocks", "grad post-LN", "grad pre-LN", "grad no-res", "sim post-LN", "sim pre-LN",
                   "sim no-res"])
-    change = {k: results[k]["first"][-1] / results[k]["first"][0] for k in v}
+    change = {k: ratio_first(results[k]) for k in v}
     sims = [results[k]["similarity"] for k in v]
-    if change["no residual"] < min(change["post-LN"], change["pre-LN"]):
+    if change["no residual"] < min(1.0, change["post-LN"], change["pre-LN"]):
+        kept = min(change["post-LN"], change["pre-LN"])
+        kept = "all" if kept >= 1 else "most" if kept >= 0.5 else "more"
         verdict = ("without residuals the early blocks lose their gradient as the stack grows; with "
-                   "residuals they keep most of it")
+                   f"residuals they keep {kept} of it")
     else:
-        verdict = "at these sizes the residuals made no difference to this measure"
+        verdict = "at these sizes this measure does not show an advantage of the residuals"
     creeps = "still creeps up with depth" if all(s[-1] > s[0] for s in sims[:2]) else "stays put"
     common.explain(f"""
         From {depths[0]} to {depths[-1]} blocks the first block's gradient went to
@@ -488,7 +497,7 @@ def section_6_norm_placement(results, depths, out_dir, show):
         {fmt3(pre['stream_std'][-1])} at {depths[-1]}), hence the final LayerNorm; post-LN's output has
         std 1 by construction.""")
 
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # loaded by now
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter  # loaded by now
 
     fig, axes = common.new_figure(1, 2, figsize=(11, 4.2), show=show)
     for variant, style in {"post-LN": "o-", "pre-LN": "s-", "no residual": "^--"}.items():
@@ -500,6 +509,7 @@ def section_6_norm_placement(results, depths, out_dir, show):
     axes[0].set(xlabel="number of blocks in the stack", title="gradient norm reaching the first block")
     axes[1].set(xlabel=f"block index (1 = first) in the {depths[-1]}-block stack",
                 title=f"gradient norm of every block, {depths[-1]} blocks")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))  # block indices are whole numbers
     for ax in axes:
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))  # ticks at 0.1, 0.2, 0.5, 1 ...
@@ -507,7 +517,9 @@ def section_6_norm_placement(results, depths, out_dir, show):
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("gradient norm of the block's parameters")
         ax.legend()
-    fig.suptitle("Without residuals the first blocks lose their gradient as depth grows")
+    fig.suptitle("Without residuals the first blocks lose their gradient as depth grows"
+                 if ratio_first(results["no residual"]) < min(1.0, ratio_first(post), ratio_first(pre))
+                 else f"Gradient reaching the first blocks, {depths[0]} to {depths[-1]} blocks deep")
     common.save_figure(fig, out_dir, "transformer_block_gradients.png", show=show)
     return dict(ratio_post=ratio_post[-1], ratio_pre=ratio_pre[-1], pre_std=pre["stream_std"][-1])
 
@@ -531,6 +543,13 @@ def main(argv=None):
         valid = max(h for h in range(1, args.heads + 1) if args.d_model % h == 0)
         common.fail(f"--d-model {args.d_model} is not divisible by --heads {args.heads} (each head gets "
                     f"d_model / heads features); try --heads {valid}, or --d-model {args.heads * 16}")
+    # one block: 4 (d^2 + d) attention + 2 d d_ff + d_ff + d feed-forward + 4 d LayerNorms (section 4)
+    d, d_ff = args.d_model, args.d_ff
+    needed = (2 * args.layers + 7) * (4 * (d * d + d) + 2 * d * d_ff + d_ff + 5 * d)
+    if needed > MAX_PARAMETERS:
+        common.fail(f"--d-model {d} --d-ff {d_ff} --layers {args.layers} need about {needed / 1e6:,.0f} "
+                    f"million parameters ({4 * needed / 1e9:,.1f} GB) in this lesson; keep it under "
+                    f"{MAX_PARAMETERS // 1_000_000} million, e.g. --d-model 512 --d-ff 2048 --layers 6")
     device = common.setup(args, "Lesson 04: the transformer encoder block")
     print("  reusing MultiHeadAttention from lesson 02 and causal_mask from lesson 01 (load_lesson)")
 

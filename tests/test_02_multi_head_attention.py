@@ -96,8 +96,12 @@ def test_query_with_nothing_to_attend_gives_no_nan():
     mask[0, 2, :] = False  # query 2 of sequence 0 may attend to nothing
     for need_weights in (True, False):
         with torch.no_grad():
-            out, _ = ours(x, x, x, mask=mask, need_weights=need_weights)
+            out, weights = ours(x, x, x, mask=mask, need_weights=need_weights)
         assert not out.isnan().any()
+        # that query reads nothing: every head returns zeros, so only W_o's bias is left
+        assert_close(out[0, 2], ours.W_o.bias.detach(), **TOL)
+        if need_weights:
+            assert (weights[0, :, 2] == 0).all()
 
 
 def test_causal_output_ignores_future_tokens():
@@ -211,23 +215,29 @@ def test_parameter_count_formula(d_model):
         assert count == L02.attention_parameter_count(d_model) == 4 * d_model**2 + 4 * d_model
 
 
-def test_adam_matches_the_textbook_update():
+def test_adam_matches_the_textbook_update_and_torch_optim_adam():
     torch.manual_seed(0)
     w = torch.randn(4, 3, requires_grad=True)
+    w_torch = w.detach().clone().requires_grad_()
+    start = w.detach().clone()
     w_ref = w.detach().double().clone()
     m, v = torch.zeros_like(w_ref), torch.zeros_like(w_ref)
     optimizer = L02.Adam([w], lr=0.05)
+    torch_optimizer = torch.optim.Adam([w_torch], lr=0.05)  # the lesson avoids its import cost, not us
     for t in range(1, 13):
         x = torch.randn(3)
-        optimizer.zero_grad()
-        (w @ x).sin().sum().backward()
+        for opt, p in ((optimizer, w), (torch_optimizer, w_torch)):
+            opt.zero_grad()
+            (p @ x).sin().sum().backward()
+            opt.step()
         grad = torch.autograd.functional.jacobian(lambda p: (p @ x.double()).sin().sum(), w_ref)
-        optimizer.step()
         # Adam (Kingma & Ba 2015) with torch's defaults: betas (0.9, 0.999), eps 1e-8 outside the sqrt
         m = 0.9 * m + 0.1 * grad
         v = 0.999 * v + 0.001 * grad**2
         w_ref = w_ref - 0.05 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    assert (w.detach() - start).abs().max() > 0.1  # the weights really moved
     assert_close(w.detach().double(), w_ref, atol=1e-5, rtol=1e-5)
+    assert_close(w.detach(), w_torch.detach(), atol=1e-6, rtol=1e-5)
 
 
 def test_neighbour_task_targets_are_left_minus_right():
@@ -283,6 +293,7 @@ def test_smoke_quick_run_writes_the_figure(run_main, capsys):
     (("--heads", "0"), "--heads 0"),
     (("--d-model", "30", "--heads", "4"), "--d-model 30"),
     (("--d-model", "0"), "--d-model"),
+    (("--d-model", "100000"), "--d-model 100000"),  # would need 160 GB for W_q .. W_o
 ])
 def test_impossible_sizes_are_one_line_exit_2(capsys, flags, contains):
     err = expect_user_error(capsys, 2, *flags, contains=contains)

@@ -196,6 +196,21 @@ def test_dropout_only_in_train_mode():
         assert_close(block(x, return_weights=True)[0], no_dropout(x))
 
 
+def test_depth_study_shows_what_sections_5_and_6_say():
+    depths, length = (2, 16), 8
+    results, attn_max = L04.depth_study(depths, 16, 2, 4, length, (0,), "cpu")
+    post, pre, no_res = results["post-LN"], results["pre-LN"], results["no residual"]
+    # section 5: without residuals the first block's gradient collapses with depth, with them it stays
+    assert L04.ratio_first(no_res) < 0.3 < 0.5 < min(L04.ratio_first(post), L04.ratio_first(pre))
+    assert no_res["similarity"][0] > 0.99 > 0.5 > max(post["similarity"][0], pre["similarity"][0])
+    assert 1 / length <= attn_max < 0.5  # attention at initialisation: spread out, close to uniform
+    # section 6: post-LN starves the first block relative to the last, pre-LN does not
+    assert post["first"][-1] / post["last"][-1] < 1 < pre["first"][-1] / pre["last"][-1]
+    assert pre["stream_std"][-1] > pre["stream_std"][0]  # pre-LN's stream grows with depth
+    assert_close(torch.tensor(post["stream_std"]), torch.ones(len(depths)), atol=2e-3, rtol=0)
+    assert len(post["per_layer"]) == depths[-1] and all(n > 0 for n in post["per_layer"])
+
+
 def test_lesson_quick_run_writes_its_figures(run_main):
     out = run_main(4, "--quick")
     for name in ("transformer_block_gradients.png", "transformer_block_layernorm.png"):
@@ -212,3 +227,10 @@ def test_heads_must_divide_d_model(capsys):
 @pytest.mark.parametrize("flag", ["--d-model", "--heads", "--d-ff", "--layers"])
 def test_sizes_must_be_positive(capsys, flag):
     expect_user_error(capsys, 4, flag, "0", contains=flag)
+
+
+@pytest.mark.parametrize("flags", [("--d-model", "100000", "--heads", "1"), ("--d-ff", "100000000"),
+                                   ("--layers", "100000")])
+def test_sizes_too_large_for_memory_are_one_line_exit_2(capsys, flags):
+    err = expect_user_error(capsys, 4, *flags, contains="million parameters")
+    assert flags[1] in err
