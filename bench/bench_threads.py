@@ -44,11 +44,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="training steps per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per case (median reported)")
-    parser.add_argument("--d-model", type=int, default=32, help="model width (lesson 05's default: 32)")
+    parser.add_argument("--d-model", type=int, default=lesson05.TrainConfig().d_model,
+                        help="model width (default: lesson 05's)")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be at least 1")
+    try:
+        lesson05.validate_config(lesson05.TrainConfig(d_model=args.d_model))   # e.g. divisible by the heads
+    except common.UserError as exc:
+        parser.error(str(exc))
 
-    print(f"{os.cpu_count()} cores, torch {torch.__version__}, lesson 05 model with d_model {args.d_model}, "
-          f"{args.steps} steps per measurement, median of {args.repeats}")
+    # "idle" below means: no extra load started by this script; the load average says how idle it was
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{os.cpu_count()} cores, load average {load:.2f}, torch {torch.__version__}, lesson 05 model "
+          f"with d_model {args.d_model}, {args.steps} steps per measurement, median of {args.repeats}")
     rows = {}
     for busy in (False, True):
         spinner = None

@@ -140,8 +140,8 @@ def run_task(task, repeats):
             walls.append(time.perf_counter() - start)
             users.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before)
             if done.returncode != 0:
-                tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-                raise SystemExit(f"--task {task} failed (exit {done.returncode}): {tail}")
+                tail = ((done.stderr or done.stdout).strip().splitlines() or [""])[-1]
+                raise SystemExit(f"error: --task {task} failed (exit {done.returncode}): {tail}")
             metrics = json.loads((Path(out) / "metrics.json").read_text())
     return walls, users, metrics
 
@@ -157,6 +157,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.repeats < 1:
         parser.error("--seeds and --repeats must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     threads = common.set_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.2f}, torch {torch.__version__}, "
@@ -166,12 +168,15 @@ def main(argv=None):
     ours, ref = reversal_race(list(range(args.seeds)))
     ours_steps, ours_s = median_or_none([s for s, _ in ours]), median_or_none([t for s, t in ours if s])
     ref_steps, ref_s = median_or_none([s for s, _ in ref]), median_or_none([t for s, t in ref if s])
-    rows = [["ours (lesson 05 defaults)", ours_steps, ours_s], ["reference (Tutorial 6 recipe)", ref_steps, ref_s]]
+    rows = [["ours (lesson 05 defaults)", ours_steps, ours_s, ours],
+            ["reference (Tutorial 6 recipe)", ref_steps, ref_s, ref]]
     print()
-    print(f"  {'model':<32} {'median steps':>13} {'median train s':>15}")
-    for name, steps, seconds in rows:
+    # the medians are over the seeds that reached the target; "reached" says how many did
+    print(f"  {'model':<32} {'median steps':>13} {'median train s':>15} {'reached':>8}")
+    for name, steps, seconds, runs in rows:
+        reached = f"{sum(s is not None for s, _ in runs)}/{len(runs)}"
         print(f"  {name:<32} {str(steps) if steps is not None else 'not reached':>13} "
-              f"{f'{seconds:.2f}' if seconds is not None else '-':>15}")
+              f"{f'{seconds:.2f}' if seconds is not None else '-':>15} {reached:>8}")
     ratio = ref_s / ours_s if ours_s and ref_s else None
     step_ratio = ref_steps / ours_steps if ours_steps and ref_steps else None
     if ratio:

@@ -3,7 +3,7 @@
     python bench/run_benchmarks.py                 # every lesson, 3 runs each, median reported
     python bench/run_benchmarks.py --runs 5 --lessons 1 2
 
-Each run is a fresh `python NN_lesson.py --out-dir <temp folder>` process, so the figures include
+Each run is a fresh `python NN_lesson.py --out-dir <temp folder>` process, so the times include
 starting Python and importing torch and matplotlib. Thread variables are not set: each lesson's own
 thread policy applies. The machine is measured too (cores, load), because a busy machine is slower.
 Results are printed as a table and written to bench/results_lessons.json.
@@ -32,8 +32,8 @@ def time_lesson(script: Path, runs: int, extra):
                                     cwd=ROOT, env=env, capture_output=True, text=True)
             walls.append(time.perf_counter() - start)
             if result.returncode != 0:
-                tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
-                raise SystemExit(f"{script.name} failed (exit {result.returncode}): {tail}")
+                tail = ((result.stderr or result.stdout).strip().splitlines() or [""])[-1]
+                raise SystemExit(f"error: {script.name} failed (exit {result.returncode}): {tail}")
     return walls
 
 
@@ -54,9 +54,15 @@ def main(argv=None):
     parser.add_argument("--lessons", type=int, nargs="*", default=None, help="lesson numbers (default: all)")
     parser.add_argument("--quick", action="store_true", help="time the --quick runs instead")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, got {args.runs}")
 
     scripts = sorted(ROOT.glob("[0-9][0-9]_*.py"))
     if args.lessons:
+        unknown = sorted(set(args.lessons) - {int(s.name[:2]) for s in scripts})
+        if unknown:
+            parser.error(f"--lessons: no lesson {', '.join(map(str, unknown))}; the lessons are "
+                         f"{' '.join(str(int(s.name[:2])) for s in scripts)}")
         scripts = [s for s in scripts if int(s.name[:2]) in args.lessons]
     extra = ["--quick"] if args.quick else []
 

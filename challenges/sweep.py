@@ -208,21 +208,23 @@ def section_1_plan(base, axes, values, configs, entries, seeds, quick=False):
     print("  reused through common.load_lesson(5): TrainConfig, train, evaluate_teacher_forced,")
     print("  count_parameters, validate_config (lesson 05's model, training loop and checks)")
     common.explain(f"""
-        Starting point: {'a tiny model (--quick)' if quick else "lesson 05's default model"}
-        ({describe(base)}, d_ff {base.d_ff}). Each entry
+        Starting point: {'a tiny model (--quick: ' if quick else "lesson 05's default model ("}{describe(base)},
+        d_ff {base.d_ff}). Each entry
         below changes one knob and keeps the rest. 'layers' counts encoder blocks and as many
         decoder blocks. Every run trains with the same learning-rate schedule and, for the same
         seed, the same batches, and stops when validation exact-match ({base.val_size} held-out
         sequences, checked every {base.eval_every} steps) reaches {base.target:.0%} or after
         {base.steps} steps. Test exact-match is measured on {base.test_size} other held-out
-        sequences, none of them ever trained on; as every run stops at the target, it shows how
+        sequences, none of them ever trained on; for runs that stop at the target, it shows how
         well the validation score carries over, more than which model is better.""")
     for axis in axes:
         print(f"  {axis:>7}: {', '.join(map(str, values[axis]))}")
+    # Only the default model can appear in several axes (every other entry differs from it in its
+    # own axis's knob), so the entries exceed the models by the default's extra appearances.
     shared = len(entries) - len(configs)
     print(f"  {len(entries)} (axis, value) entries, {len(configs)} different models"
-          + (f" (the default model is trained once and shown in every axis: {shared} trainings saved)"
-             if shared else "")
+          + (f" (the default model appears in {shared + 1} axes and is trained once per seed: "
+             f"{shared * len(seeds)} training{'s' if shared * len(seeds) != 1 else ''} saved)" if shared else "")
           + f"; seeds {', '.join(map(str, seeds))}: {len(configs) * len(seeds)} trainings in all")
 
 
@@ -419,9 +421,11 @@ def observations(summaries, base, seeds, n_trainings, n_entries):
         low = min(tested, key=lambda s: s["test_exact_match"])
         high = max(tested, key=lambda s: s["test_exact_match"])
         all_stopped = all(s["reached"] == s["seeds_run"] for s in tested)
-        items.append(f"Test exact-match ({base.test_size} held-out sequences, never trained on) ranged from "
-                     f"{low['test_exact_match']:.2%} ({low['axis']} {low['value']}) to "
-                     f"{high['test_exact_match']:.2%} ({high['axis']} {high['value']})"
+        spread_text = (f"was {low['test_exact_match']:.2%} for every value"
+                       if low["test_exact_match"] == high["test_exact_match"] else
+                       f"ranged from {low['test_exact_match']:.2%} ({low['axis']} {low['value']}) to "
+                       f"{high['test_exact_match']:.2%} ({high['axis']} {high['value']})")
+        items.append(f"Test exact-match ({base.test_size} held-out sequences, never trained on) {spread_text}"
                      + (f": every run stopped on reaching {base.target:.0%} on validation, so this shows how "
                         "well that score carries over to unseen sequences, not which model is better."
                         if all_stopped else "."))

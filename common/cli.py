@@ -11,6 +11,9 @@ import tempfile
 from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# --seed: a signed 64-bit number. torch.manual_seed accepts -2**63 .. 2**64 - 1; the signed range
+# leaves room for the small offsets some lessons add to the seed (seed + 1, ...).
+SEED_RANGE = (-2**63, 2**63 - 1)
 
 
 class UserError(Exception):
@@ -31,6 +34,15 @@ class _OneLineParser(argparse.ArgumentParser):
         fail(f"{message} (see: python {prog} --help)")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except None and False (a flag whose help already says it)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _int_arg(text):
     try:
         return int(text)
@@ -43,7 +55,7 @@ def lesson_parser(doc: str, quick_help: str = "tiny sizes, for a smoke test") ->
     first_line = (doc or "").strip().splitlines()[0] if doc else None
     parser = _OneLineParser(
         description=first_line,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     common = parser.add_argument_group("flags every lesson accepts")
     common.add_argument("--device", default="auto", choices=DEVICES,
@@ -87,6 +99,9 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     try:
         if args.threads is not None:
             check_positive("--threads", args.threads)
+        if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
+            raise UserError(f"--seed {args.seed} is out of range for torch's random generator; use a whole "
+                            f"number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, e.g. --seed 0")
         args.out_dir = check_out_dir(args.out_dir)
     except UserError as exc:
         fail(str(exc))

@@ -18,7 +18,8 @@ def _probe(device: str):
             return f"probe computed {value}, expected 14.0"
         return None
     except Exception as exc:  # any failure means: do not use this device
-        return f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        text = str(exc).strip()
+        return f"{exc.__class__.__name__}: {text.splitlines()[0]}" if text else exc.__class__.__name__
 
 
 def _mps_available() -> bool:
@@ -33,6 +34,7 @@ def choose_device(requested: str = "auto"):
     """
     if requested == "cpu":
         return torch.device("cpu"), "asked for with --device cpu"
+    broken = []  # (auto) devices that are visible but failed the probe: the header says so
 
     if requested in ("auto", "cuda"):
         if torch.cuda.is_available():
@@ -42,6 +44,7 @@ def choose_device(requested: str = "auto"):
                 how = "asked for with --device cuda" if requested == "cuda" else "auto: CUDA works"
                 return torch.device("cuda"), f"{how} ({name})"
             why = f"CUDA is visible but a test operation failed ({error})"
+            broken.append(why)
         else:
             why = "torch.cuda.is_available() is False (CPU-only torch build, or no usable driver)"
         if requested == "cuda":
@@ -55,10 +58,13 @@ def choose_device(requested: str = "auto"):
                 how = "asked for with --device mps" if requested == "mps" else "auto: no CUDA, Apple MPS works"
                 return torch.device("mps"), how
             why = f"MPS is visible but a test operation failed ({error})"
+            broken.append(why)
         else:
             why = "torch.backends.mps.is_available() is False (not an Apple-silicon Mac, or old macOS)"
         if requested == "mps":
             print(f"warning: --device mps asked for, but {why}; using the CPU instead", file=sys.stderr)
             return torch.device("cpu"), f"fallback: {why}"
 
+    if broken:
+        return torch.device("cpu"), "auto: " + "; ".join(broken)
     return torch.device("cpu"), "auto: no CUDA or MPS found"

@@ -34,6 +34,15 @@ def test_zero_threads_rejected(capsys):
     expect_user_error(capsys, LESSONS[0], "--threads", "0", contains="--threads")
 
 
+def test_seed_out_of_torchs_range_is_one_line_exit_2(capsys):
+    expect_user_error(capsys, LESSONS[0], "--seed", str(2**70), contains="--seed")
+
+
+def test_bad_omp_num_threads_is_one_line_exit_2(capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "four")
+    expect_user_error(capsys, LESSONS[0], contains="OMP_NUM_THREADS")
+
+
 def test_bad_flag_from_a_real_process_has_no_traceback():
     result = run_script(f"{REPO_ROOT.glob('01_*.py').__next__().name}", "--device", "tpu")
     assert result.returncode == 2
@@ -43,9 +52,14 @@ def test_bad_flag_from_a_real_process_has_no_traceback():
 
 def test_importing_a_lesson_prints_and_writes_nothing(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # Fresh imports of every lesson; afterwards monkeypatch puts the earlier modules back (all of
+    # them, loaded first so none is missing), so other tests keep one consistent set of lessons.
     for n in LESSONS:
-        name = f"lesson_{n:02d}"
-        sys.modules.pop(name, None)
+        load_lesson(n)
+    for n in LESSONS:
+        monkeypatch.delitem(sys.modules, f"lesson_{n:02d}")
+    capsys.readouterr()
+    for n in LESSONS:
         load_lesson(n)
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
@@ -90,7 +104,7 @@ def test_cuda_probe_failure_falls_back(monkeypatch, capsys):
     assert "no kernel image" in capsys.readouterr().err
     if not device_module._mps_available():
         device, reason = common.choose_device("auto")
-        assert device.type == "cpu"
+        assert device.type == "cpu" and "no kernel image" in reason      # the header says why
 
 
 def test_threads_policy(monkeypatch):
@@ -122,5 +136,6 @@ def test_save_figure_writes_png_without_display(tmp_path, monkeypatch):
 
 def test_fmt_rounds_for_reading():
     assert common.fmt(0.123456) == "0.1235"
+    assert common.fmt(12345.6) == "1.235e+04" and common.fmt(12345) == "12,345"
     assert common.fmt(3) == "3"
     assert common.fmt(torch.tensor(2.5)) == "2.5"

@@ -206,3 +206,26 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch
     assert [r["stopped_because"] for r in metrics["runs"] if r["config"]["n_heads"] == 1] == \
         ["diverged (loss not finite)"]
     assert by_value[2]["test_exact_match"] is not None and (tmp_path / sweep.PNG_NAME).exists()
+
+
+def test_plan_counts_the_trainings_the_shared_default_saves(capsys):
+    base = sweep.TrainConfig(d_model=32, n_heads=2, n_layers=1)
+    values = {"heads": [1, 2], "layers": [1, 2], "d_model": [32, 64]}
+    configs, entries = sweep.plan_sweep(base, list(values), values)
+    assert len(entries) == 6 and len(configs) == 4
+    sweep.section_1_plan(base, list(values), values, configs, entries, seeds=[0, 1, 2])
+    out = " ".join(capsys.readouterr().out.split())
+    # the default is in 3 axes: 2 extra appearances x 3 seeds = 6 trainings saved, 4 x 3 = 12 run
+    assert "appears in 3 axes" in out and "6 trainings saved" in out and "12 trainings in all" in out
+    values = {"heads": [1, 4], "layers": [2]}                       # the default is in no axis
+    configs, entries = sweep.plan_sweep(base, list(values), values)
+    sweep.section_1_plan(base, list(values), values, configs, entries, seeds=[0])
+    out = capsys.readouterr().out
+    assert "saved" not in out and "3 trainings in all" in out
+
+
+def test_observations_say_when_test_exact_match_is_the_same_everywhere():
+    rows = [summary("heads", 1, 30_000, 120, 2.0, 15.0, test=0.995),
+            summary("heads", 2, 30_000, 130, 2.1, 15.0, test=0.995)]
+    text = " ".join(sweep.observations(rows, sweep.TrainConfig(), [0], 2, 2))
+    assert "was 99.50% for every value" in text and "ranged" not in text
