@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_THREADS_PER_CORE = 4  # far beyond this, torch can crash creating threads
 # --seed: a signed 64-bit number. torch.manual_seed accepts -2**63 .. 2**64 - 1; the signed range
 # leaves room for the small offsets some lessons add to the seed (seed + 1, ...).
 SEED_RANGE = (-2**63, 2**63 - 1)
@@ -99,6 +100,10 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     try:
         if args.threads is not None:
             check_positive("--threads", args.threads)
+            cores = os.cpu_count() or 1
+            if args.threads > MAX_THREADS_PER_CORE * cores:
+                raise UserError(f"--threads {args.threads} is far more than this machine's {cores} cores; "
+                                f"use at most {MAX_THREADS_PER_CORE * cores} (1 is fastest for these small models)")
         if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
             raise UserError(f"--seed {args.seed} is out of range for torch's random generator; use a whole "
                             f"number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, e.g. --seed 0")

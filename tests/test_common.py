@@ -139,3 +139,7 @@ def test_fmt_rounds_for_reading():
     assert common.fmt(12345.6) == "1.235e+04" and common.fmt(12345) == "12,345"
     assert common.fmt(3) == "3"
     assert common.fmt(torch.tensor(2.5)) == "2.5"
+
+
+def test_absurd_thread_count_rejected(capsys):
+    expect_user_error(capsys, LESSONS[0], "--threads", "100000", contains="cores")
