@@ -725,7 +725,8 @@ def train(config: TrainConfig, device="cpu", quiet=False, callback=None, resume=
         optimizer.load_state_dict(resume["optimizer"])
         history = {k: list(v) for k, v in resume["history"].items()}
         start = int(resume["step"])
-    trainer_seed = config.seed * 1_000_003 + start        # a resumed run draws new batches
+    # a resumed run draws new batches; % 2**64 keeps any --seed in the generator's range (same streams)
+    trainer_seed = (config.seed * 1_000_003 + start) % 2**64
     stream = TrainingData(config, [val.src, test.src], trainer_seed)
     val_dev = val.to(device)
 
@@ -865,6 +866,9 @@ def save_checkpoint(path, result: TrainResult, config: TrainConfig):
 def read_checkpoint(path) -> dict:
     """torch.load with weights_only=True, checked; CheckpointError with a clear reason if not usable."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a folder, not a file; pass the file, e.g. "
+                              f"{os.path.join(path, CHECKPOINT_NAME)!r}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} not found; train one first (this lesson writes "
                               f"{CHECKPOINT_NAME} into --out-dir) or pass the right path")
@@ -884,7 +888,27 @@ def read_checkpoint(path) -> dict:
         TrainConfig(**checkpoint["config"])
     except TypeError as exc:
         raise CheckpointError(f"{path!r} has a config this lesson does not understand ({exc})") from None
+    step = checkpoint["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path!r} has step {step!r}, not a whole number of optimizer steps; "
+                              "retrain to write a new one")
     return checkpoint
+
+
+def check_resumable(checkpoint: dict, path, model) -> None:
+    """What --resume needs beyond the weights: the optimizer state for this model and the history."""
+    optimizer, history = checkpoint.get("optimizer"), checkpoint.get("history")
+    n_weights = count_parameters(model)
+    if not isinstance(optimizer, dict) or any(
+            not isinstance(optimizer.get(k), torch.Tensor) or optimizer[k].numel() != n_weights for k in "mv") \
+            or not isinstance(optimizer.get("t"), int):
+        raise CheckpointError(f"{os.fspath(path)!r} has no usable optimizer state for its {n_weights} weights, so "
+                              "training cannot resume from it (load_checkpoint still reads the model); "
+                              "train a new model without --resume")
+    if not isinstance(history, dict) or any(not isinstance(history.get(k), list) for k in _new_history()):
+        raise CheckpointError(f"{os.fspath(path)!r} has no usable training history, so training cannot resume "
+                              "from it (load_checkpoint still reads the model); train a new model without "
+                              "--resume")
 
 
 def model_from_checkpoint(checkpoint: dict, path="checkpoint"):
@@ -1163,6 +1187,7 @@ def section_3_compare(config: TrainConfig, data, device, run: bool, seeds: int):
 # %% 4. Training
 def section_4_train(config: TrainConfig, data, device, resume, args):
     common.section(4, "Training: AdamW, warmup + cosine, gradient clipping, validation, early stopping")
+    patience = f"after {config.patience} validations without improvement, " if config.patience else ""
     common.explain(f"""
         Each step: draw a fresh batch, run the model with teacher forcing, take the cross-entropy of
         the {vocab_size(config.n_digits)}-way prediction at every answer position (PAD ignored),
@@ -1171,16 +1196,16 @@ def section_4_train(config: TrainConfig, data, device, resume, args):
         updates, made while AdamW's running averages rest on a few batches, stay small), then
         follows the {config.schedule} schedule over {config.steps} steps. Every {config.eval_every}
         steps the validation set is scored; training
-        stops when its exact-match reaches {config.target:.0%}, after {config.patience or 'no'}
-        validations without improvement, or at the last step. The best model is kept. Ctrl-C
-        stops cleanly and keeps it.""")
+        stops when its exact-match reaches {config.target:.0%}, {patience}or at the last step.
+        The best model is kept. Ctrl-C stops cleanly and keeps it.""")
     if resume is not None:
         print(f"  resuming from step {resume['step']} of the checkpoint (validation exact-match "
               f"{resume.get('val', {}).get('exact_match', float('nan')):.4f})")
     result = train(config, device, resume=resume, data=data)
-    if resume is not None and result.steps_run == int(resume["step"]):
+    if resume is not None and result.steps_run == int(resume["step"]) and \
+            result.stopped_because == "target reached":
         print(f"  the checkpoint already meets the target ({config.target:.0%}): nothing to train; raise "
-              "--target (e.g. --target 1.0) or change --patience to train further")
+              "--target (e.g. --target 1.0) to train further")
     print(f"  stopped: {result.stopped_because}, after {result.steps_run} steps; "
           f"{result.train_seconds:.2f} s in training steps, {result.wall_seconds:.2f} s with validation")
     if result.target_step is not None:
@@ -1276,8 +1301,8 @@ def section_5_decode(config: TrainConfig, model, test: Batch, beam_size: int, de
               f"{broke} right -> wrong; mean log-probability of the answers {lp_g.mean():.4f} (greedy) "
               f"vs {lp_b.mean():.4f} (beam)")
         if int(differ.sum()) == 0:
-            print("  here beam search changed nothing: the model is so sure of each next token that the")
-            print("  greedy path already is the most likely answer (beam search pays off when it is not).")
+            print("  here beam search changed nothing: it found no answer the model rates more likely than the")
+            print("  greedy one (beam search pays off when the greedy path is not the most likely answer).")
         elif fixed > broke:
             print(f"  here beam search helped: {fixed - broke} more answers right.")
         elif broke > fixed:
@@ -1317,13 +1342,16 @@ def section_6_attention(config: TrainConfig, model, test: Batch, device, out_dir
     enc = [w.cpu() for w in weights["encoder_self"]]                  # each (B, n_heads, T_src, T_src)
     cross = [w.cpu() for w in weights["cross"]]                       # each (B, n_heads, T_tgt, T_src)
     # Focus: the largest weight in each query row, averaged over real (non-PAD) rows. 1 = one key
-    # only; 1 / T_src = spread evenly over the whole input.
+    # only; 1 / L = spread evenly over the L digits of the input.
     src_real = (test.src != PAD)[:, None, :]                          # (B, 1, T_src)
     tgt_real = (test.tgt_out != PAD)[:, None, :]                      # (B, 1, T_tgt)
     enc_focus = [float(w.max(-1).values[src_real.expand(-1, w.size(1), -1)].mean()) for w in enc]
     cross_focus = [float(w.max(-1).values[tgt_real.expand(-1, w.size(1), -1)].mean()) for w in cross]
-    print(f"  focus (largest weight per query row, averaged; spread evenly would be 1/{config.seq_len} = "
-          f"{1 / config.seq_len:.3f}):")
+    lengths = (test.src != PAD).sum(1).float()                        # (B,) digits in each input
+    even = float((1 / lengths).mean())                                # focus if spread evenly, averaged
+    evenly = f"1/{config.seq_len} = {even:.3f}" if int(lengths.min()) == config.seq_len else \
+        f"1/L for L digits,\n  {even:.3f} on average for these lengths"
+    print(f"  focus (largest weight per query row, averaged; spread evenly would be {evenly}):")
     common.table([[f"layer {l + 1}", enc_focus[l], cross_focus[l]] for l in range(len(enc))],
                  ["", "encoder self-attention", "decoder cross-attention"])
     if max(cross_focus) > 2 * max(enc_focus):
@@ -1360,7 +1388,7 @@ def section_6_attention(config: TrainConfig, model, test: Batch, device, out_dir
             counts = {k: float((offset == k).float().mean()) for k in range(-3, 4)}
             print(f"  strongest input position minus the expected one (layer {layer + 1}, heads averaged):")
             print("   " + "  ".join(f"{k:+d}: {v:.1%}" for k, v in counts.items())
-                  + f"  other: {1 - sum(counts.values()):.1%}")
+                  + f"  other: {max(0.0, 1 - sum(counts.values())):.1%}")
             right = sum(v for k, v in counts.items() if k > 0)
             left = sum(v for k, v in counts.items() if k < 0)
             if config.task == "reverse" and counts[0] < 0.9 and right > 2 * left:
@@ -1370,7 +1398,7 @@ def section_6_attention(config: TrainConfig, model, test: Batch, device, out_dir
                 print("   position L-1-i depends on L, which the positions alone do not tell the decoder.")
     else:
         print("  (each answer digit of a sum depends on every input, so there is no alignment to check:")
-        print(f"  compare the cross-attention focus above with 1/{config.seq_len})")
+        print(f"  compare the cross-attention focus above with {even:.3f})")
     plot_attention(config, enc, cross, test, out_dir, show)
     return {"encoder_focus": enc_focus, "cross_focus": cross_focus,
             "alignment_share": [[float(x) for x in s] for s in shares] if shares is not None else None}
@@ -1689,6 +1717,10 @@ def given_values(args) -> dict:
 
 def validate_config(c: TrainConfig):
     """Raise UserError, naming the value and what would work, for settings that cannot run."""
+    for flag, value in (("--lr", c.lr), ("--weight-decay", c.weight_decay), ("--grad-clip", c.grad_clip),
+                        ("--dropout", c.dropout), ("--target", c.target)):
+        if not math.isfinite(value):             # nan slips through every < and == comparison below
+            raise common.UserError(f"{flag} must be a finite number, got {value}")
     for flag, value in (("--seq-len", c.seq_len), ("--digits", c.n_digits), ("--d-model", c.d_model),
                         ("--heads", c.n_heads), ("--layers", c.n_layers), ("--d-ff", c.d_ff),
                         ("--max-len", c.max_len), ("--steps", c.steps), ("--batch-size", c.batch_size),
@@ -1709,9 +1741,11 @@ def validate_config(c: TrainConfig):
                                f"use --min-len <= {c.seq_len}")
     needed = positions_needed(c.task, c.seq_len, c.n_digits)
     if needed > c.max_len:
-        raise common.UserError(f"--seq-len {c.seq_len} needs {needed} positions (the answer plus EOS) but the "
-                               f"positional encoding has --max-len {c.max_len}; use --seq-len <= "
-                               f"{c.max_len - 1} or raise --max-len to at least {needed}")
+        fits = [L for L in range(1, c.max_len + 1) if positions_needed(c.task, L, c.n_digits) <= c.max_len]
+        instead = f"use --seq-len <= {max(fits)} or " if fits else ""
+        raise common.UserError(f"--seq-len {c.seq_len} needs {needed} positions (the input, and the answer plus "
+                               f"EOS) but the positional encoding has --max-len {c.max_len}; {instead}raise "
+                               f"--max-len to at least {needed}")
     if not 0.0 <= c.dropout < 1.0:
         raise common.UserError(f"--dropout must be in [0, 1), got {c.dropout}")
     if not 0.0 < c.target <= 1.0:
@@ -1761,6 +1795,11 @@ def config_from_args(args):
     if args.resume:
         checkpoint = read_checkpoint(args.resume)
         saved = checkpoint["config"]
+        try:
+            validate_config(TrainConfig(**{**asdict(TrainConfig()), **saved}))
+        except common.UserError as exc:           # the checkpoint's values, not flags the user typed
+            raise CheckpointError(f"{args.resume!r} holds settings this lesson cannot run "
+                                  f"(as flags: {exc}); retrain to write a new one") from None
         for name in ARCHITECTURE_FIELDS:
             if name in given and given[name] != saved[name]:
                 flag = next((f"{f} {given[name]}" for f, (n, _, _) in FLAGS.items() if n == name),
@@ -1775,9 +1814,16 @@ def config_from_args(args):
         values.update(TASK_DEFAULTS[given.get("task", values["task"])])
     values.update(given)
     config = TrainConfig(**values)
+    if checkpoint is not None and positions_needed(config.task, config.seq_len, config.n_digits) > config.max_len:
+        fits = max(L for L in range(1, config.max_len + 1)       # the saved config fits, so L >= 1 exists
+                   if positions_needed(config.task, L, config.n_digits) <= config.max_len)
+        raise CheckpointError(f"--seq-len {config.seq_len} needs more positions than the checkpoint's model has "
+                              f"(max_len {config.max_len}, fixed by {args.resume!r}); use --seq-len <= {fits} "
+                              "to resume it, or train a new model with a larger --max-len")
     validate_config(config)
     if checkpoint is not None:
-        model_from_checkpoint(checkpoint, args.resume)            # its weights must fit its config
+        model = model_from_checkpoint(checkpoint, args.resume)    # its weights must fit its config
+        check_resumable(checkpoint, args.resume, model)           # and training can go on from it
         if config.steps <= int(checkpoint["step"]):
             raise CheckpointError(f"the checkpoint {args.resume!r} is already at step {checkpoint['step']} "
                                   f"and --steps is {config.steps}; pass a larger --steps to train further")
@@ -1803,9 +1849,11 @@ def insights(config, model_info, result, decoded, attention, compare, beam_size,
                      f"validation exact-match, short of the {config.target:.0%} target: more --steps, a larger "
                      f"model or another --lr may get there.")
     weakest = min([a for a, n in zip(greedy["by_position"], greedy["position_counts"]) if n >= 50] or [1.0])
-    items.append(f"Exact-match is stricter than token accuracy: on the test set greedy decoding got "
-                 f"{greedy['token_accuracy']:.2%} of tokens but {greedy['exact_match']:.2%} of whole answers "
-                 f"right; the weakest answer position (of those with 50+ answers) scored {weakest:.2%}.")
+    stricter = greedy["exact_match"] < greedy["token_accuracy"]
+    items.append(f"Exact-match is stricter than token accuracy (one wrong token makes the whole answer wrong): on "
+                 f"the test set greedy decoding got {greedy['token_accuracy']:.2%} of tokens "
+                 f"{'but only' if stricter else 'and'} {greedy['exact_match']:.2%} of whole answers right; "
+                 f"the weakest answer position (of those with 50+ answers) scored {weakest:.2%}.")
     items.append(f"One teacher-forced pass gave exact-match {decoded['cheap_exact_match']:.4f}, greedy decoding "
                  f"{greedy['exact_match']:.4f}: " + ("the same, so validation can skip the slow decoding loop."
                                                     if decoded['cheap_exact_match'] == greedy['exact_match']
@@ -1815,7 +1863,7 @@ def insights(config, model_info, result, decoded, attention, compare, beam_size,
         items.append(f"Beam search (size {beam_size}) scored {beam['exact_match']:.2%} exact-match against "
                      f"greedy's "
                      f"{greedy['exact_match']:.2%}" + (": no gain on this task." if abs(delta) < 1e-9 else
-                                                        f" ({delta:+.2%})."))
+                                                        f" ({100 * delta:+.2f} percentage points)."))
     shares = attention["alignment_share"]
     if shares is not None:
         best = max(max(layer) for layer in shares)
@@ -1853,8 +1901,8 @@ def main(argv=None):
     section_1_data(config, val, test)
     model_info = section_2_model(config, val, device)
     seeds = getattr(args, "compare_seeds", 1 if args.quick else 2)
-    compare = section_3_compare(config, data, device, run=args.compare, seeds=seeds)
     try:
+        compare = section_3_compare(config, data, device, run=args.compare, seeds=seeds)
         result = section_4_train(config, data, device, checkpoint, args)
     except TrainingDiverged as exc:
         common.fail(str(exc))

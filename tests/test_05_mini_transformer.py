@@ -173,6 +173,9 @@ def test_learning_rate_warmup_then_schedule():
     assert L.learning_rate(110, c) == pytest.approx(0.0, abs=1e-12)
     const = L.TrainConfig(lr=1e-2, warmup=10, steps=110, schedule="constant")
     assert L.learning_rate(100, const) == pytest.approx(1e-2)
+    linear = L.TrainConfig(lr=1e-2, warmup=10, steps=110, schedule="linear")
+    assert L.learning_rate(35, linear) == pytest.approx(7.5e-3)       # a quarter of the way down
+    assert L.learning_rate(110, linear) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("grad_clip", [0.0, 0.1])
@@ -268,12 +271,18 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     first = L.train(config, quiet=True)
     path = L.save_checkpoint(tmp_path / "m.pt", first, config)
     checkpoint = L.read_checkpoint(path)
-    assert checkpoint["step"] == first.best_step
+    k = checkpoint["step"]
+    assert k == first.best_step and k > 0
+    seen = []
     longer = L.TrainConfig(**{**SMALL, "steps": 40, "target": 1.0})
-    second = L.train(longer, quiet=True, resume=checkpoint)
+    second = L.train(longer, quiet=True, resume=checkpoint, callback=lambda step, m: seen.append((step, m)))
     assert second.steps_run == 40
-    assert second.history["step"][: first.best_step] == first.history["step"][: first.best_step]
-    assert second.history["step"][-1] == 40 and len(second.history["step"]) == 40
+    # the first validation scores the saved weights: the checkpoint's own validation result
+    assert seen[0][0] == k
+    assert seen[0][1]["loss"] == pytest.approx(checkpoint["val"]["loss"], rel=1e-5)
+    # the saved history up to the checkpoint is kept, then new steps follow
+    assert second.history["loss"][:k] == first.history["loss"][:k]
+    assert second.history["step"] == list(range(1, 41))
 
 
 # ---------------------------------------------------------------- decoding
@@ -368,6 +377,9 @@ def checkpoint_file(trained, tmp_path_factory):
     (["--min-len", "20"], "--min-len"),
     (["--task", "multiply"], "multiply"),
     (["--target", "1.5"], "--target"),
+    (["--lr", "nan"], "--lr must be a finite number"),                    # nan passes every < and ==
+    (["--grad-clip", "inf"], "--grad-clip must be a finite number"),
+    (["--quick", "--max-len", "1"], "raise --max-len to at least 7"),
     (["--resume", "no_such_file.pt"], "not found"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(capsys, flags, contains):
@@ -381,16 +393,35 @@ def test_bad_checkpoints_and_contradicting_flags(capsys, checkpoint_file, tmp_pa
     expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--task", "sort", contains="another task")
     expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--d-model", "64", contains="contradicts")
     expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--steps", "5", contains="--steps")
+    # the positional table is part of the model: a longer --seq-len cannot be fixed by --max-len here
+    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--seq-len", "70", contains="--seq-len <= 63")
     payload = torch.load(checkpoint_file, weights_only=True)
     payload["config"]["d_ff"] = 16
     torch.save(payload, tmp_path / "shape.pt")
     expect_user_error(capsys, 5, "--resume", str(tmp_path / "shape.pt"), contains="do not fit")
+    expect_user_error(capsys, 5, "--resume", str(tmp_path), contains="is a folder")
+    # loadable as a model, but without what training needs to go on
+    payload = torch.load(checkpoint_file, weights_only=True)
+    del payload["optimizer"]
+    torch.save(payload, tmp_path / "no_optimizer.pt")
+    expect_user_error(capsys, 5, "--resume", str(tmp_path / "no_optimizer.pt"), contains="optimizer state")
+    # settings no flag could give: blamed on the checkpoint, not on a flag the user never typed
+    payload = torch.load(checkpoint_file, weights_only=True)
+    payload["config"]["seq_len"] = 0
+    torch.save(payload, tmp_path / "seq0.pt")
+    err = expect_user_error(capsys, 5, "--resume", str(tmp_path / "seq0.pt"), contains="seq0.pt")
+    assert "cannot run" in err
+    payload = torch.load(checkpoint_file, weights_only=True)
+    payload["step"] = "ten"
+    torch.save(payload, tmp_path / "step.pt")
+    expect_user_error(capsys, 5, "--resume", str(tmp_path / "step.pt"), contains="not a whole number")
 
 
-def test_nan_loss_in_main_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--compare"]])      # --compare trains first, in section 3
+def test_nan_loss_in_main_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, flags):
     real = torch.nn.functional.cross_entropy
     monkeypatch.setattr(L.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
-    err = expect_user_error(capsys, 5, "--quick", "--out-dir", str(tmp_path), contains="--lr")
+    err = expect_user_error(capsys, 5, "--quick", *flags, "--out-dir", str(tmp_path), contains="--lr")
     assert "nan" in err
     assert not (tmp_path / L.CHECKPOINT_NAME).exists()
 
@@ -495,6 +526,13 @@ def test_bad_eval_lengths_give_one_line_and_exit_2_before_training(capsys, monke
 
 def test_eval_lengths_beyond_a_checkpoints_max_len_are_refused(capsys, checkpoint_file):
     expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--eval-lengths", "5,70", contains="up to 63")
+
+
+def test_any_seed_the_common_flag_accepts_trains():
+    # the batch stream's seed is derived from --seed: it must stay in the generator's range
+    config = L.TrainConfig(**{**SMALL, "steps": 2, "eval_every": 1, "val_size": 20, "test_size": 20,
+                              "seed": 2**63 - 1})          # the largest --seed accepts
+    assert L.train(config, quiet=True).steps_run == 2
 
 
 def test_common_seed_flag_reaches_the_training_config(tmp_path):
