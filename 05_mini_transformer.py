@@ -1399,12 +1399,13 @@ def section_6_attention(config: TrainConfig, model, test: Batch, device, out_dir
     else:
         print("  (each answer digit of a sum depends on every input, so there is no alignment to check:")
         print(f"  compare the cross-attention focus above with {even:.3f})")
-    plot_attention(config, enc, cross, test, out_dir, show)
+    best_share = max(float(x.max()) for x in shares) if shares is not None else None
+    plot_attention(config, enc, cross, test, out_dir, show, alignment=best_share)
     return {"encoder_focus": enc_focus, "cross_focus": cross_focus,
             "alignment_share": [[float(x) for x in s] for s in shares] if shares is not None else None}
 
 
-def plot_attention(config, enc, cross, test, out_dir, show, example=0):
+def plot_attention(config, enc, cross, test, out_dir, show, example=0, alignment=None):
     """One row of heads per attention layer: encoder self-attention, then decoder cross-attention."""
     n_layers, n_heads = len(enc), enc[0].size(1)
     src = test.src[example]
@@ -1431,11 +1432,18 @@ def plot_attention(config, enc, cross, test, out_dir, show, example=0):
                 ax.set_ylabel(ylabel)
                 ax.set_title(title, fontsize=9)
                 fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="attention weight")
-    what = {"reverse": f"cross-attention is the anti-diagonal: answer position i looks at input position "
-                       f"{T_src - 1}-i",
-            "copy": "cross-attention is the diagonal: answer position i looks at input position i",
-            "sort": "cross-attention: each answer position looks at inputs holding the digit it writes",
-            "sum": "cross-attention: the answer looks at all inputs (it adds them up)"}[config.task]
+    pattern = {"reverse": f"the anti-diagonal (answer position i -> input position {T_src - 1}-i)",
+               "copy": "the diagonal (answer position i -> input position i)",
+               "sort": "each answer position -> an input holding the digit it writes"}.get(config.task)
+    if pattern is None:
+        what = "sum: every answer digit depends on all inputs, so no one-to-one pattern is expected"
+    elif alignment is None:
+        what = f"expected cross-attention pattern: {pattern}"
+    elif alignment >= 0.9:
+        what = f"cross-attention shows {pattern}: best head {alignment:.0%} of test answer positions"
+    else:
+        what = (f"expected {pattern}, but the best head points there for only {alignment:.0%} "
+                "of test answer positions")
     fig.suptitle(f"Attention on one test example ({config.task}: {digits_text(tokens_to_digits(src))})\n{what}",
                  fontsize=10)
     common.save_figure(fig, out_dir, "transformer_attention_patterns.png", show=show)
@@ -1715,6 +1723,21 @@ def given_values(args) -> dict:
     return given
 
 
+MAX_PARAMETERS = 50_000_000   # a CPU lesson: larger models would take hours and gigabytes
+MAX_POSITIONS = 10_000         # rows of the positional-encoding table
+
+
+def estimated_parameters(c: TrainConfig) -> int:
+    """The model's parameter count from its config, without building it (to refuse absurd sizes)."""
+    d, ff, V = c.d_model, c.d_ff, vocab_size(c.n_digits)
+    attention = 4 * d * d + 4 * d                        # W_q, W_k, W_v, W_o with biases
+    feed_forward = 2 * d * ff + ff + d
+    encoder_block = attention + feed_forward + 2 * 2 * d  # + two LayerNorms
+    decoder_block = 2 * attention + feed_forward + 3 * 2 * d
+    final_norms = 2 * 2 * d if c.norm_first else 0       # pre-LN ends encoder and decoder with a LayerNorm
+    return V * d + c.n_layers * (encoder_block + decoder_block) + final_norms + d * V + V
+
+
 def validate_config(c: TrainConfig):
     """Raise UserError, naming the value and what would work, for settings that cannot run."""
     for flag, value in (("--lr", c.lr), ("--weight-decay", c.weight_decay), ("--grad-clip", c.grad_clip),
@@ -1746,6 +1769,12 @@ def validate_config(c: TrainConfig):
         raise common.UserError(f"--seq-len {c.seq_len} needs {needed} positions (the input, and the answer plus "
                                f"EOS) but the positional encoding has --max-len {c.max_len}; {instead}raise "
                                f"--max-len to at least {needed}")
+    parameters = estimated_parameters(c)
+    if parameters > MAX_PARAMETERS or c.max_len > MAX_POSITIONS:
+        raise common.UserError(f"--d-model {c.d_model} --d-ff {c.d_ff} --layers {c.n_layers} --max-len {c.max_len} "
+                               f"is far too big for this lesson (about {parameters / 1e6:.0f} million parameters, "
+                               f"limit {MAX_PARAMETERS / 1e6:.0f} million; --max-len limit {MAX_POSITIONS}); "
+                               "e.g. --d-model 128 --d-ff 512 --layers 2")
     if not 0.0 <= c.dropout < 1.0:
         raise common.UserError(f"--dropout must be in [0, 1), got {c.dropout}")
     if not 0.0 < c.target <= 1.0:

@@ -541,3 +541,16 @@ def test_common_seed_flag_reaches_the_training_config(tmp_path):
         args = common.parse_args(lesson.build_parser(), ["--quick", "--seed", str(seed), "--out-dir", str(tmp_path)])
         config, _ = lesson.config_from_args(args)
         assert config.seed == seed
+
+
+@pytest.mark.parametrize("changes", [{}, {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 96},
+                                     {"norm_first": False, "n_digits": 7}])
+def test_estimated_parameters_equal_numel(changes):
+    config = L.TrainConfig(**changes)
+    model = L.Seq2SeqTransformer(**config.model_config())
+    assert L.estimated_parameters(config) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("flags", [["--d-model", "100000"], ["--d-ff", "100000000"], ["--max-len", "100000000"]])
+def test_absurd_sizes_are_one_line_before_anything_is_built(capsys, flags):
+    expect_user_error(capsys, 5, *flags, contains="too big")
