@@ -6,9 +6,10 @@ Each lesson does, in `main()`:
     args = common.parse_args(parser, argv)           # bad values -> one line, exit 2
     device = common.setup(args, "Lesson title")      # threads, seed, device, header
 
-and then calls its sections. Components of earlier lessons come from `load_lesson(n)`.
+and then calls its sections; `@common.entry_point` on main() turns a UserError into one line and
+exit 2, and Ctrl-C into one line and exit 130. Outputs are written atomically (common.files). Components of earlier lessons come from `load_lesson(n)`.
 """
-from common.cli import UserError, check_positive, fail, lesson_parser, parse_args
+from common.cli import UserError, check_positive, entry_point, fail, flag_or_knob, lesson_parser, parse_args
 from common.console import (
     explain,
     fmt,
@@ -19,16 +20,20 @@ from common.console import (
     table,
 )
 from common.device import choose_device
+from common.files import atomic_write, write_bytes, write_json
 from common.lessons import load_lesson
 from common.plotting import new_figure, pyplot, save_figure
 from common.setup import seed_everything, set_threads, setup
 
 __all__ = [
     "UserError",
+    "atomic_write",
     "check_positive",
     "choose_device",
+    "entry_point",
     "explain",
     "fail",
+    "flag_or_knob",
     "fmt",
     "header",
     "key_insights",
@@ -44,4 +49,6 @@ __all__ = [
     "setup",
     "show_tensor",
     "table",
+    "write_bytes",
+    "write_json",
 ]

@@ -5,13 +5,13 @@ as one line on stderr, naming the value and what would work, with exit status 2.
 tracebacks are for bugs in our code.
 """
 import argparse
+import functools
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-MAX_THREADS_PER_CORE = 4  # far beyond this, torch can crash creating threads
 # --seed: a signed 64-bit number. torch.manual_seed accepts -2**63 .. 2**64 - 1; the signed range
 # leaves room for the small offsets some lessons add to the seed (seed + 1, ...).
 SEED_RANGE = (-2**63, 2**63 - 1)
@@ -94,26 +94,75 @@ def check_out_dir(out_dir: str) -> Path:
     return path
 
 
+def check_threads(threads: int, source: str) -> int:
+    """`threads` if it is from 1 to the number of cores; UserError naming `source` otherwise.
+
+    More threads than cores only makes the threads wait for each other (and tens of thousands
+    crash torch while it creates them), so the limit is the core count.
+    """
+    cores = os.cpu_count() or 1
+    if threads < 1 or threads > cores:
+        raise UserError(f"{source} asks for {threads} CPU threads; this machine has {cores} core"
+                        f"{'s' if cores != 1 else ''}: use 1 to {cores} (1 is fastest for these small models)")
+    return threads
+
+
+def threads_from_environment():
+    """$OMP_NUM_THREADS as a checked whole number, or None when it is not set."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"OMP_NUM_THREADS={text!r} is not a whole number; unset it or set it to e.g. 1") from None
+    return check_threads(value, f"OMP_NUM_THREADS={text}")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse flags and check the common ones. Bad values exit with one line and status 2."""
     args = parser.parse_args(argv)
     try:
         if args.threads is not None:
-            check_positive("--threads", args.threads)
-            cores = os.cpu_count() or 1
-            if args.threads > MAX_THREADS_PER_CORE * cores:
-                raise UserError(f"--threads {args.threads} is far more than this machine's {cores} cores; "
-                                f"use at most {MAX_THREADS_PER_CORE * cores} (1 is fastest for these small models)")
+            check_threads(args.threads, f"--threads {args.threads}")
+        else:
+            args.threads = threads_from_environment()
         if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
             raise UserError(f"--seed {args.seed} is out of range for torch's random generator; use a whole "
                             f"number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, e.g. --seed 0")
         args.out_dir = check_out_dir(args.out_dir)
     except UserError as exc:
         fail(str(exc))
-    if args.threads is None and os.environ.get("OMP_NUM_THREADS", "").strip():
-        try:
-            args.threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
-        except ValueError:
-            fail(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} is not a whole number; "
-                 "unset it or set it to e.g. 1")
     return args
+
+
+def flag_or_knob(args, dest: str, knob: str, knob_value):
+    """(value, label) of a setting that a flag can override: the flag's value and '--flag VALUE' when
+    the flag was given (its default is None), else the knob's value and 'KNOB = VALUE'. Errors name
+    the label, so a learner who edited a knob is told about the knob, not a flag never passed."""
+    value = getattr(args, dest, None)
+    if value is not None:
+        return value, f"--{dest.replace('_', '-')} {value}"
+    return knob_value, f"{knob} = {knob_value!r}"
+
+
+def entry_point(main):
+    """Decorate a main(argv=None): a UserError becomes one `error:` line and exit 2; Ctrl-C ends
+    with one line naming what this run already wrote (all of it complete) and exit 130."""
+
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except UserError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            from common.files import written
+            kept = ", ".join(Path(p).name for p in written[-6:])
+            more = f" (and {len(written) - 6} more)" if len(written) > 6 else ""
+            sys.stdout.flush()
+            print(f"\ninterrupted (Ctrl-C); " + (f"kept what was finished: {kept}{more}" if written
+                                                 else "nothing was written"), file=sys.stderr)
+            sys.exit(130)
+
+    return run

@@ -2,11 +2,14 @@
 
 matplotlib is imported on first use (it costs about a second), with the non-interactive "Agg"
 backend unless a window was asked for and a display exists. So a lesson never blocks or warns on
-a server without a screen.
+a server without a screen. A broken MPLBACKEND setting gives a one-line warning and Agg.
 """
+import io
 import os
 import sys
 from pathlib import Path
+
+from common.files import write_bytes
 
 DPI = 120
 _state = {"plt": None, "interactive": False}
@@ -18,16 +21,37 @@ def _display_available() -> bool:
     return True  # Windows and macOS have a screen unless told otherwise
 
 
-def pyplot(show: bool = False):
-    """matplotlib.pyplot, imported once; interactive only when `show` and a display exists."""
-    if _state["plt"] is None:
-        import matplotlib
+def _forget_matplotlib():
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        del sys.modules[name]
 
-        interactive = bool(show and _display_available())
+
+def _import_pyplot(interactive: bool):
+    """matplotlib.pyplot with Agg (or the user's backend when `interactive`); falls back to Agg,
+    with a warning, when MPLBACKEND names no backend or the interactive one cannot start."""
+    try:
+        import matplotlib                  # raises ValueError for e.g. MPLBACKEND=nonsense
         if not interactive:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt, interactive
+    except (ValueError, ImportError) as exc:
+        bad = os.environ.pop("MPLBACKEND", None)
+        _forget_matplotlib()
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        what = f"MPLBACKEND={bad!r} is not a usable matplotlib backend" if bad else \
+            f"the window backend could not start ({exc.__class__.__name__})"
+        print(f"warning: {what}; figures are saved as PNG without windows", file=sys.stderr)
+        return plt, False
 
+
+def pyplot(show: bool = False):
+    """matplotlib.pyplot, imported once; interactive only when `show` and a display exists."""
+    if _state["plt"] is None:
+        interactive = bool(show and _display_available())
+        plt, interactive = _import_pyplot(interactive)
         _state["plt"], _state["interactive"] = plt, interactive
         if show and not interactive:
             print("note: --show ignored: no display found (figures are still saved as PNG)")
@@ -41,13 +65,21 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4.5), show: bool = Fa
 
 
 def save_figure(fig, out_dir, name: str, show: bool = False) -> Path:
-    """Save `fig` as out_dir/name (PNG), print where, show it if asked, close it. Returns the path."""
+    """Save `fig` as out_dir/name (PNG, written atomically), print where, show it if asked, close it.
+
+    A file that cannot be written (full disk, a folder of that name) raises common.UserError with
+    one clear line; the figure is closed either way. Returns the path.
+    """
     plt = pyplot(show)
     path = Path(out_dir) / name
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    print(f"  saved figure: {path}")
-    if show and _state["interactive"]:
-        plt.show()
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        write_bytes(path, buffer.getvalue())
+        print(f"  saved figure: {path}")
+        if show and _state["interactive"]:
+            plt.show()
+    finally:
+        plt.close(fig)
     return path

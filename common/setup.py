@@ -1,10 +1,10 @@
 """Threads, seeds and the lesson header: what every lesson's main() does first."""
-import os
 import random
 
 import numpy as np
 import torch
 
+from common.cli import threads_from_environment
 from common.console import header
 from common.device import choose_device
 
@@ -20,8 +20,7 @@ DEFAULT_THREADS = 1
 def set_threads(threads=None) -> int:
     """Set torch's CPU thread count: `threads`, else $OMP_NUM_THREADS, else 1. Returns it."""
     if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "").strip()
-        threads = int(env) if env.isdigit() and int(env) > 0 else DEFAULT_THREADS
+        threads = threads_from_environment() or DEFAULT_THREADS   # checked: 1 .. cores
     torch.set_num_threads(int(threads))
     return int(threads)
 
