@@ -24,6 +24,7 @@ from common.files import atomic_write, write_bytes, write_json
 from common.lessons import load_lesson
 from common.plotting import new_figure, pyplot, save_figure
 from common.setup import seed_everything, set_threads, setup
+from common import checkpoints, flags, stats  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
 
 __all__ = [
     "UserError",

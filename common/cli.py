@@ -82,7 +82,11 @@ def check_positive(name: str, value, allow_zero: bool = False):
 
 def check_out_dir(out_dir: str) -> Path:
     """Create the output folder if needed and prove it is writable; UserError if not."""
-    path = Path(out_dir).expanduser()
+    try:
+        path = Path(out_dir).expanduser()
+    except RuntimeError:                       # '~someone/x' for a user that does not exist
+        raise UserError(f"--out-dir {out_dir!r}: cannot find that home folder; pass a folder that exists, "
+                        "e.g. --out-dir ./outputs") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
@@ -161,7 +165,7 @@ def entry_point(main):
             kept = ", ".join(Path(p).name for p in written[-6:])
             more = f" (and {len(written) - 6} more)" if len(written) > 6 else ""
             sys.stdout.flush()
-            print(f"\ninterrupted (Ctrl-C); " + (f"kept what was finished: {kept}{more}" if written
+            print("\ninterrupted (Ctrl-C); " + (f"kept what was finished: {kept}{more}" if written
                                                  else "nothing was written"), file=sys.stderr)
             sys.exit(130)
 

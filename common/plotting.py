@@ -73,7 +73,8 @@ def save_figure(fig, out_dir, name: str, show: bool = False) -> Path:
     plt = pyplot(show)
     path = Path(out_dir) / name
     try:
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:     # figures made with layout="constrained" lay out themselves
+            fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=DPI)
         write_bytes(path, buffer.getvalue())

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import common
+import lesson05_support as S
 from common import load_lesson
 from conftest import expect_user_error
 
@@ -45,15 +46,19 @@ def half_trained():
 # ---------------------------------------------------------------- the data
 def test_task_outputs_on_known_examples():
     src = tokens([1, 2, 3], [4, 0, 9, 9], [7])
-    out = {task: [L.tokens_to_digits(row) for row in L.task_outputs(src, task, 10)] for task in L.TASKS}
+    out = {task: [S.tokens_to_digits(row) for row in L.task_outputs(src, task, 10)] for task in L.TASKS}
     assert out["reverse"] == [[3, 2, 1], [9, 9, 0, 4], [7]]
     assert out["copy"] == [[1, 2, 3], [4, 0, 9, 9], [7]]
     assert out["sort"] == [[1, 2, 3], [0, 4, 9, 9], [7]]
     assert out["sum"] == [[6], [2, 2], [7]]
-    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([9] * 16), "sum", 10)] == [[1, 4, 4]]
-    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([0, 0]), "sum", 10)] == [[0]]
+    assert [S.tokens_to_digits(r) for r in L.task_outputs(tokens([9] * 16), "sum", 10)] == [[1, 4, 4]]
+    assert [S.tokens_to_digits(r) for r in L.task_outputs(tokens([0, 0]), "sum", 10)] == [[0]]
     # the sum is written in base n_digits: 2 + 2 = 4 = "11" in base 3
-    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([2, 2]), "sum", 3)] == [[1, 1]]
+    assert [S.tokens_to_digits(r) for r in L.task_outputs(tokens([2, 2]), "sum", 3)] == [[1, 1]]
+    # least significant digit first: 144 -> 4 4 1, 22 -> 2 2, 7 -> 7; PAD stays at the end
+    lsd = L.task_outputs(tokens([9] * 16, [4, 0, 9, 9], [7], T=16), "sum", 10, sum_order="lsd")
+    assert [S.tokens_to_digits(r) for r in lsd] == [[4, 4, 1], [2, 2], [7]]
+    assert lsd[2, 1:].tolist() == [L.PAD, L.PAD]
 
 
 def test_teacher_forcing_pair_is_the_answer_shifted_by_one():
@@ -93,7 +98,7 @@ def test_predict_on_the_sum_task_gives_answers_of_their_own_length():
     answers = L.predict(model, [[1, 2, 3], [9] * 12], beam_size=2)
     assert len(answers) == 2
     # an untrained model may never write EOS: decoding stops after the longest answer (3) + 1 tokens
-    assert all(len(a) <= L.output_len("sum", 12, 10) + 1 and all(0 <= d <= 9 for d in a) for a in answers)
+    assert all(len(a) <= S.output_len("sum", 12, 10) + 1 and all(0 <= d <= 9 for d in a) for a in answers)
 
 
 def test_sequence_keys_equal_exactly_for_equal_rows():
@@ -132,7 +137,8 @@ def test_decoder_block_equals_pytorch_decoder_layer(norm_first):
     want = ref(x, memory, tgt_mask=~causal, memory_key_padding_mask=~keep)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     got_w, self_w, cross_w = ours(x, memory, causal, keep[:, None, :], return_weights=True)
-    torch.testing.assert_close(got_w, want, atol=1e-5, rtol=1e-5)   # naive path = fused path
+    torch.testing.assert_close(got_w, want, atol=1e-5, rtol=1e-5)   # asking for weights changes nothing
+    assert float(self_w.detach().triu(1).abs().max()) == 0.0                 # no weight on the future
     assert cross_w.shape == (B, n_heads, T_tgt, T_src)
     assert float(cross_w[1, :, :, 4:].abs().max().detach()) == 0.0          # padded inputs get no attention
     torch.testing.assert_close(cross_w.sum(-1), torch.ones(B, n_heads, T_tgt))
@@ -208,12 +214,23 @@ def test_decoding_one_token_at_a_time_equals_the_full_decoder():
         src = tokens([1, 2, 3, 4], [5, 6])                     # with padding
         ys = torch.tensor([[L.BOS, 7, 8, 9, 3], [L.BOS, 4, 4, 5, 6]])
         memory, src_mask = model.encode(src)
-        cache = [None] * 2
+        attention_before = [block.self_attn for block in model.decoder.layers]
         with torch.no_grad():
             full = model.decode(ys, memory, src_mask)          # (B, 5, vocab_size)
-            for t in range(1, ys.size(1) + 1):
-                step = model.decode_next(ys[:, :t], memory, src_mask, cache)
-                torch.testing.assert_close(step, full[:, t - 1], atol=1e-5, rtol=1e-5)
+            with L.PrefixCache(model) as cache:
+                for t in range(1, ys.size(1) + 1):
+                    step = cache.next_logits(ys[:, :t], memory, src_mask)
+                    torch.testing.assert_close(step, full[:, t - 1], atol=1e-5, rtol=1e-5)
+                assert cache.blocks[0].self_attn.past.shape == (2, ys.size(1), 16)   # it did remember
+        # afterwards the model is the model again: its own self-attention modules, nothing cached
+        assert [block.self_attn for block in model.decoder.layers] == attention_before
+
+
+def test_the_cache_gives_the_same_greedy_and_beam_answers(half_trained):
+    config, model, test = half_trained
+    for decode in (lambda cache: L.greedy_decode(model, test.src, config.seq_len + 1, cache=cache),
+                   lambda cache: L.beam_search(model, test.src, 3, config.seq_len + 1, cache=cache)[0]):
+        assert torch.equal(decode(True), decode(False))
 
 
 def test_loss_falls_and_a_short_reversal_is_learned(trained):
@@ -283,6 +300,22 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     # the saved history up to the checkpoint is kept, then new steps follow
     assert second.history["loss"][:k] == first.history["loss"][:k]
     assert second.history["step"] == list(range(1, 41))
+    assert second.resumed_at == k
+
+
+def test_a_resumed_run_reports_where_its_own_target_was_reached(tmp_path):
+    """Resuming with a stricter --target: the target step is where the new target was first met,
+    not where the checkpoint met its own (lower) one."""
+    config = L.TrainConfig(**SMALL, steps=200, target=0.9)
+    first = L.train(config, quiet=True)
+    assert first.target_step is not None
+    checkpoint = L.read_checkpoint(L.save_checkpoint(tmp_path / "m.pt", first, config))
+    stricter = L.TrainConfig(**{**SMALL, "steps": 300, "target": 1.0})
+    second = L.train(stricter, quiet=True, resume=checkpoint)
+    h = second.history
+    if second.target_step is not None:
+        i = h["val_step"].index(second.target_step)
+        assert h["val_exact_match"][i] >= 1.0 and all(e < 1.0 for e in h["val_exact_match"][:i])
 
 
 # ---------------------------------------------------------------- decoding
@@ -390,11 +423,11 @@ def test_bad_checkpoints_and_contradicting_flags(capsys, checkpoint_file, tmp_pa
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00" * 100)
     expect_user_error(capsys, 5, "--resume", str(corrupt), contains="corrupt")
-    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--task", "sort", contains="another task")
+    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--task", "sort", contains="contradicts")
     expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--d-model", "64", contains="contradicts")
     expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--steps", "5", contains="--steps")
     # the positional table is part of the model: a longer --seq-len cannot be fixed by --max-len here
-    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--seq-len", "70", contains="--seq-len <= 63")
+    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--seq-len", "70", contains="--seq-len 63 or less")
     payload = torch.load(checkpoint_file, weights_only=True)
     payload["config"]["d_ff"] = 16
     torch.save(payload, tmp_path / "shape.pt")
@@ -414,38 +447,34 @@ def test_bad_checkpoints_and_contradicting_flags(capsys, checkpoint_file, tmp_pa
     payload = torch.load(checkpoint_file, weights_only=True)
     payload["step"] = "ten"
     torch.save(payload, tmp_path / "step.pt")
-    expect_user_error(capsys, 5, "--resume", str(tmp_path / "step.pt"), contains="not a whole number")
+    expect_user_error(capsys, 5, "--resume", str(tmp_path / "step.pt"), contains="whole number of steps")
 
 
-@pytest.mark.parametrize("flags", [[], ["--compare"]])      # --compare trains first, in section 3
-def test_nan_loss_in_main_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, flags):
+def test_nan_loss_in_main_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path):
     real = torch.nn.functional.cross_entropy
     monkeypatch.setattr(L.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
-    err = expect_user_error(capsys, 5, "--quick", *flags, "--out-dir", str(tmp_path), contains="--lr")
+    err = expect_user_error(capsys, 5, "--quick", "--out-dir", str(tmp_path), contains="--lr")
     assert "nan" in err
-    assert not (tmp_path / L.CHECKPOINT_NAME).exists()
 
 
 # ---------------------------------------------------------------- the whole lesson
-EXPECTED_KEYS = {"task", "config", "steps_run", "train_seconds", "target_step", "target_seconds",
-                 "val_token_accuracy", "val_exact_match", "test_token_accuracy_greedy",
-                 "test_exact_match_greedy", "test_token_accuracy_beam", "test_exact_match_beam"}
-
-
 def test_quick_run_writes_both_pngs_the_checkpoint_and_metrics(run_main):
     out = run_main(5, "--quick")
     names = sorted(p.name for p in out.iterdir())
     assert names == ["metrics.json", "mini_transformer.pt", "training_progress.png",
                      "transformer_attention_patterns.png"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert EXPECTED_KEYS <= set(metrics)
-    assert metrics["task"] == "reverse" and metrics["config"]["seq_len"] == 6
-    assert metrics["length_generalization"] is None          # only with --eval-lengths
-    assert 0.0 <= metrics["test_exact_match_greedy"] <= 1.0
-    assert L.load_checkpoint(out / L.CHECKPOINT_NAME).config["task"] == "reverse"
+    assert metrics["complete"] is True and metrics["task"] == "reverse" and metrics["config"]["seq_len"] == 6
+    assert "length_generalization" not in metrics                # only with --eval-lengths
+    greedy = metrics["test"]["greedy"]
+    assert 0 <= greedy["exact_count"] <= greedy["n"] == 200
+    assert metrics["test"]["teacher_forced_exact_count"] == greedy["exact_count"]   # the cheap pass is exact
+    assert metrics["cache"]["identical"] == 200
+    checkpoint = L.read_checkpoint(out / L.CHECKPOINT_NAME)
+    assert checkpoint["step"] == metrics["best_step"] and checkpoint["val"] == metrics["val"]  # the same run
 
 
-def test_ctrl_c_in_the_lesson_still_writes_plots_and_metrics(run_main, monkeypatch):
+def test_ctrl_c_in_training_keeps_the_best_model_and_the_lesson_goes_on(run_main, monkeypatch):
     calls = {"n": 0}
     real = L.evaluate_teacher_forced
 
@@ -458,74 +487,10 @@ def test_ctrl_c_in_the_lesson_still_writes_plots_and_metrics(run_main, monkeypat
     monkeypatch.setattr(L, "evaluate_teacher_forced", interrupt_once)
     out = run_main(5, "--quick", "--beam-size", "1")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["stopped_because"].startswith("interrupted")
-    assert metrics["steps_run"] == 20 and metrics["test_exact_match_beam"] is None
+    assert metrics["stopped_because"].startswith("interrupted") and metrics["complete"] is True
+    assert metrics["steps_run"] == 20 and metrics["test"]["beam"] is None
     assert (out / "training_progress.png").exists() and (out / "transformer_attention_patterns.png").exists()
-    assert (out / L.CHECKPOINT_NAME).exists()
-
-
-# ---------------------------------------------------------------- --eval-lengths
-def test_eval_lengths_on_a_quick_resumed_run_writes_the_plot_and_one_entry_per_length(run_main, checkpoint_file):
-    # the checkpoint was trained on length 5 to 99%: resuming it trains no further, then tests lengths
-    out = run_main(5, "--quick", "--resume", str(checkpoint_file), "--steps", "400", "--beam-size", "1",
-                   "--eval-lengths", "8, 3,5,3")
-    assert (out / "length_generalization.png").exists()
-    by_length = json.loads((out / "metrics.json").read_text())["length_generalization"]
-    assert sorted(by_length, key=int) == ["3", "5", "8"]                 # sorted, each length once
-    for length, r in by_length.items():
-        assert r["sequences"] == L.LENGTH_TEST_SIZE
-        assert r["trained_on"] == (length == "5")
-        assert r["exact_match_greedy"] == r["exact_match_teacher_forced"]
-        assert len(r["accuracy_by_position_greedy"]) == int(length) + 1   # every answer digit, then EOS
-        assert 0.0 <= r["token_accuracy_greedy"] <= 1.0
-    assert by_length["5"]["exact_match_greedy"] >= 0.9                   # the trained length is learned
-    assert by_length["8"]["unseen_input_positions"] == 3 and by_length["8"]["unseen_answer_positions"] == 3
-    assert by_length["3"]["unseen_input_positions"] == 0
-
-
-def test_length_sets_are_fixed_full_length_and_answered():
-    config = L.TrainConfig(task="sort")
-    a = L.length_test_set(config, 9)
-    b = L.length_test_set(L.TrainConfig(task="sort", seed=5), 9)          # another training seed: same set
-    assert torch.equal(a.src, b.src) and a.src.shape == (L.LENGTH_TEST_SIZE, 9)
-    assert bool((a.src != L.PAD).all())                                  # exactly 9 digits each
-    assert torch.equal(a.tgt_out[:, :9], a.src.sort(dim=1).values) and bool((a.tgt_out[:, 9] == L.EOS).all())
-    assert not torch.equal(L.length_test_set(config, 10).src[:, :9], a.src)  # each length: a seed of its own
-
-
-def test_length_section_on_the_sum_task_counts_answer_positions_of_their_own(tmp_path):
-    """sum: the answer is shorter than the input and grows by a digit only now and then."""
-    torch.manual_seed(0)
-    config = L.TrainConfig(task="sum", seq_len=5)
-    model = L.Seq2SeqTransformer(**{**config.model_config(), "d_model": 16, "d_ff": 32}).eval()
-    out = L.section_8_length_generalization(config, model, [2, 5, 12], [5], 0.5, "cpu", tmp_path, False)
-    r = out["results"]
-    assert list(r) == [2, 5, 12] and (tmp_path / "length_generalization.png").exists()
-    # length 5: sums up to 45 (2 digits); length 12: up to 108 (3 digits, one answer position more)
-    assert r[12]["unseen_input_positions"] == 7 and r[12]["unseen_answer_positions"] == 1
-    assert r[2]["unseen_answer_positions"] == 0
-    assert all(v["exact_match_greedy"] == v["exact_match_teacher_forced"] for v in r.values())
-    assert out["sentences"] and all("%" in text for text in out["sentences"])
-
-
-@pytest.mark.parametrize("flags, contains", [
-    (["--eval-lengths", "8,0"], "0 is not a length"),
-    (["--eval-lengths", "-3"], "-3 is not a length"),
-    (["--eval-lengths", "8,x"], "'x' is not a whole number"),
-    (["--eval-lengths", "8.5"], "'8.5'"),
-    (["--eval-lengths", "8,,16"], "''"),
-    (["--eval-lengths", "64"], "length 64 needs 65 positions"),            # reversal: the answer + EOS
-    (["--quick", "--max-len", "12", "--eval-lengths", "12"], "up to 11"),
-    (["--quick", "--task", "sum", "--max-len", "12", "--eval-lengths", "13"], "up to 12"),  # short answers
-])
-def test_bad_eval_lengths_give_one_line_and_exit_2_before_training(capsys, monkeypatch, flags, contains):
-    monkeypatch.setattr(L, "train", lambda *a, **k: pytest.fail("trained before checking --eval-lengths"))
-    err = expect_user_error(capsys, 5, *flags, contains=contains)
-    assert "--eval-lengths" in err
-
-
-def test_eval_lengths_beyond_a_checkpoints_max_len_are_refused(capsys, checkpoint_file):
-    expect_user_error(capsys, 5, "--resume", str(checkpoint_file), "--eval-lengths", "5,70", contains="up to 63")
+    assert L.read_checkpoint(out / L.CHECKPOINT_NAME)["step"] == metrics["best_step"] <= 10
 
 
 def test_any_seed_the_common_flag_accepts_trains():
@@ -536,10 +501,10 @@ def test_any_seed_the_common_flag_accepts_trains():
 
 
 def test_common_seed_flag_reaches_the_training_config(tmp_path):
-    lesson = load_lesson(5)
+    parser = S.build_parser(L.__doc__, L.TrainConfig, L.TASKS, L.TASK_DEFAULTS)
     for seed in (0, 3):
-        args = common.parse_args(lesson.build_parser(), ["--quick", "--seed", str(seed), "--out-dir", str(tmp_path)])
-        config, _ = lesson.config_from_args(args)
+        args = common.parse_args(parser, ["--quick", "--seed", str(seed), "--out-dir", str(tmp_path)])
+        config, _ = S.config_from_args(args, L.TrainConfig, L.TASK_DEFAULTS, L.Seq2SeqTransformer)
         assert config.seed == seed
 
 
@@ -551,6 +516,8 @@ def test_estimated_parameters_equal_numel(changes):
     assert L.estimated_parameters(config) == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("flags", [["--d-model", "100000"], ["--d-ff", "100000000"], ["--max-len", "100000000"]])
-def test_absurd_sizes_are_one_line_before_anything_is_built(capsys, flags):
-    expect_user_error(capsys, 5, *flags, contains="too big")
+@pytest.mark.parametrize("flags, contains", [(["--d-model", "100000"], "too big"), (["--d-ff", "100000000"], "too big"),
+                                            (["--max-len", "100000000"], "at most 10000")])
+def test_absurd_sizes_are_one_line_before_anything_is_built(capsys, monkeypatch, flags, contains):
+    monkeypatch.setattr(L, "Seq2SeqTransformer", lambda *a, **k: pytest.fail("built a model"))
+    expect_user_error(capsys, 5, *flags, contains=contains)
