@@ -9,8 +9,6 @@ the end) and the milliseconds per training step are reported (median of --repeat
 cases start one extra Python process that spins on a core, and stop it (by its PID) afterwards,
 as another program on a laptop would. Results also go to bench/results_threads.json.
 """
-import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -40,15 +38,16 @@ def ms_per_step(threads: int, steps: int, d_model: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+@common.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.plain_parser(__doc__)
     parser.add_argument("--steps", type=int, default=60, help="training steps per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per case (median reported)")
     parser.add_argument("--d-model", type=int, default=lesson05.TrainConfig().d_model,
                         help="model width (default: lesson 05's)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.repeats < 1:
-        parser.error("--steps and --repeats must be at least 1")
+    if not (1 <= args.steps <= 10_000 and 1 <= args.repeats <= 50):
+        parser.error("--steps must be from 1 to 10000 and --repeats from 1 to 50")
     try:
         lesson05.validate_config(lesson05.TrainConfig(d_model=args.d_model))   # e.g. divisible by the heads
     except common.UserError as exc:
@@ -73,7 +72,7 @@ def main(argv=None):
             if spinner is not None:
                 spinner.kill()
                 spinner.wait()
-    (ROOT / "bench" / "results_threads.json").write_text(json.dumps(rows, indent=2))
+    common.write_json(ROOT / "bench" / "results_threads.json", rows)
 
 
 if __name__ == "__main__":

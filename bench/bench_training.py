@@ -21,7 +21,6 @@ Part 2, the other tasks: `05_mini_transformer.py --task T` with default flags as
 No thread variables are set: the lesson's thread policy (common.set_threads: 1 thread unless
 --threads or OMP_NUM_THREADS says otherwise) applies. Results also go to bench/results_training.json.
 """
-import argparse
 import json
 import math
 import os
@@ -141,13 +140,14 @@ def run_task(task, repeats):
             users.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before)
             if done.returncode != 0:
                 tail = ((done.stderr or done.stdout).strip().splitlines() or [""])[-1]
-                raise SystemExit(f"error: --task {task} failed (exit {done.returncode}): {tail}")
+                raise common.UserError(f"--task {task}: the lesson failed (exit {done.returncode}): {tail}")
             metrics = json.loads((Path(out) / "metrics.json").read_text())
     return walls, users, metrics
 
 
+@common.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.plain_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the reversal race (median reported)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of the lesson per task (median wall)")
     parser.add_argument("--tasks", nargs="*", default=list(lesson05.TASKS), choices=lesson05.TASKS,
@@ -155,10 +155,10 @@ def main(argv=None):
     parser.add_argument("--skip-tasks", action="store_true", help="only the reversal race")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the lesson policy)")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.repeats < 1:
-        parser.error("--seeds and --repeats must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if not (1 <= args.seeds <= 20 and 1 <= args.repeats <= 20):
+        parser.error("--seeds and --repeats must be from 1 to 20 (each is a full training run or lesson run)")
+    if args.threads is not None:
+        common.cli.check_threads(args.threads, f"--threads {args.threads}")
     threads = common.set_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.2f}, torch {torch.__version__}, "
@@ -196,14 +196,14 @@ def main(argv=None):
         for task in args.tasks:
             walls, users, m = run_task(task, args.repeats)
             wall = statistics.median(walls)
-            exact = m["test_exact_match_greedy"]
+            exact = m["test"]["greedy"]["exact_match"]
             ok = exact >= 0.95 and wall <= 60
             print(f"  {task:<8} {wall:>13.1f} {statistics.median(users):>10.1f} {m['steps_run']:>6} "
                   f"{exact:>10.4f} {str(m['target_step']):>11}  {'met' if ok else 'NOT met'}", flush=True)
             results["tasks"][task] = {"walls_s": walls, "user_cpu_s": users, "steps_run": m["steps_run"],
                                       "test_exact_match_greedy": exact, "target_step": m["target_step"],
                                       "train_seconds": m["train_seconds"]}
-    (ROOT / "bench" / "results_training.json").write_text(json.dumps(results, indent=2))
+    common.write_json(ROOT / "bench" / "results_training.json", results)
     print(f"\nwritten: {ROOT / 'bench' / 'results_training.json'}")
 
 

@@ -8,8 +8,6 @@ starting Python and importing torch and matplotlib. Thread variables are not set
 thread policy applies. The machine is measured too (cores, load), because a busy machine is slower.
 Results are printed as a table and written to bench/results_lessons.json.
 """
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,6 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402
 
 
 def time_lesson(script: Path, runs: int, extra):
@@ -33,7 +34,7 @@ def time_lesson(script: Path, runs: int, extra):
             walls.append(time.perf_counter() - start)
             if result.returncode != 0:
                 tail = ((result.stderr or result.stdout).strip().splitlines() or [""])[-1]
-                raise SystemExit(f"error: {script.name} failed (exit {result.returncode}): {tail}")
+                raise common.UserError(f"{script.name} failed (exit {result.returncode}): {tail}")
     return walls
 
 
@@ -48,14 +49,15 @@ def import_cost(runs: int):
     return walls
 
 
+@common.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.plain_parser(__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per lesson (median reported)")
     parser.add_argument("--lessons", type=int, nargs="*", default=None, help="lesson numbers (default: all)")
     parser.add_argument("--quick", action="store_true", help="time the --quick runs instead")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error(f"--runs must be at least 1, got {args.runs}")
+    if not 1 <= args.runs <= 50:
+        parser.error(f"--runs must be from 1 to 50, got {args.runs}")
 
     scripts = sorted(ROOT.glob("[0-9][0-9]_*.py"))
     if args.lessons:
@@ -78,7 +80,7 @@ def main(argv=None):
         print(f"{name:<34} {statistics.median(walls):>9.2f} {min(walls):>7.2f} {max(walls):>7.2f}")
     results = {name: {"median_s": statistics.median(w), "runs_s": w} for name, w in rows.items()}
     results["_machine"] = {"cores": os.cpu_count(), "load_average_1min": load, "quick": args.quick}
-    (ROOT / "bench" / "results_lessons.json").write_text(json.dumps(results, indent=2))
+    common.write_json(ROOT / "bench" / "results_lessons.json", results)
 
 
 if __name__ == "__main__":

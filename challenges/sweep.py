@@ -23,7 +23,6 @@ many decoder blocks (layers 2 = 2 encoder + 2 decoder blocks); d_model = the wid
 vector. d_ff, the feed-forward width, keeps lesson 05's value in every run, so only the swept knob
 changes. Writes architecture_sweep.png and architecture_sweep.json to --out-dir.
 """
-import json
 import statistics
 import sys
 import time
@@ -65,6 +64,8 @@ QUICK = dict(seq_len=6, d_model=32, n_heads=2, n_layers=1, d_ff=64, warmup=4, ev
              val_size=64, test_size=64, steps=12)
 QUICK_VALUES = {"heads": (1, 2), "layers": (1, 2), "d_model": (16, 32)}
 JSON_NAME = "architecture_sweep.json"
+MAX_TRAININGS = 200  # at a few seconds each, more is hours: refused with one line
+MAX_SEQ_LEN = 256    # longer inputs make every one of the many trainings slow
 PNG_NAME = "architecture_sweep.png"
 
 
@@ -229,8 +230,9 @@ def section_1_plan(base, axes, values, configs, entries, seeds, quick=False):
 
 
 # %% 2. Training
-def section_2_train(configs, seeds, device, data, base_key):
-    """Train every model once per seed; returns ({(key, seed): run}, interrupted, wall seconds)."""
+def section_2_train(configs, seeds, device, data, base_key, save):
+    """Train every model once per seed; returns ({(key, seed): run}, interrupted, wall seconds).
+    save(runs, interrupted, wall) is called after each finished run: the json is always current."""
     common.section(2, "Training every model (Ctrl-C stops and keeps what finished)")
     val, test = data
     test_on_device = test.to(device)
@@ -249,6 +251,7 @@ def section_2_train(configs, seeds, device, data, base_key):
                 test_text = "-" if run["test_exact_match"] is None else f"{run['test_exact_match']:.4f}"
                 print(f"  [{len(runs)}/{total}] {describe(configs[key])}, seed {seed}: {got}; test "
                       f"exact-match {test_text}; {run['wall_seconds']:.1f} s with validation", flush=True)
+                save(runs, False, time.perf_counter() - start)
     except KeyboardInterrupt:
         interrupted = True
         print(f"  interrupted (Ctrl-C): {len(runs)} of {total} trainings finished; the unfinished one "
@@ -452,13 +455,13 @@ def observations(summaries, base, seeds, n_trainings, n_entries):
     return items
 
 
-def write_json(path, base, axes, values, seeds, summaries, runs, interrupted, wall):
+def write_json(path, base, axes, values, seeds, summaries, runs, interrupted, wall, complete=False):
+    """The sweep so far, atomically. interrupted: Ctrl-C cut the sweep short (the unfinished run is
+    left out); complete: every planned run finished."""
     metrics = {"task": base.task, "base_config": asdict(base), "axes": axes, "values": values,
                "seeds": seeds, "max_steps": base.steps, "target": base.target, "interrupted": interrupted,
-               "wall_seconds": wall, "entries": summaries, "runs": list(runs.values())}
-    with open(path, "w") as f:
-        json.dump(metrics, f, indent=1)
-    print(f"  saved metrics: {path}")
+               "complete": complete, "wall_seconds": wall, "entries": summaries, "runs": list(runs.values())}
+    common.write_json(path, metrics)
 
 
 # %% Flags
@@ -506,6 +509,10 @@ def settings_from_args(args):
     for name in ("steps", "seq_len", "target"):            # flags not given are absent from args
         if hasattr(args, name):
             values[name] = getattr(args, name)
+    if not 2 <= values["seq_len"] <= MAX_SEQ_LEN:
+        raise common.UserError(f"--seq-len must be from 2 to {MAX_SEQ_LEN} for a sweep of many trainings, "
+                               f"got {values['seq_len']}")
+    values["max_len"] = max(values["max_len"], values["seq_len"] + 1)   # the sweep sizes the table to --seq-len
     base = TrainConfig(**values)
     validate_config(base)
     n_seeds = getattr(args, "seeds", 1 if args.quick else SEEDS)
@@ -523,24 +530,37 @@ def settings_from_args(args):
     return base, axes, swept, seeds
 
 
+@common.entry_point
 def main(argv=None):
     parser = build_parser()
     args = common.parse_args(parser, argv)
-    try:
-        base, axes, values, seeds = settings_from_args(args)
-        configs, entries = plan_sweep(base, axes, values)
-    except common.UserError as exc:
-        common.fail(str(exc))
+    base, axes, values, seeds = settings_from_args(args)
+    configs, entries = plan_sweep(base, axes, values)
+    if len(configs) * len(seeds) > MAX_TRAININGS:
+        raise common.UserError(f"--seeds {len(seeds)} makes {len(configs) * len(seeds)} trainings of "
+                               f"{len(configs)} models, hours on a laptop; use --seeds "
+                               f"{max(1, MAX_TRAININGS // len(configs))} or less")
     device = common.setup(args, "Challenge: heads, layers and d_model, one at a time")
     data = heldout_sets(base)                     # the same validation and test sets for every run
     base_key = model_key(base)
+    path = args.out_dir / JSON_NAME
+
+    def save(runs, interrupted, wall, complete=False):
+        write_json(path, base, axes, values, seeds, summarize(entries, runs, seeds, base_key), runs, interrupted,
+                   wall, complete)
+
     section_1_plan(base, axes, values, configs, entries, seeds, args.quick)
-    runs, interrupted, wall = section_2_train(configs, seeds, device, data, base_key)
+    runs, interrupted, wall = section_2_train(configs, seeds, device, data, base_key, save)
+    save(runs, interrupted, wall, complete=not interrupted)
+    print(f"  saved the measurements: {path}" + (" (marked interrupted)" if interrupted else ""))
     summaries = summarize(entries, runs, seeds, base_key)
     section_3_table(summaries, base, seeds)
     section_4_plot(summaries, runs, axes, base, seeds, args)
-    write_json(args.out_dir / JSON_NAME, base, axes, values, seeds, summaries, runs, interrupted, wall)
-    common.key_insights(observations(summaries, base, seeds, len(runs), len(entries)))
+    insights = observations(summaries, base, seeds, len(runs), len(entries))
+    if interrupted:
+        insights.insert(0, f"INTERRUPTED: only {len(runs)} of {len(configs) * len(seeds)} trainings finished; the "
+                           "observations below cover those only.")
+    common.key_insights(insights)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,12 @@ def _int_arg(text):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def plain_parser(doc: str) -> argparse.ArgumentParser:
+    """An argparse parser whose mistakes give one `error:` line and exit 2 (no usage block)."""
+    first_line = (doc or "").strip().splitlines()[0] if doc else None
+    return _OneLineParser(description=first_line, formatter_class=_HelpFormatter)
+
+
 def lesson_parser(doc: str, quick_help: str = "tiny sizes, for a smoke test") -> argparse.ArgumentParser:
     """A parser with the flags every lesson accepts. Lessons add their own flags to it."""
     first_line = (doc or "").strip().splitlines()[0] if doc else None
