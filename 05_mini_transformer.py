@@ -571,7 +571,6 @@ def section_3_train(config: TrainConfig, data, device, resume, args):
         improves; Ctrl-C stops training and keeps it.""")
     result = train(config, device, resume=resume, data=data, checkpoint_path=args.out_dir / CHECKPOINT_NAME)
     support.report_training(config, result, resume)
-    support.plot_training(config, result, learning_rate, args.out_dir, args.show)
     return result
 
 
@@ -836,8 +835,9 @@ def main(argv=None):
     section_1_data(config, val, test)
     model_info = section_2_model(config, val, device)
     support.keep_previous_outputs(args.out_dir, resumed_from=args.resume)
-    result = section_3_train(config, (val, test), device, checkpoint, args)
+    result = section_3_train(config, (val, test), device, checkpoint, args)       # saves the best model as it goes
     metrics = support.Metrics(args.out_dir / "metrics.json", config, result)      # written now, then updated
+    support.plot_training(config, result, learning_rate, args.out_dir, args.show)
     metrics.update(cache=section_4_decoding(config, result.model, test, device))
     evaluation = section_5_evaluate(config, result.model, test, args, device)
     metrics.update(test=evaluation)
