@@ -889,7 +889,8 @@ def plot_attention(config, weights, test, found, out_dir, show, example=0):
     out_labels = [f"{i}:{show_tokens(t[None])}" for i, t in enumerate(tgt_out[:T_tgt])]
     read_labels = [f"{i}:{show_tokens(t[None])}" for i, t in enumerate(test.tgt_in[example][:T_tgt])]
     n_layers, n_heads = len(weights["cross"]), weights["cross"][0].size(1)
-    fig, axes = common.new_figure(3 * n_layers, n_heads, figsize=(3.6 * n_heads + 1.4, 3.3 * 3 * n_layers + 0.9),
+    width = max(5.5, 3.6 * n_heads + 1.4)                             # inches
+    fig, axes = common.new_figure(3 * n_layers, n_heads, figsize=(width, 3.3 * 3 * n_layers + 0.9),
                                   show=show, squeeze=False, layout="constrained")
     for layer in range(n_layers):
         panels = (("encoder self-attention", weights["encoder_self"][layer][example, :, :T_src, :T_src],
@@ -912,8 +913,9 @@ def plot_attention(config, weights, test, found, out_dir, show, example=0):
     best = (found.get("alignment") or {}).get("best")
     what = (f"best cross-attention head: {best[2]:.0%} of test answer positions look at {best[1]}"
             f" (chance {best[3]:.0%})" if best else "sum: each answer digit depends on every input")
-    fig.suptitle(f"Attention on one test example ({config.task}: {digits_text(tokens_to_digits(src))})\n{what}",
-                 fontsize=9)
+    import textwrap
+    title = f"Attention on one test example ({config.task}: {digits_text(tokens_to_digits(src))}); {what}"
+    fig.suptitle(textwrap.fill(title, int(width * 12)), fontsize=8)
     common.save_figure(fig, out_dir, "transformer_attention_patterns.png", show=show)
 
 
