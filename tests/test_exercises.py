@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from common import load_lesson
 from conftest import REPO_ROOT, run_script
 from exercises import EXERCISES
-from exercises import _checks as checks
-from exercises._checker import CHECKS, check, check_file, load_attempt, load_reference
+from exercises._checker import check, check_file, load_attempt, load_reference
 from exercises._cli import main
+from exercises.checks import attention, beam_search, checks_of, encoder_block, multi_head_attention, stand_in_model
+from exercises.checks import positional_encoding
+from exercises.checks.helpers import random_mask
 
 L1, L2, L3, L4, L5 = (load_lesson(n) for n in range(1, 6))
-TOTAL = sum(len(CHECKS[name]) for name in EXERCISES)
+TOTAL = sum(len(checks_of(name)) for name in EXERCISES)
 
 
 def failure_text(result):
@@ -34,7 +36,7 @@ def test_lesson_code_scores_full_marks(name):
     implementation, path = load_reference(name)
     result = check(name, implementation, source_file=path)
     assert result.state == "checked"
-    assert result.total == len(CHECKS[name]) >= 4
+    assert result.total == len(checks_of(name)) >= 4
     assert result.passed == result.total, failure_text(result)
 
 
@@ -55,7 +57,7 @@ def test_check_command_on_the_stubs_in_process(capsys):
     for name in EXERCISES:
         mine = [line for line in lines if line.startswith(f"{name}: ")]
         assert len(mine) == 1 and "not attempted yet" in mine[0], mine  # one line per exercise
-        assert f"[0/{len(CHECKS[name])}]" in mine[0]
+        assert f"[0/{len(checks_of(name))}]" in mine[0]
     assert any(line.split()[:2] == ["total", f"0/{TOTAL}"] for line in lines), captured.out
 
 
@@ -383,7 +385,7 @@ def _small_real_model():
 def test_the_stand_in_has_the_real_models_decoding_interface(kind):
     # What lesson 05's decoders call, used the same way on both: decode_next with a cache that is
     # reordered like a beam search's gives decode's scores for the last position.
-    model = checks.TableModel(n_digits=3) if kind == "stand-in" else _small_real_model()
+    model = stand_in_model.TableModel(n_digits=3) if kind == "stand-in" else _small_real_model()
     for name in ("encode", "decode", "decode_next", "new_cache", "vocab_size", "eval", "train", "training"):
         assert hasattr(model, name), name
     src = torch.tensor([[3, 4, 5, 3], [5, 5, 4, 3]])
@@ -425,37 +427,37 @@ def test_the_cache_mistake_the_stand_in_names_is_a_real_one():
 def test_written_out_references_equal_pytorch():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 3)
-    mask = checks._random_mask(2, 4, 6)
-    torch.testing.assert_close(checks.attention_variant(q, k, v, mask)[0],
+    mask = random_mask(2, 4, 6)
+    torch.testing.assert_close(attention.attention_variant(q, k, v, mask)[0],
                                F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
     mha = L2.MultiHeadAttention(16, 4).eval()
     ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
-    checks._randomize(ref)
-    W = checks._copy_attention(mha, ref)
+    multi_head_attention.randomize(ref)
+    W = multi_head_attention.copy_attention(mha, ref)
     x, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
-    pad = checks._padding(2, 3, 5)
+    pad = multi_head_attention.padding_mask(2, 3, 5)
     with torch.no_grad():
-        torch.testing.assert_close(checks.mha_variant(x, memory, memory, W, 4, pad)[0],
-                                   checks._reference_mha(ref, x, memory, memory, pad, 4)[0])
+        torch.testing.assert_close(multi_head_attention.mha_variant(x, memory, memory, W, 4, pad)[0],
+                                   multi_head_attention.reference_mha(ref, x, memory, memory, pad, 4)[0])
 
     for norm_first in (False, True):
-        block, layer, P = checks._make_block(L4.TransformerEncoderBlock, norm_first)
-        x, causal = torch.randn(2, 5, 16), checks._causal(2, 5, 5)
+        block, layer, P = encoder_block.make_block(L4.TransformerEncoderBlock, norm_first)
+        x, causal = torch.randn(2, 5, 16), multi_head_attention.causal_mask(2, 5, 5)
         with torch.no_grad():
-            torch.testing.assert_close(checks.block_variant(x, P, 4, causal, norm_first),
-                                       checks._reference_block(layer, x, causal))
+            torch.testing.assert_close(encoder_block.block_variant(x, P, 4, causal, norm_first),
+                                       encoder_block.reference_block(layer, x, causal))
 
-    torch.testing.assert_close(checks.pe_variant(40, 12).float(), L3.sinusoidal_positional_encoding(40, 12),
+    torch.testing.assert_close(positional_encoding.pe_variant(40, 12).float(), L3.sinusoidal_positional_encoding(40, 12),
                                atol=1e-5, rtol=1e-4)
 
 
 def test_beam_search_checks_use_a_real_trap_and_a_complete_search():
-    trap = checks._greedy_trap()
+    trap = beam_search.greedy_trap()
     src = torch.tensor([[3, 4, 3]])
-    best, _ = checks.exhaustive_best(trap, src[0], 3)
-    assert checks.greedy(trap, src[0], 3) != best  # greedy really is wrong there
-    model = checks.TableModel(n_digits=2)
-    answers = checks.all_answers(model, 3)
+    best, _ = stand_in_model.exhaustive_best(trap, src[0], 3)
+    assert stand_in_model.greedy(trap, src[0], 3) != best  # greedy really is wrong there
+    model = stand_in_model.TableModel(n_digits=2)
+    answers = stand_in_model.all_answers(model, 3)
     # 1 + 2 + 4 answers ending in EOS (0, 1, 2 digits) and 8 unfinished ones of 3 digits
     assert len(answers) == 15 == len({tuple(a) for a in answers})
