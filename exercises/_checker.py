@@ -39,6 +39,7 @@ class CheckResult:
     title: str
     passed: bool
     lines: list = field(default_factory=list)  # why it failed (empty when it passed)
+    timed_out: bool = False                    # stopped by the time limit: later checks are not run
 
 
 @dataclass
@@ -49,6 +50,9 @@ class ExerciseResult:
     state: str = "checked"                      # "checked", "not attempted" or "cannot load"
     note: str = ""                              # the one line for "not attempted" / "cannot load"
     source: str = ""                            # the file that was checked
+    ended: str = ""                             # why grading did not finish: "stopped after 12 s", ...
+    output: list = field(default_factory=list)  # the first lines the learner's code printed
+    output_lines: int = 0                       # how many lines it printed in all
 
     @property
     def passed(self) -> int:
@@ -56,7 +60,7 @@ class ExerciseResult:
 
     @property
     def ok(self) -> bool:
-        return self.state == "checked" and self.passed == self.total
+        return self.state == "checked" and self.passed == self.total and not self.ended
 
 
 def relative(path) -> str:
@@ -149,7 +153,7 @@ class _TimeLimit:
         self.active = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread())
 
     def _raise(self, signum, frame):
-        raise CheckTimedOut(f"still running after {self.seconds} s: an endless loop?")
+        raise CheckTimedOut(f"still running after {self.seconds:g} s: an endless loop?")
 
     def __enter__(self):
         if self.active:
@@ -164,11 +168,45 @@ class _TimeLimit:
         return False
 
 
-def check(name: str, implementation, source_file=None) -> ExerciseResult:
+def _exit_lines(exc: SystemExit, source_file) -> list:
+    """What to say when the learner's code calls sys.exit (or exit()): the call ends the program."""
+    lines = describe_exception(exc, source_file)
+    lines[0] = f"your code called sys.exit({exc.code!r}) (or exit()), which would end the checker too"
+    return lines + ["hint: return the result; to give up early, raise an exception (e.g. ValueError) instead"]
+
+
+def _run_check(check_, i, implementation, source_file, seconds) -> CheckResult:
+    """Run check number i (0-based) once; NotImplementedError is left to the caller."""
+    try:
+        # no_grad: the learner's results are compared, never differentiated
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), _TimeLimit(seconds):
+            torch.manual_seed(1234 + i)
+            check_.run(implementation)
+        return CheckResult(check_.title, True)
+    except CheckFailed as failure:
+        return CheckResult(check_.title, False, failure.lines)
+    except NotImplementedError:
+        raise
+    except SystemExit as exc:
+        return CheckResult(check_.title, False, _exit_lines(exc, source_file))
+    except Exception as exc:  # the learner's code raised: say where
+        lines = describe_exception(exc, source_file)
+        if check_.on_error and _about_shapes(exc):
+            lines.append("hint: " + check_.on_error)
+        return CheckResult(check_.title, False, lines, timed_out=isinstance(exc, CheckTimedOut))
+
+
+def not_run(title: str, stopped_at: int) -> CheckResult:
+    return CheckResult(title, False, [f"not run: check {stopped_at} did not finish"])
+
+
+def check(name: str, implementation, source_file=None, seconds=SECONDS_PER_CHECK,
+          progress=None) -> ExerciseResult:
     """Run every check of exercise `name` on `implementation` (a function or class).
 
     source_file: where the implementation lives, to name the line of an exception
-    (default: the file that defines it).
+    (default: the file that defines it). seconds: each check's time limit (POSIX; see _TimeLimit).
+    progress(i, result=None): called before check i (0-based) starts and with its CheckResult after.
     """
     checks = checks_of(name)
     if source_file is None:
@@ -177,37 +215,27 @@ def check(name: str, implementation, source_file=None) -> ExerciseResult:
         except TypeError:
             source_file = None
     result = ExerciseResult(name, len(checks), source=relative(source_file) if source_file else "")
-    timed_out = 0
-    for i, (title, fn, on_error) in enumerate(checks):
-        if timed_out:  # don't wait for an endless loop once per check
-            result.checks.append(CheckResult(title, False, [f"not run: check {timed_out} did not finish"]))
+    progress = progress or (lambda i, outcome=None: None)
+    stopped = 0  # the check that ran out of time, counted from 1
+    for i, check_ in enumerate(checks):
+        if stopped:  # don't wait for an endless loop once per check
+            result.checks.append(not_run(check_.title, stopped))
             continue
+        progress(i)
         try:
-            # no_grad: the learner's results are compared, never differentiated
-            with torch.random.fork_rng(devices=[]), torch.no_grad(), _TimeLimit(SECONDS_PER_CHECK):
-                torch.manual_seed(1234 + i)
-                fn(implementation)
-            result.checks.append(CheckResult(title, True))
-        except CheckFailed as failure:
-            result.checks.append(CheckResult(title, False, failure.lines))
+            outcome = _run_check(check_, i, implementation, source_file, seconds)
         except NotImplementedError as exc:
             if i == 0:  # the very first call: nothing written yet
-                result.state = "not attempted"
-                result.note = _not_implemented_note(exc, EXERCISES[name].entry)
-                result.checks = []
-                return result
-            result.checks.append(CheckResult(title, False, describe_exception(exc, source_file)))
-        except Exception as exc:  # the learner's code raised: say where, then go on
-            if isinstance(exc, CheckTimedOut):
-                timed_out = i + 1
-            lines = describe_exception(exc, source_file)
-            if on_error and _about_shapes(exc):
-                lines.append("hint: " + on_error)
-            result.checks.append(CheckResult(title, False, lines))
+                return ExerciseResult(name, len(checks), state="not attempted", source=result.source,
+                                      note=_not_implemented_note(exc, EXERCISES[name].entry))
+            outcome = CheckResult(check_.title, False, describe_exception(exc, source_file))
+        result.checks.append(outcome)
+        stopped = i + 1 if outcome.timed_out else 0
+        progress(i, outcome)
     return result
 
 
-def load_attempt(name: str, folder=PACKAGE_DIR):
+def load_attempt(name: str, folder=PACKAGE_DIR, seconds=SECONDS_PER_CHECK):
     """Import folder/<exercise file> afresh; returns (implementation, path). CannotLoad if impossible."""
     exercise = EXERCISES[name]
     path = Path(folder) / exercise.file
@@ -219,11 +247,12 @@ def load_attempt(name: str, folder=PACKAGE_DIR):
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # so classes defined there behave like any module's
     try:
-        spec.loader.exec_module(module)
+        with _TimeLimit(seconds):
+            spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise CannotLoad(f"cannot import {relative(path)}: SyntaxError at line {exc.lineno}: {exc.msg}") from None
-    except Exception as exc:
-        problem, *where = describe_exception(exc, path)
+    except (Exception, SystemExit) as exc:
+        problem, *where = _exit_lines(exc, path) if isinstance(exc, SystemExit) else describe_exception(exc, path)
         place = f" ({where[0][3:].rstrip(':')})" if where else ""
         raise CannotLoad(f"cannot import {relative(path)}: {problem}{place}") from None
     implementation = getattr(module, exercise.entry, None)
@@ -247,10 +276,12 @@ def load_reference(name: str):
     return implementation, path
 
 
-def check_file(name: str, folder=None, reference: bool = False) -> ExerciseResult:
+def check_file(name: str, folder=None, reference: bool = False, seconds=SECONDS_PER_CHECK,
+               progress=None) -> ExerciseResult:
     """Load the attempt (or the lesson's version) and check it; a load problem scores 0."""
     try:
-        implementation, path = load_reference(name) if reference else load_attempt(name, folder or PACKAGE_DIR)
+        implementation, path = (load_reference(name) if reference else
+                                load_attempt(name, folder or PACKAGE_DIR, seconds))
     except CannotLoad as problem:
         return ExerciseResult(name, len(checks_of(name)), state="cannot load", note=str(problem))
-    return check(name, implementation, source_file=path)
+    return check(name, implementation, source_file=path, seconds=seconds, progress=progress)

@@ -6,6 +6,11 @@ names the mistake; usage mistakes exit with status 2 and one line.
 """
 import inspect
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -16,6 +21,7 @@ from conftest import REPO_ROOT, run_script
 from exercises import EXERCISES
 from exercises._checker import check, check_file, load_attempt, load_reference
 from exercises._cli import main
+from exercises._isolation import grade
 from exercises.checks import attention, beam_search, checks_of, encoder_block, multi_head_attention, stand_in_model
 from exercises.checks import positional_encoding
 from exercises.checks.helpers import random_mask
@@ -84,8 +90,22 @@ def test_one_exercise_only(capsys):
 
 @pytest.mark.parametrize("argv, contains", [
     (["check", "atention"], "atention"),
+    (["check", "attention", "atention"], "atention"),
+    (["bogus"], "bogus"),
+    (["list", "attention"], "attention"),
     (["check", "attention", "--dir", "/no/such/folder"], "--dir"),
+    (["check", "--dir", ""], "--dir"),
+    (["check", "--dir", __file__], "--dir"),
+    (["check", "--dir"], "--dir"),
+    (["check", "--reference", "--dir", "exercises"], "--reference"),
     (["check", "--bogus"], "--bogus"),
+    (["check", "--reference=yes"], "--reference"),
+    (["check", "--time-limit", "0"], "--time-limit"),
+    (["check", "--time-limit", "-1"], "--time-limit"),
+    (["check", "--time-limit", "abc"], "--time-limit"),
+    (["check", "--time-limit", "nan"], "--time-limit"),
+    (["check", "--time-limit", "1e9"], "--time-limit"),
+    (["check", "--time-limit"], "--time-limit"),
     ([], "list"),
 ])
 def test_usage_mistakes_are_one_line_exit_2(capsys, argv, contains):
@@ -96,6 +116,12 @@ def test_usage_mistakes_are_one_line_exit_2(capsys, argv, contains):
     assert contains in err and captured.out == ""
     if argv[:2] == ["check", "atention"]:
         assert all(name in err for name in EXERCISES)  # lists the valid names
+
+
+def test_a_usage_mistake_in_a_real_process_is_one_line_exit_2():
+    result = run_script("-m", "exercises", "check", "--time-limit", "forever")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: --time-limit 'forever'") and len(result.stderr.splitlines()) == 1
 
 
 def test_list(capsys):
@@ -165,6 +191,139 @@ def test_a_file_that_cannot_be_imported_is_one_line(tmp_path, capsys):
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("causal_mask: "))
     assert "SyntaxError at line 1" in line and "[0/4]" in line and "Traceback" not in out
+
+
+# ----------------------------------------------------------------------------------------------
+# Attempts that exit, crash, hang or print: graded in a child process, one clear line each
+LIMIT = "0.5"  # --time-limit for the attempts that never return: the suite stays fast
+HEADER = "import os, sys, time\n\ndef scaled_dot_product_attention(query, key, value, mask=None):\n"
+
+
+def check_attempt(tmp_path, capsys, source, *flags):
+    """Write attention.py with `source`, run `check attention` on it; returns (exit status, stdout)."""
+    (tmp_path / "attention.py").write_text(source)
+    status = main(["check", "attention", "--dir", str(tmp_path), "--time-limit", LIMIT, *flags])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert "Score" in captured.out and "attention   0/8" in captured.out  # the score is still printed
+    return status, captured.out
+
+
+def line_of(out, start):
+    return next(line.strip() for line in out.splitlines() if line.strip().startswith(start))
+
+
+@pytest.mark.parametrize("where", ["at import", "in the function"])
+def test_an_attempt_calling_sys_exit_fails_with_its_line(tmp_path, capsys, where):
+    source = "import sys\nsys.exit(0)\n" if where == "at import" else HEADER + "    sys.exit(0)\n"
+    status, out = check_attempt(tmp_path, capsys, source)
+    assert status == 1
+    assert "your code called sys.exit(0)" in out
+    if where == "at import":
+        assert "cannot import" in line_of(out, "attention: ") and "attention.py:2" in out
+    else:
+        assert "FAIL  1." in out and f"at {tmp_path / 'attention.py'}:4, in scaled_dot_product_attention:" in out
+
+
+@pytest.mark.parametrize("where", ["at import", "in the function"])
+def test_an_attempt_calling_os_exit_fails_with_one_line(tmp_path, capsys, where):
+    source = "import os\nos._exit(0)\n" if where == "at import" else HEADER + "    os._exit(0)\n"
+    status, out = check_attempt(tmp_path, capsys, source)
+    assert status == 1
+    if where == "at import":
+        assert "the process importing it exited with status 0" in line_of(out, "attention: ")
+    else:
+        assert line_of(out, "FAIL  1.").startswith("FAIL  1. shapes")
+        assert "the process running your code exited with status 0" in out
+        assert "FAIL  2-8. not run: check 1 did not finish" in out
+    assert "exited with status 0" in line_of(out, "attention  ")  # the score table says it too
+
+
+@pytest.mark.parametrize("where", ["at import", "in the function"])
+def test_an_endless_loop_is_stopped(tmp_path, capsys, where):
+    source = "while True:\n    pass\n" if where == "at import" else HEADER + "    while True:\n        pass\n"
+    status, out = check_attempt(tmp_path, capsys, source)
+    assert status == 1
+    assert f"still running after {LIMIT} s" in out  # the child's own time limit names the line
+    assert f"{tmp_path / 'attention.py'}:" in out
+
+
+@pytest.mark.parametrize("where", ["at import", "in the function"])
+def test_an_endless_loop_that_catches_the_time_limit_is_stopped(tmp_path, capsys, where):
+    loop = "while True:\n    try:\n        time.sleep(0.01)\n    except Exception:\n        pass\n"
+    source = ("import time\n" + loop if where == "at import" else
+              HEADER + "".join("    " + line + "\n" for line in loop.splitlines()))
+    status, out = check_attempt(tmp_path, capsys, source)
+    assert status == 1
+    text = " ".join(out.split())  # as one line: wrapping aside
+    assert "was stopped after" in text and f"still running (the limit is {LIMIT} s)" in text
+    assert "also catches the checker's time limit" in text
+    assert "stopped after" in line_of(out, "attention  ")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSEGV") or sys.platform == "win32", reason="POSIX signals")
+def test_a_crash_is_one_line(tmp_path, capsys):
+    status, out = check_attempt(tmp_path, capsys, "import signal\n" + HEADER +
+                                "    os.kill(os.getpid(), signal.SIGSEGV)\n")
+    assert status == 1
+    assert "the process running your code crashed (killed by SIGSEGV)" in out
+    assert "crashed (SIGSEGV)" in line_of(out, "attention  ")
+    assert f"File \"{tmp_path / 'attention.py'}\", line 5" in out  # where, from faulthandler
+
+
+def test_what_the_attempt_prints_is_shown_under_it(tmp_path, capsys):
+    source = HEADER + "    print('shape of query:', tuple(query.shape))\n    raise ValueError('not yet')\n"
+    status, out = check_attempt(tmp_path, capsys, source)
+    assert status == 1
+    assert "  printed while checking:" in out  # one line per call: 8 of them
+    assert "    | shape of query: (2, 3, 3, 4)" in out
+    assert out.index("printed while checking") < out.index("attention: 0/8 checks passed")
+
+
+def test_an_attempt_that_prints_without_end_is_stopped(tmp_path, capsys):
+    status, out = check_attempt(tmp_path, capsys, "while True:\n    print('x' * 1000)\n")
+    assert status == 1
+    assert "was stopped: it printed more than 1 MB" in out
+    assert "printed while checking (the first 10 of" in out
+
+
+def test_the_next_exercise_is_graded_after_one_that_exits(tmp_path, capsys):
+    (tmp_path / "attention.py").write_text(HEADER + "    os._exit(0)\n")
+    _copy_into_stub("causal_mask", tmp_path)
+    assert main(["check", "attention", "causal_mask", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "causal_mask: 4/4 checks passed" in out and "exited with status 0" in out
+
+
+def test_the_spawn_start_method_grades_the_same(tmp_path):
+    # Windows has no fork: one spawned child grades the exercises in turn, a new one after an exit.
+    (tmp_path / "attention.py").write_text(HEADER + "    os._exit(0)\n")
+    _copy_into_stub("causal_mask", tmp_path)
+    results = list(grade(["attention", "causal_mask"], folder=tmp_path, method="spawn"))
+    assert [r.name for r in results] == ["attention", "causal_mask"]
+    assert results[0].ended == "exited with status 0" and not results[0].ok
+    assert results[1].ok and results[1].passed == 4
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a process group")
+def test_ctrl_c_while_checking_is_one_line_and_exit_130(tmp_path):
+    started = tmp_path / "started"
+    (tmp_path / "attention.py").write_text(
+        HEADER + f"    open({str(started)!r}, 'w').close()\n    while True:\n        time.sleep(0.01)\n")
+    process = subprocess.Popen([sys.executable, "-m", "exercises", "check", "attention", "--dir", str(tmp_path)],
+                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert started.exists(), "the attempt never ran"
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the checker and its child
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, out + err
+    assert err.strip().startswith("interrupted (Ctrl-C)") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in out + err
+    with pytest.raises(ProcessLookupError):  # nothing left running
+        os.killpg(process.pid, 0)
 
 
 # ----------------------------------------------------------------------------------------------
