@@ -527,6 +527,84 @@ def test_broken_implementation_is_caught_with_its_hint(name, implementation, hin
     assert "Traceback" not in text
 
 
+# ----------------------------------------------------------------------------------------------
+# Results of the wrong kind (complex, another dtype or device, numpy, NaN, ...) fail with the reason
+def lesson_attention_then(change_output=None, change_weights=None):
+    """Lesson 01's attention with its result changed: what a learner's code may return."""
+
+    def scaled_dot_product_attention(query, key, value, mask=None):
+        output, weights = L1.scaled_dot_product_attention(query, key, value, mask)
+        return ((change_output or (lambda t: t))(output), (change_weights or (lambda t: t))(weights))
+
+    return scaled_dot_product_attention
+
+
+def attention_scaling_query_in_place(query, key, value, mask=None):
+    query /= math.sqrt(query.size(-1))  # the bug: changes the caller's tensor
+    return L1.scaled_dot_product_attention(query * math.sqrt(query.size(-1)), key, value, mask)
+
+
+def pe_in(dtype):
+    return lambda max_len, d_model: L3.sinusoidal_positional_encoding(max_len, d_model).to(dtype)
+
+
+def pe_complex(max_len, d_model):  # sin and cos from a complex exponential, the complex part kept
+    pe = L3.sinusoidal_positional_encoding(max_len, d_model)
+    return torch.complex(pe, torch.zeros_like(pe))
+
+
+def beam_search_returning(change):
+    return lambda model, src, *args, **kwargs: change(*L5.beam_search(model, src, *args, **kwargs))
+
+
+WRONG_KIND = [
+    ("attention", lesson_attention_then(change_output=lambda t: t.to(torch.complex64)), "complex values"),
+    ("attention", lesson_attention_then(lambda t: t.to(torch.complex64), lambda t: t.to(torch.complex64)),
+     "complex values"),
+    ("attention", lesson_attention_then(change_output=lambda t: t.double()), "dtype torch.float64, expected torch.float32"),
+    ("attention", lesson_attention_then(change_weights=lambda t: t.half()), "torch.float16 holds fewer digits"),
+    ("attention", lesson_attention_then(change_output=lambda t: t.round().long()), "integer values"),
+    ("attention", lesson_attention_then(change_output=lambda t: t.numpy()), "got a numpy array of shape"),
+    ("attention", lesson_attention_then(change_output=lambda t: t.to("meta")), "on device meta"),
+    ("attention", lesson_attention_then(change_weights=lambda t: t * float("nan")), "NaN at index"),
+    ("attention", lambda *args: (*L1.scaled_dot_product_attention(*args), None), "got a tuple of 3"),
+    ("attention", attention_scaling_query_in_place, "changed its argument query in place"),
+    ("causal_mask", lambda T, device=None: L1.causal_mask(T).to("meta"), "on device meta"),
+    ("positional_encoding", pe_in(torch.float16), "torch.float16 holds fewer digits"),
+    ("positional_encoding", pe_complex, "complex values"),
+    ("multi_head_attention", type("ComplexOutput", (L2.MultiHeadAttention,), {
+        "forward": lambda self, *a, **k: (lambda o, w: (o.to(torch.complex64), w))(
+            *L2.MultiHeadAttention.forward(self, *a, **k))}), "complex values"),
+    ("encoder_block", type("Float64Block", (L4.TransformerEncoderBlock,), {
+        "forward": lambda self, x, mask=None, return_weights=False: L4.TransformerEncoderBlock.forward(
+            self, x, mask).double()}), "dtype torch.float64, expected torch.float32"),
+    ("beam_search", beam_search_returning(lambda tokens, scores: (tokens.float(), scores)), "integer token ids"),
+    ("beam_search", beam_search_returning(lambda tokens, scores: (tokens, scores.to(torch.complex64))),
+     "complex values"),
+    ("beam_search", beam_search_returning(lambda tokens, scores: (tokens.to("meta"), scores)), "on device meta"),
+]
+
+
+@pytest.mark.parametrize("name, implementation, reason", WRONG_KIND, ids=[
+    f"{name}-{reason.split(',')[0]}" for name, _, reason in WRONG_KIND])
+def test_a_result_of_the_wrong_kind_fails_with_an_accurate_reason(name, implementation, reason):
+    result = check(name, implementation)
+    assert result.state == "checked"
+    assert result.passed < result.total, f"{name}: a result with {reason!r} passed every check"
+    text = failure_text(result)
+    assert reason in text, text
+    assert "in the checker" not in text and "wrong way round" not in text, text  # no crash, no wrong hint
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_result_on_another_device_fails_with_the_reason():
+    result = check("attention", lesson_attention_then(change_output=lambda t: t.cuda()))
+    assert "on device cuda:0; expected cpu" in failure_text(result)
+    result = check("causal_mask", lambda T, device=None: L1.causal_mask(T, device="cuda"))
+    assert "on device cuda:0; expected cpu" in failure_text(result)
+    assert check("causal_mask", L1.causal_mask).passed == 4  # and a mask made on cuda when asked is right
+
+
 @pytest.mark.parametrize("implementation", [simple_beam_search, beam_search_without_cache])
 def test_a_correct_beam_search_without_the_cache_passes(implementation):
     # The checker grades behaviour, not the lesson's style: a loop over examples that calls decode on

@@ -14,14 +14,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from exercises.checks.helpers import (NEG_INF, CheckFailed, Checklist, compare, expect, expect_pair, expect_shape,
-                                      match_variant, randn, random_mask, shape_str, unravel)
+from exercises.checks.helpers import (NEG_INF, CheckFailed, Checklist, call_keeping_inputs, compare, expect,
+                                      expect_pair, expect_shape, match_variant, randn, random_mask, shape_str, unravel)
 
 CHECKS = Checklist()
 
 
 def _call_attention(fn, q, k, v, mask):
-    result = fn(q, k, v) if mask is None else fn(q, k, v, mask)
+    names = ("query", "key", "value", "mask")
+    result = (call_keeping_inputs(fn, q, k, v, names=names) if mask is None else
+              call_keeping_inputs(fn, q, k, v, mask, names=names))
     return expect_pair(result)
 
 

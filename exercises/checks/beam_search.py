@@ -9,7 +9,8 @@ import math
 
 import torch
 
-from exercises.checks.helpers import CheckFailed, Checklist, describe, expect, expect_pair
+from exercises.checks.helpers import (CheckFailed, Checklist, call_keeping_inputs, describe, expect, expect_kind,
+                                      expect_pair)
 from exercises.checks.stand_in_model import (TableModel, all_answers, answer_of, exhaustive_best, greedy,
                                              sequence_scores, special_tokens, words)
 
@@ -17,17 +18,23 @@ CHECKS = Checklist()
 
 
 def _run_beam(fn, model, src, beam_size, max_len, **kwargs):
-    result = fn(model, src, beam_size, max_len, **kwargs)
+    result = call_keeping_inputs(fn, model, src, beam_size, max_len, names=("model", "src"), **kwargs)
     tokens, scores = expect_pair(result, "(tokens, scores)")
     B = src.size(0)
     expect(torch.is_tensor(tokens) and tokens.dim() == 2 and tokens.size(0) == B,
            f"tokens: expected a tensor (B={B}, L), got {describe(tokens)}")
+    expect_kind("tokens", tokens, device=src.device)
     expect(tokens.size(1) <= max_len, f"tokens has {tokens.size(1)} columns, more than max_len={max_len}",
            "hint: max_len counts the generated tokens (answer + EOS), BOS not included")
-    expect(not tokens.dtype.is_floating_point, f"tokens has dtype {tokens.dtype}, expected integer token ids")
+    expect(not tokens.dtype.is_floating_point and tokens.dtype != torch.bool,
+           f"tokens has dtype {tokens.dtype}, expected integer token ids (torch.long)",
+           "hint: token ids index the vocabulary: keep them in a torch.long tensor, as src and topk's indices are")
     expect(torch.is_tensor(scores) and tuple(scores.shape) == (B,),
            f"scores: expected a tensor of shape ({B},), got {describe(scores)}",
            "hint: one summed log-probability per example: the best hypothesis's")
+    expect_kind("scores", scores, device=src.device)
+    expect(scores.dtype.is_floating_point, f"scores has dtype {scores.dtype}, expected float log-probabilities",
+           "hint: a summed log-probability is a float; keep the scores in a float tensor")
     return tokens, scores
 
 

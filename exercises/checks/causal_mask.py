@@ -7,7 +7,8 @@ known mistakes in CAUSAL_MISTAKES (upper triangle, inverted, diagonal missing) t
 import torch
 import torch.nn.functional as F
 
-from exercises.checks.helpers import CheckFailed, Checklist, compare, describe, expect, expect_shape, randn
+from exercises.checks.helpers import (CheckFailed, Checklist, compare, describe, expect, expect_kind, expect_shape,
+                                      randn)
 
 CHECKS = Checklist()
 
@@ -57,7 +58,7 @@ def causal_in_attention(fn):
     T = 6
     q, k, v = randn(2, T, 8), randn(2, T, 8), randn(2, T, 4)
     mask = fn(T)
-    expect(torch.is_tensor(mask), f"causal_mask({T}) returned {describe(mask)}")
+    expect_kind(f"causal_mask({T})", mask)
     compare("output with your mask", F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
             F.scaled_dot_product_attention(q, k, v, is_causal=True),
             hint="check the mask's values (the check above) and its dtype: a float mask is added to the "

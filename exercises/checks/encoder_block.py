@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from exercises.checks.helpers import Checklist, compare, describe, expect, expect_no_nan, expect_shape, randn
+from exercises.checks.helpers import (Checklist, call_keeping_inputs, compare, describe, expect, expect_kind,
+                                      expect_no_nan, expect_shape, randn)
 from exercises.checks.multi_head_attention import (causal_mask, copy_attention, copy_linear, mha_variant,
                                                    module_attr, padding_mask, randomize, torch_attn_mask)
 
@@ -103,9 +104,12 @@ def _block_mistakes(norm_first):
 
 
 def _call_block(block, x, mask):
-    result = block(x) if mask is None else block(x, mask)
-    expect(torch.is_tensor(result), f"forward(x, mask) returned {describe(result)}, expected a tensor",
+    result = (call_keeping_inputs(block, x, names=("x",)) if mask is None else
+              call_keeping_inputs(block, x, mask, names=("x", "mask")))
+    expect(torch.is_tensor(result) or not isinstance(result, (tuple, list)),
+           f"forward(x, mask) returned {describe(result)}, expected a tensor",
            "hint: return x alone (the weights only with return_weights=True)")
+    expect_kind("forward(x, mask)", result)
     return result
 
 

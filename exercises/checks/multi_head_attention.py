@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from exercises.checks.helpers import (NEG_INF, CheckFailed, Checklist, compare, describe, expect, expect_no_nan,
-                                      expect_pair, expect_shape, random_mask, randn, shape_str)
+from exercises.checks.helpers import (NEG_INF, CheckFailed, Checklist, call_keeping_inputs, compare, describe, expect,
+                                      expect_no_nan, expect_pair, expect_shape, random_mask, randn, shape_str)
 
 CHECKS = Checklist()
 
@@ -153,7 +153,9 @@ def reference_mha(ref, q, k, v, mask, n_heads):
 
 
 def _call_mha(module, q, k, v, mask):
-    result = module(q, k, v) if mask is None else module(q, k, v, mask=mask)
+    names = ("query", "key", "value")
+    result = (call_keeping_inputs(module, q, k, v, names=names) if mask is None else
+              call_keeping_inputs(module, q, k, v, names=names, mask=mask))
     return expect_pair(result)
 
 

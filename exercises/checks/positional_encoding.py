@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-from exercises.checks.helpers import Checklist, compare, expect, expect_shape
+from exercises.checks.helpers import Checklist, compare, dtype_hint, expect, expect_kind, expect_shape
 
 CHECKS = Checklist()
 
@@ -51,8 +51,9 @@ def _pe_case(fn, max_len, d_model, rows=slice(None)):
                   legend=" = (max_len, d_model)",
                   hints={(d_model, max_len): "rows are positions, columns are dimensions: (max_len, d_model)"})
     variants = [(hint, functools.partial(lambda m: pe_variant(max_len, d_model, m)[rows], m)) for hint, m in PE_MISTAKES]
+    expect_kind(f"sinusoidal_positional_encoding({max_len}, {d_model})", pe, dtype=torch.float32)
     compare(f"PE({max_len}, {d_model})[{'row 0' if rows == 0 else 'all rows'}]", pe[rows],
-            pe_variant(max_len, d_model)[rows], variants=variants, atol=2e-4, rtol=1e-4)
+            pe_variant(max_len, d_model)[rows].float(), variants=variants, atol=2e-4, rtol=1e-4)
 
 
 @CHECKS.add("shape and dtype: (50, 16) gives a (50, 16) float32 table")
@@ -61,7 +62,8 @@ def pe_shape(fn):
     expect_shape("sinusoidal_positional_encoding(50, 16)", pe, (50, 16), legend=" = (max_len, d_model)",
                   hints={(16, 50): "rows are positions, columns are dimensions: (max_len, d_model)"})
     expect(pe.dtype == torch.float32, f"dtype is {pe.dtype}, expected torch.float32",
-           "hint: the table is added to float32 embeddings; a float64 table would turn them into float64")
+           "hint: " + ("the table is added to float32 embeddings; a float64 table would turn them into float64"
+                       if pe.dtype == torch.float64 else dtype_hint(pe.dtype, torch.float32)))
 
 
 @CHECKS.add("row 0 (position 0) is [0, 1, 0, 1, ...]: sin 0 = 0, cos 0 = 1")
