@@ -46,7 +46,7 @@ def grade(names, folder=None, reference=False, seconds=SECONDS_PER_CHECK, method
     """Grade exercises `names` in child processes; yields each one's ExerciseResult, in order."""
     method = method or start_method()
     if method == "fork":
-        _preload(names, reference)
+        _preload(names)
     context = multiprocessing.get_context(method)
     pending = list(names)
     with tempfile.TemporaryDirectory(prefix="exercises-") as scratch:
@@ -61,7 +61,7 @@ def grade(names, folder=None, reference=False, seconds=SECONDS_PER_CHECK, method
                 yield result
 
 
-def _preload(names, reference):
+def _preload(names):
     """Import, once here, what every forked child would otherwise import again: the lessons."""
     from common import load_lesson
 
@@ -145,6 +145,8 @@ def _run_child(context, batch, output_file, folder, reference, seconds):
         while finished < len(batch):
             message = _next_message(receive, process, step.deadline, output_file)
             if isinstance(message, str):  # the child is gone, or must go: say why, and stop it
+                if message == "ended":
+                    process.join(timeout=1)  # it closed the pipe: let it finish, to read its exit status
                 process.kill()
                 process.join()
                 yield _unfinished(step, message, process.exitcode, seconds, folder, reference, output_file)

@@ -4,6 +4,7 @@ The lessons' own code scores full marks; the untouched stubs are reported as not
 line each; deliberately broken implementations (the mistakes learners make) fail, with the hint that
 names the mistake; usage mistakes exit with status 2 and one line.
 """
+import functools
 import inspect
 import math
 import os
@@ -453,17 +454,28 @@ def beam_search_renormalized(model, src, beam_size, max_len, length_penalty=0.0)
 
 
 def lesson_beam_search_changed(**changes):
-    """Lesson 05's beam_search with lines of its source changed (old line -> new, "" leaves it out)."""
-    lines = inspect.getsource(L5.beam_search).splitlines(keepends=True)
-    code = [text.split("#")[0].strip() for text in lines]
-    for old, new in changes.values():
-        assert code.count(old) == 1, f"lesson 05's beam_search has no line {old!r}"
-        i = code.index(old)
-        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
-        lines[i] = indent + new + "\n" if new else ""
-    namespace = dict(vars(L5))
-    exec(compile("".join(lines), "<lesson 05 beam_search, changed>", "exec"), namespace)
-    return namespace["beam_search"]
+    """Lesson 05's beam_search with lines of its source changed (old line -> new, "" leaves it out).
+
+    Built at its first call, so a change to lesson 05's beam_search fails only the tests that use it.
+    """
+
+    @functools.lru_cache(maxsize=1)
+    def build():
+        lines = inspect.getsource(L5.beam_search).splitlines(keepends=True)
+        code = [text.split("#")[0].strip() for text in lines]
+        for old, new in changes.values():
+            assert code.count(old) == 1, f"lesson 05's beam_search has no line {old!r}"
+            i = code.index(old)
+            indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+            lines[i] = indent + new + "\n" if new else ""
+        namespace = dict(vars(L5))
+        exec(compile("".join(lines), "<lesson 05 beam_search, changed>", "exec"), namespace)
+        return namespace["beam_search"]
+
+    def beam_search(model, src, beam_size, max_len, length_penalty=0.0):
+        return build()(model, src, beam_size, max_len, length_penalty)
+
+    return beam_search
 
 
 beam_search_cache_not_reordered = lesson_beam_search_changed(
