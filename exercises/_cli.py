@@ -51,7 +51,8 @@ def _parser():
     where.add_argument("--dir", default=None, metavar="FOLDER",
                        help="check the attempts in FOLDER (files named as in exercises/) instead")
     check.add_argument("--time-limit", type=_seconds, default=SECONDS_PER_CHECK, metavar="SECONDS",
-                       help=f"stop a check that runs longer (default {SECONDS_PER_CHECK}; an endless loop, most likely)")
+                       help=f"stop a check that runs longer (default {SECONDS_PER_CHECK}; an endless loop, "
+                            "most likely)")
     return parser
 
 

@@ -573,7 +573,8 @@ WRONG_KIND = [
     ("attention", lesson_attention_then(change_output=lambda t: t.to(torch.complex64)), "complex values"),
     ("attention", lesson_attention_then(lambda t: t.to(torch.complex64), lambda t: t.to(torch.complex64)),
      "complex values"),
-    ("attention", lesson_attention_then(change_output=lambda t: t.double()), "dtype torch.float64, expected torch.float32"),
+    ("attention", lesson_attention_then(change_output=lambda t: t.double()),
+     "dtype torch.float64, expected torch.float32"),
     ("attention", lesson_attention_then(change_weights=lambda t: t.half()), "torch.float16 holds fewer digits"),
     ("attention", lesson_attention_then(change_output=lambda t: t.round().long()), "integer values"),
     ("attention", lesson_attention_then(change_output=lambda t: t.numpy()), "got a numpy array of shape"),
@@ -697,7 +698,8 @@ def test_written_out_references_equal_pytorch():
             torch.testing.assert_close(encoder_block.block_variant(x, P, 4, causal, norm_first),
                                        encoder_block.reference_block(layer, x, causal))
 
-    torch.testing.assert_close(positional_encoding.pe_variant(40, 12).float(), L3.sinusoidal_positional_encoding(40, 12),
+    torch.testing.assert_close(positional_encoding.pe_variant(40, 12).float(),
+                               L3.sinusoidal_positional_encoding(40, 12),
                                atol=1e-5, rtol=1e-4)
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from exercises.checks.helpers import (NEG_INF, CheckFailed, Checklist, call_keeping_inputs, compare, expect,
-                                      expect_pair, expect_shape, match_variant, randn, random_mask, shape_str, unravel)
+                                      expect_pair, expect_shape, match_variant, randn, random_mask, shape_str,
+                                      unravel)
 
 CHECKS = Checklist()
 
@@ -115,7 +116,7 @@ def attention_no_mask(fn):
 
 
 @CHECKS.add("causal mask (T, T): equals F.scaled_dot_product_attention",
-      on_error="the mask is (T_q, T_k) and broadcasts over the batch dims")
+            on_error="the mask is (T_q, T_k) and broadcasts over the batch dims")
 def attention_causal(fn):
     T = 5
     mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
@@ -123,7 +124,7 @@ def attention_causal(fn):
 
 
 @CHECKS.add("padding mask (B, 1, 1, T_k): the last 2 keys of example 1 are blocked",
-      on_error="a (B, 1, 1, T_k) mask broadcasts against scores (B, n_heads, T_q, T_k)")
+            on_error="a (B, 1, 1, T_k) mask broadcasts against scores (B, n_heads, T_q, T_k)")
 def attention_padding(fn):
     keep = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])  # (B, T_k)
     mask = keep[:, None, None, :]                                # (B, 1, 1, T_k)

@@ -65,6 +65,10 @@ def causal_in_attention(fn):
                  "scores instead of selecting keys")
 
 
+DEVICE_HINT = ("pass device=device to the tensor you create, e.g. torch.ones(T, T, dtype=torch.bool, "
+               "device=device), so the mask lives where the scores are")
+
+
 @CHECKS.add("the device argument is used")
 def causal_device(fn):
     if torch.cuda.is_available():
@@ -81,9 +85,3 @@ def causal_device(fn):
     raise CheckFailed(f"causal_mask(4, device='cuda') returned {describe(mask)} on "
                       f"{getattr(mask, 'device', 'no device')}, on a machine without CUDA: the device "
                       f"argument was ignored", "hint: " + DEVICE_HINT)
-
-
-DEVICE_HINT = ("pass device=device to the tensor you create, e.g. torch.ones(T, T, dtype=torch.bool, "
-               "device=device), so the mask lives where the scores are")
-
-

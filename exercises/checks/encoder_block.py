@@ -30,9 +30,9 @@ def make_block(cls, norm_first, d_model=16, n_heads=4, d_ff=32):
     ref.eval()
     P = {"attn": copy_attention(block, ref.self_attn, prefix="self_attn."), "eps": ref.norm1.eps}
     copy_linear(block, "feed_forward.linear1", ref.linear1.weight, ref.linear1.bias,
-                 "nn.TransformerEncoderLayer's linear1", "linear1 maps d_model -> d_ff: nn.Linear(d_model, d_ff)")
+                "nn.TransformerEncoderLayer's linear1", "linear1 maps d_model -> d_ff: nn.Linear(d_model, d_ff)")
     copy_linear(block, "feed_forward.linear2", ref.linear2.weight, ref.linear2.bias,
-                 "nn.TransformerEncoderLayer's linear2", "linear2 maps d_ff -> d_model: nn.Linear(d_ff, d_model)")
+                "nn.TransformerEncoderLayer's linear2", "linear2 maps d_ff -> d_model: nn.Linear(d_ff, d_model)")
     P["ff"] = tuple(t.detach().clone() for t in (ref.linear1.weight, ref.linear1.bias,
                                                  ref.linear2.weight, ref.linear2.bias))
     for name in ("norm1", "norm2"):
@@ -117,7 +117,7 @@ def reference_block(ref, x, mask):
     """nn.TransformerEncoderLayer with our mask (True = may attend) as its src_mask (True = blocked)."""
     with torch.enable_grad():  # PyTorch's plain path (the fused inference path is another code path)
         return ref(x, src_mask=torch_attn_mask(mask, x.size(0), ref.self_attn.num_heads, x.size(1),
-                                                x.size(1))).detach()
+                                               x.size(1))).detach()
 
 
 def _block_case(cls, norm_first, mask_kind=None, B=2, T=5, d_model=16, n_heads=4):
@@ -141,7 +141,7 @@ def block_shapes(cls):
 
 
 @CHECKS.add("post-LN, no mask: equals nn.TransformerEncoderLayer (weights copied)",
-      on_error=BLOCK_ERROR)
+            on_error=BLOCK_ERROR)
 def block_post_no_mask(cls):
     _block_case(cls, False)
 
@@ -152,7 +152,7 @@ def block_post_causal(cls):
 
 
 @CHECKS.add("post-LN, padding mask (B, 1, T): the last 2 positions of example 1 are padding",
-      on_error=BLOCK_ERROR)
+            on_error=BLOCK_ERROR)
 def block_post_padding(cls):
     _block_case(cls, False, "padding")
 
@@ -173,7 +173,7 @@ def block_pre_padding(cls):
 
 
 @CHECKS.add("queries with nothing to attend to (causal + left padding): no NaN",
-      on_error=BLOCK_ERROR)
+            on_error=BLOCK_ERROR)
 def block_empty_rows(cls):
     for norm_first in (False, True):
         block, ref, P = make_block(cls, norm_first)
@@ -184,7 +184,7 @@ def block_empty_rows(cls):
         output = _call_block(block, x, mask)
         expect_shape("output", output, (2, 5, 16))
         expect_no_nan(f"norm_first={norm_first}: output", output, "(a query with every key blocked)",
-                       "the attention must give 0 weights, not NaN, to a query with nothing to attend to")
+                      "the attention must give 0 weights, not NaN, to a query with nothing to attend to")
         causal = causal_mask(1, 5, 5)
         variants = [(hint, functools.partial(lambda m: block_variant(x[:1], P, 4, causal, norm_first, m), m))
                     for hint, m in _block_mistakes(norm_first)]

@@ -141,7 +141,8 @@ def expect_kind(what, actual, dtype=None, device=CPU, legend=""):
                           "hint: create new tensors on the inputs' device (e.g. torch.zeros(..., "
                           "device=query.device)); don't move the result with .to(...), .cuda() or .cpu()")
     if dtype is not None and actual.dtype != dtype:
-        raise CheckFailed(f"{what}: dtype {actual.dtype}, expected {dtype}", "hint: " + dtype_hint(actual.dtype, dtype))
+        raise CheckFailed(f"{what}: dtype {actual.dtype}, expected {dtype}",
+                          "hint: " + dtype_hint(actual.dtype, dtype))
 
 
 # ----------------------------------------------------------------------------------------------

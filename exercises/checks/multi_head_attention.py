@@ -66,7 +66,7 @@ def copy_attention(ours, ref, prefix=""):
                "W_o": "nn.MultiheadAttention's out_proj"}
     for name, (w, b) in weights.items():
         copy_linear(ours, prefix + name, w, b, sources[name],
-                     f"one nn.Linear(d_model, d_model) = ({d}, {d}) holds every head's projection")
+                    f"one nn.Linear(d_model, d_model) = ({d}, {d}) holds every head's projection")
     return weights
 
 
@@ -220,19 +220,19 @@ def mha_causal(cls):
 
 
 @CHECKS.add("padding mask (B, 1, T_k): the last 2 keys of example 1 are padding",
-      on_error=MHA_3D_MASK_HINT)
+            on_error=MHA_3D_MASK_HINT)
 def mha_padding(cls):
     _mha_case(cls, 2, 5, 5, padding_mask)
 
 
 @CHECKS.add("cross-attention T_q=3 != T_k=6 with a padding mask (B, 1, T_k)",
-      on_error=MHA_3D_MASK_HINT)
+            on_error=MHA_3D_MASK_HINT)
 def mha_cross(cls):
     _mha_case(cls, 2, 3, 6, padding_mask)
 
 
 @CHECKS.add("a mask per example (B, T_q, T_k): causal and padding together",
-      on_error=MHA_3D_MASK_HINT)
+            on_error=MHA_3D_MASK_HINT)
 def mha_per_example(cls):
     _mha_case(cls, 3, 5, 5, lambda B, T_q, T_k: causal_mask(B, T_q, T_k) & random_mask(B, 1, T_k, p_keep=0.7)
               | torch.eye(T_q, T_k, dtype=torch.bool))
@@ -249,7 +249,7 @@ def mha_other_sizes(cls):
 
 
 @CHECKS.add("an example whose keys are all padding: no NaN, the other one matches",
-      on_error=MHA_3D_MASK_HINT)
+            on_error=MHA_3D_MASK_HINT)
 def mha_empty_rows(cls):
     def all_padding(B, T_q, T_k):
         keep = torch.ones(B, T_k, dtype=torch.bool)
@@ -259,7 +259,7 @@ def mha_empty_rows(cls):
     output, weights = _mha_case(cls, 2, 4, 4, all_padding, rows=0)
     for name, t in (("output", output), ("weights", weights)):
         expect_no_nan(name, t, "(example 1, every key blocked)",
-                       "softmax over a row of -inf is 0/0 = NaN: set the weights of blocked keys to 0 "
+                      "softmax over a row of -inf is 0/0 = NaN: set the weights of blocked keys to 0 "
                        "after the softmax")
     expect(bool((weights[1].abs() < 1e-6).all()),
            f"weights of example 1 (every key blocked) should be 0, largest is {float(weights[1].abs().max()):.4g}",

@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-from exercises.checks.helpers import Checklist, compare, dtype_hint, expect, expect_kind, expect_shape
+from exercises.checks.helpers import Checklist, compare, dtype_hint, expect, expect_shape
 
 CHECKS = Checklist()
 
@@ -48,10 +48,9 @@ PE_MISTAKES = [
 def _pe_case(fn, max_len, d_model, rows=slice(None)):
     pe = fn(max_len, d_model)
     expect_shape(f"sinusoidal_positional_encoding({max_len}, {d_model})", pe, (max_len, d_model),
-                  legend=" = (max_len, d_model)",
-                  hints={(d_model, max_len): "rows are positions, columns are dimensions: (max_len, d_model)"})
+                 legend=" = (max_len, d_model)",
+                 hints={(d_model, max_len): "rows are positions, columns are dimensions: (max_len, d_model)"})
     variants = [(hint, functools.partial(lambda m: pe_variant(max_len, d_model, m)[rows], m)) for hint, m in PE_MISTAKES]
-    expect_kind(f"sinusoidal_positional_encoding({max_len}, {d_model})", pe, dtype=torch.float32)
     compare(f"PE({max_len}, {d_model})[{'row 0' if rows == 0 else 'all rows'}]", pe[rows],
             pe_variant(max_len, d_model)[rows].float(), variants=variants, atol=2e-4, rtol=1e-4)
 
@@ -60,7 +59,7 @@ def _pe_case(fn, max_len, d_model, rows=slice(None)):
 def pe_shape(fn):
     pe = fn(50, 16)
     expect_shape("sinusoidal_positional_encoding(50, 16)", pe, (50, 16), legend=" = (max_len, d_model)",
-                  hints={(16, 50): "rows are positions, columns are dimensions: (max_len, d_model)"})
+                 hints={(16, 50): "rows are positions, columns are dimensions: (max_len, d_model)"})
     expect(pe.dtype == torch.float32, f"dtype is {pe.dtype}, expected torch.float32",
            "hint: " + ("the table is added to float32 embeddings; a float64 table would turn them into float64"
                        if pe.dtype == torch.float64 else dtype_hint(pe.dtype, torch.float32)))
@@ -71,8 +70,7 @@ def pe_position_zero(fn):
     _pe_case(fn, 10, 8, rows=0)
 
 
-@CHECKS.add(
-      "closed form (64, 16): PE[p, 2i] = sin(p / 10000^(2i/d_model)), PE[p, 2i+1] = cos(...)")
+@CHECKS.add("closed form (64, 16): PE[p, 2i] = sin(p / 10000^(2i/d_model)), PE[p, 2i+1] = cos(...)")
 def pe_closed_form(fn):
     _pe_case(fn, 64, 16)
 
