@@ -1,8 +1,8 @@
-"""The checker's machinery: load an attempt, run its checks, explain every failure in words.
+"""Run an exercise's checks on an attempt in this process, and explain every failure in words.
 
 A check is a function that calls the learner's code and either returns (passed) or raises
 CheckFailed with lines that say what is wrong: which values, the largest difference and where,
-and a hint about the likely mistake. The checks themselves are in _checks.py.
+and a hint about the likely mistake. The checks themselves are in checks/<exercise>.py.
 
     result = check("attention", my_function)      # an ExerciseResult
     result.passed, result.total, result.state      # e.g. 8, 8, "checked"
@@ -10,7 +10,6 @@ and a hint about the likely mistake. The checks themselves are in _checks.py.
 import importlib.util
 import inspect
 import linecache
-import math
 import signal
 import sys
 import threading
@@ -21,24 +20,14 @@ from pathlib import Path
 import torch
 
 from exercises import EXERCISES
+from exercises.checks import checks_of
+from exercises.checks.helpers import CheckFailed
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-INTERNAL_FILES = {str(p) for p in PACKAGE_DIR.glob("_*.py")}
+INTERNAL_FILES = {str(p) for p in [*PACKAGE_DIR.glob("_*.py"), *PACKAGE_DIR.glob("checks/*.py")]}
 TORCH_DIR = str(Path(torch.__file__).resolve().parent)
-
-# float32 tolerances: the lessons' code and PyTorch's agree to ~1e-7 at these sizes.
-ATOL = 1e-5
-RTOL = 1e-4
 SECONDS_PER_CHECK = 10  # a check that runs longer is stopped (an endless loop, most likely)
-
-
-class CheckFailed(Exception):
-    """A check's verdict: lines that say what is wrong, the last one usually a hint."""
-
-    def __init__(self, *lines):
-        super().__init__(lines[0] if lines else "")
-        self.lines = [line for line in lines if line]
 
 
 class CannotLoad(Exception):
@@ -50,6 +39,7 @@ class CheckResult:
     title: str
     passed: bool
     lines: list = field(default_factory=list)  # why it failed (empty when it passed)
+    timed_out: bool = False                    # stopped by the time limit: later checks are not run
 
 
 @dataclass
@@ -60,6 +50,9 @@ class ExerciseResult:
     state: str = "checked"                      # "checked", "not attempted" or "cannot load"
     note: str = ""                              # the one line for "not attempted" / "cannot load"
     source: str = ""                            # the file that was checked
+    ended: str = ""                             # why grading did not finish: "stopped after 12 s", ...
+    output: list = field(default_factory=list)  # the first lines the learner's code printed
+    output_lines: int = 0                       # how many lines it printed in all
 
     @property
     def passed(self) -> int:
@@ -67,57 +60,7 @@ class ExerciseResult:
 
     @property
     def ok(self) -> bool:
-        return self.state == "checked" and self.passed == self.total
-
-
-# ----------------------------------------------------------------------------------------------
-# Registering checks
-CHECKS = {name: [] for name in EXERCISES}
-
-
-def case(exercise: str, title: str, on_error: str = ""):
-    """Decorator: register fn(implementation) as the next check of `exercise`.
-
-    on_error: a hint shown when the learner's code raises an exception in this check.
-    """
-
-    def register(fn):
-        CHECKS[exercise].append((title, fn, on_error))
-        return fn
-
-    return register
-
-
-# ----------------------------------------------------------------------------------------------
-# Words for shapes and numbers
-def shape_str(shape) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
-
-
-def num(x) -> str:
-    """A number for reading: 4 significant digits."""
-    x = float(x)
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return f"{x:.4g}"
-
-
-def unravel(flat: int, shape) -> tuple:
-    """The index (i, j, ...) of entry number `flat` in a tensor of `shape` (row-major)."""
-    index = []
-    for size in reversed(tuple(shape)):
-        index.append(int(flat) % int(size))
-        flat = int(flat) // int(size)
-    return tuple(reversed(index))
-
-
-def describe(obj) -> str:
-    """What a returned object is, in a few words: 'a tensor of shape (2, 3)', 'a tuple of 3'."""
-    if torch.is_tensor(obj):
-        return f"a tensor of shape {shape_str(obj.shape)}"
-    if isinstance(obj, (tuple, list)):
-        return f"a {type(obj).__name__} of {len(obj)}"
-    return f"a {type(obj).__name__}"
+        return self.state == "checked" and self.passed == self.total and not self.ended
 
 
 def relative(path) -> str:
@@ -126,100 +69,6 @@ def relative(path) -> str:
         return str(Path(path).resolve().relative_to(REPO_ROOT))
     except ValueError:
         return str(path)
-
-
-# ----------------------------------------------------------------------------------------------
-# Comparing a result with the reference
-def _close(a, b, atol, rtol) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b, atol=atol, rtol=rtol, equal_nan=True))
-
-
-def _as_float64(t):
-    return t.detach().to("cpu").to(torch.float64)
-
-
-def _shape_hint(actual_shape, expected_shape) -> str:
-    a, e = tuple(actual_shape), tuple(expected_shape)
-    if len(a) == len(e) and sorted(a) == sorted(e):
-        return "the same sizes in another order: a transpose missing, extra, or on the wrong dims?"
-    if math.prod(a) == math.prod(e):
-        return "the same number of values: a view/reshape to the wrong shape?"
-    if len(a) == len(e) - 1:
-        return "one dimension fewer than expected: something was summed, averaged or squeezed away?"
-    return ""
-
-
-def _generic_hint(a, e) -> str:
-    """Patterns that fit many mistakes: transposed, off by a constant factor."""
-    if a.dim() >= 2 and a.shape[-1] == a.shape[-2] and _close(a, e.transpose(-2, -1), 1e-4, 1e-3):
-        return "your values are the expected ones transposed (rows and columns swapped)"
-    usable = torch.isfinite(a) & torch.isfinite(e) & (e.abs() > 1e-3)
-    if int(usable.sum()) >= 3:
-        ratio = a[usable] / e[usable]
-        spread = float(ratio.max() - ratio.min())
-        factor = float(ratio.mean())
-        if spread < 1e-3 * max(abs(factor), 1e-6) and abs(factor - 1) > 1e-3:
-            return f"every value is {num(factor)} times the expected one: a scale factor too many or missing?"
-    return ""
-
-
-def compare(what: str, actual, expected, variants=(), hint: str = "", atol: float = ATOL, rtol: float = RTOL):
-    """Pass if `actual` equals `expected` within tolerance; else raise CheckFailed explaining how.
-
-    variants: (hint, tensor or zero-argument function) pairs, each a known mistake computed on the
-    same inputs; the first one the learner's result matches gives the hint. They are computed
-    only when the comparison fails. Without a matching variant, a transposed result or one off by
-    a constant factor is recognised; else `hint` is shown.
-    """
-    if not torch.is_tensor(actual):
-        raise CheckFailed(f"{what}: expected a tensor of shape {shape_str(expected.shape)}, "
-                          f"got {describe(actual)}")
-    if tuple(actual.shape) != tuple(expected.shape):
-        found = _match_variant(actual, variants) or _shape_hint(actual.shape, expected.shape) or hint
-        raise CheckFailed(f"{what}: expected shape {shape_str(expected.shape)}, got {shape_str(actual.shape)}",
-                          found and "hint: " + found)
-    if expected.dtype == torch.bool or actual.dtype == torch.bool:
-        if actual.dtype != expected.dtype:
-            raise CheckFailed(f"{what}: expected dtype {expected.dtype}, got {actual.dtype}", hint and "hint: " + hint)
-    a, e = _as_float64(actual), _as_float64(expected)
-    new_nan = torch.isnan(a) & ~torch.isnan(e)
-    if new_nan.any():
-        where = tuple(int(i) for i in new_nan.nonzero()[0])
-        found = _match_variant(actual, variants)
-        raise CheckFailed(
-            f"{what}: NaN at index {where} ({int(new_nan.sum())} NaN values in all); expected {num(e[where])}",
-            "hint: " + (found or hint or "a NaN usually comes from softmax over a row where every score is -inf "
-                        "(0/0), or from dividing by zero"))
-    if _close(a, e, atol, rtol):
-        return
-    diff = (a - e).abs().nan_to_num(nan=float("inf"))
-    flat = int(diff.argmax())
-    where = unravel(flat, a.shape)
-    n_wrong = int((diff > atol + rtol * e.abs()).sum())
-    lines = [f"{what}: largest difference {num(diff.max())} at index {where}: expected {num(e[where])}, "
-             f"got {num(a[where])} ({n_wrong} of {a.numel()} values differ)"]
-    found = _match_variant(actual, variants) or _generic_hint(a, e)
-    if found or hint:
-        lines.append("hint: " + (found or hint))
-    raise CheckFailed(*lines)
-
-
-def _match_variant(actual, variants) -> str:
-    a = _as_float64(actual)
-    for hint, variant in variants:
-        try:
-            v = variant() if callable(variant) else variant
-        except Exception:  # a variant that does not apply to these inputs
-            continue
-        if v is not None and tuple(v.shape) == tuple(a.shape) and _close(a, _as_float64(v), 1e-4, 1e-3):
-            return hint
-    return ""
-
-
-def expect(condition: bool, *lines):
-    """Raise CheckFailed(*lines) unless condition holds."""
-    if not condition:
-        raise CheckFailed(*lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,7 +153,7 @@ class _TimeLimit:
         self.active = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread())
 
     def _raise(self, signum, frame):
-        raise CheckTimedOut(f"still running after {self.seconds} s: an endless loop?")
+        raise CheckTimedOut(f"still running after {self.seconds:g} s: an endless loop?")
 
     def __enter__(self):
         if self.active:
@@ -319,54 +168,74 @@ class _TimeLimit:
         return False
 
 
-def check(name: str, implementation, source_file=None) -> ExerciseResult:
+def _exit_lines(exc: SystemExit, source_file) -> list:
+    """What to say when the learner's code calls sys.exit (or exit()): the call ends the program."""
+    lines = describe_exception(exc, source_file)
+    lines[0] = f"your code called sys.exit({exc.code!r}) (or exit()), which would end the checker too"
+    return lines + ["hint: return the result; to give up early, raise an exception (e.g. ValueError) instead"]
+
+
+def _run_check(check_, i, implementation, source_file, seconds) -> CheckResult:
+    """Run check number i (0-based) once; NotImplementedError is left to the caller."""
+    try:
+        # no_grad: the learner's results are compared, never differentiated
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), _TimeLimit(seconds):
+            torch.manual_seed(1234 + i)
+            check_.run(implementation)
+        return CheckResult(check_.title, True)
+    except CheckFailed as failure:
+        return CheckResult(check_.title, False, failure.lines)
+    except NotImplementedError:
+        raise
+    except SystemExit as exc:
+        return CheckResult(check_.title, False, _exit_lines(exc, source_file))
+    except Exception as exc:  # the learner's code raised: say where
+        lines = describe_exception(exc, source_file)
+        if check_.on_error and _about_shapes(exc):
+            lines.append("hint: " + check_.on_error)
+        return CheckResult(check_.title, False, lines, timed_out=isinstance(exc, CheckTimedOut))
+
+
+def not_run(title: str, stopped_at: int) -> CheckResult:
+    return CheckResult(title, False, [f"not run: check {stopped_at} did not finish"])
+
+
+def check(name: str, implementation, source_file=None, seconds=SECONDS_PER_CHECK,
+          progress=None) -> ExerciseResult:
     """Run every check of exercise `name` on `implementation` (a function or class).
 
     source_file: where the implementation lives, to name the line of an exception
-    (default: the file that defines it).
+    (default: the file that defines it). seconds: each check's time limit (POSIX; see _TimeLimit).
+    progress(i, result=None): called before check i (0-based) starts and with its CheckResult after.
     """
-    import exercises._checks  # noqa: F401  (registers the checks)
-
-    if name not in CHECKS:
-        raise KeyError(f"unknown exercise {name!r}; valid: {', '.join(EXERCISES)}")
+    checks = checks_of(name)
     if source_file is None:
         try:
             source_file = inspect.getsourcefile(implementation)
         except TypeError:
             source_file = None
-    checks = CHECKS[name]
     result = ExerciseResult(name, len(checks), source=relative(source_file) if source_file else "")
-    timed_out = 0
-    for i, (title, fn, on_error) in enumerate(checks):
-        if timed_out:  # don't wait for an endless loop once per check
-            result.checks.append(CheckResult(title, False, [f"not run: check {timed_out} did not finish"]))
+    progress = progress or (lambda i, outcome=None: None)
+    stopped = 0  # the check that ran out of time, counted from 1
+    for i, check_ in enumerate(checks):
+        if stopped:  # don't wait for an endless loop once per check
+            result.checks.append(not_run(check_.title, stopped))
             continue
+        progress(i)
         try:
-            # no_grad: the learner's results are compared, never differentiated
-            with torch.random.fork_rng(devices=[]), torch.no_grad(), _TimeLimit(SECONDS_PER_CHECK):
-                torch.manual_seed(1234 + i)
-                fn(implementation)
-            result.checks.append(CheckResult(title, True))
-        except CheckFailed as failure:
-            result.checks.append(CheckResult(title, False, failure.lines))
+            outcome = _run_check(check_, i, implementation, source_file, seconds)
         except NotImplementedError as exc:
             if i == 0:  # the very first call: nothing written yet
-                result.state = "not attempted"
-                result.note = _not_implemented_note(exc, EXERCISES[name].entry)
-                result.checks = []
-                return result
-            result.checks.append(CheckResult(title, False, describe_exception(exc, source_file)))
-        except Exception as exc:  # the learner's code raised: say where, then go on
-            if isinstance(exc, CheckTimedOut):
-                timed_out = i + 1
-            lines = describe_exception(exc, source_file)
-            if on_error and _about_shapes(exc):
-                lines.append("hint: " + on_error)
-            result.checks.append(CheckResult(title, False, lines))
+                return ExerciseResult(name, len(checks), state="not attempted", source=result.source,
+                                      note=_not_implemented_note(exc, EXERCISES[name].entry))
+            outcome = CheckResult(check_.title, False, describe_exception(exc, source_file))
+        result.checks.append(outcome)
+        stopped = i + 1 if outcome.timed_out else 0
+        progress(i, outcome)
     return result
 
 
-def load_attempt(name: str, folder=PACKAGE_DIR):
+def load_attempt(name: str, folder=PACKAGE_DIR, seconds=SECONDS_PER_CHECK):
     """Import folder/<exercise file> afresh; returns (implementation, path). CannotLoad if impossible."""
     exercise = EXERCISES[name]
     path = Path(folder) / exercise.file
@@ -378,11 +247,12 @@ def load_attempt(name: str, folder=PACKAGE_DIR):
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # so classes defined there behave like any module's
     try:
-        spec.loader.exec_module(module)
+        with _TimeLimit(seconds):
+            spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise CannotLoad(f"cannot import {relative(path)}: SyntaxError at line {exc.lineno}: {exc.msg}") from None
-    except Exception as exc:
-        problem, *where = describe_exception(exc, path)
+    except (Exception, SystemExit) as exc:
+        problem, *where = _exit_lines(exc, path) if isinstance(exc, SystemExit) else describe_exception(exc, path)
         place = f" ({where[0][3:].rstrip(':')})" if where else ""
         raise CannotLoad(f"cannot import {relative(path)}: {problem}{place}") from None
     implementation = getattr(module, exercise.entry, None)
@@ -406,12 +276,12 @@ def load_reference(name: str):
     return implementation, path
 
 
-def check_file(name: str, folder=None, reference: bool = False) -> ExerciseResult:
+def check_file(name: str, folder=None, reference: bool = False, seconds=SECONDS_PER_CHECK,
+               progress=None) -> ExerciseResult:
     """Load the attempt (or the lesson's version) and check it; a load problem scores 0."""
     try:
-        implementation, path = load_reference(name) if reference else load_attempt(name, folder or PACKAGE_DIR)
+        implementation, path = (load_reference(name) if reference else
+                                load_attempt(name, folder or PACKAGE_DIR, seconds))
     except CannotLoad as problem:
-        import exercises._checks  # noqa: F401
-
-        return ExerciseResult(name, len(CHECKS[name]), state="cannot load", note=str(problem))
-    return check(name, implementation, source_file=path)
+        return ExerciseResult(name, len(checks_of(name)), state="cannot load", note=str(problem))
+    return check(name, implementation, source_file=path, seconds=seconds, progress=progress)
