@@ -472,22 +472,16 @@ def lesson_beam_search_changed(**changes):
         exec(compile("".join(lines), "<lesson 05 beam_search, changed>", "exec"), namespace)
         return namespace["beam_search"]
 
-    def beam_search(model, src, beam_size, max_len, length_penalty=0.0):
-        return build()(model, src, beam_size, max_len, length_penalty)
+    def beam_search(model, src, beam_size, max_len, length_penalty=0.0, cache=False):
+        return build()(model, src, beam_size, max_len, length_penalty, cache)
 
     return beam_search
 
 
 beam_search_cache_not_reordered = lesson_beam_search_changed(
-    reorder=("cache = [c[rows] for c in cache]", ""))
+    reorder=("prefix.keep(rows)", "pass"))
 beam_search_memory_not_repeated = lesson_beam_search_changed(
     repeat=("memory = memory.repeat_interleave(K, dim=0)", ""))
-# A correct variant: no cache, decode on the whole prefix at every step (what a learner may write).
-beam_search_without_cache = lesson_beam_search_changed(
-    new=("cache = model.new_cache()", ""),
-    step=("logits = model.decode_next(seqs, memory, src_mask, cache)",
-          "logits = model.decode(seqs, memory, src_mask)[:, -1]"),
-    reorder=("cache = [c[rows] for c in cache]", ""))
 
 
 def causal_mask_triu(T, device=None):
@@ -523,7 +517,6 @@ BROKEN = [
     ("beam_search", beam_search_that_is_greedy, "greedy"),
     ("beam_search", beam_search_without_stop_at_eos, "after the answer ended"),
     ("beam_search", beam_search_renormalized, "renormalised"),
-    ("beam_search", beam_search_cache_not_reordered, "the cache did not follow the hypotheses"),
     ("beam_search", beam_search_memory_not_repeated, "memory.repeat_interleave(beam_size, dim=0)"),
 ]
 
@@ -618,11 +611,10 @@ def test_a_result_on_another_device_fails_with_the_reason():
     assert check("causal_mask", L1.causal_mask).passed == 4  # and a mask made on cuda when asked is right
 
 
-@pytest.mark.parametrize("implementation", [simple_beam_search, beam_search_without_cache])
-def test_a_correct_beam_search_without_the_cache_passes(implementation):
+def test_a_correct_beam_search_written_another_way_passes():
     # The checker grades behaviour, not the lesson's style: a loop over examples that calls decode on
-    # the whole prefix passes, and so does the lesson's batched code with decode instead of decode_next.
-    result = check("beam_search", implementation)
+    # the whole prefix passes.
+    result = check("beam_search", simple_beam_search)
     assert result.passed == result.total, failure_text(result)
 
 
@@ -633,42 +625,34 @@ def _small_real_model():
 
 @pytest.mark.parametrize("kind", ["stand-in", "Seq2SeqTransformer"])
 def test_the_stand_in_has_the_real_models_decoding_interface(kind):
-    # What lesson 05's decoders call, used the same way on both: decode_next with a cache that is
-    # reordered like a beam search's gives decode's scores for the last position.
+    # What the exercise's beam search calls, used the same way on both.
     model = stand_in_model.TableModel(n_digits=3) if kind == "stand-in" else _small_real_model()
-    for name in ("encode", "decode", "decode_next", "new_cache", "vocab_size", "eval", "train", "training"):
+    for name in ("encode", "decode", "vocab_size", "eval", "train", "training"):
         assert hasattr(model, name), name
     src = torch.tensor([[3, 4, 5, 3], [5, 5, 4, 3]])
     memory, src_mask = model.encode(src)
-    ys = torch.full((2, 1), L5.BOS)
-    cache = model.new_cache()
-    assert isinstance(cache, list)
+    ys = torch.tensor([[L5.BOS, 3, 4], [L5.BOS, 4, 4]])
     with torch.no_grad():
-        for step in range(4):
-            logits = model.decode_next(ys, memory, src_mask, cache)
-            assert logits.shape == (2, model.vocab_size)
-            torch.testing.assert_close(logits, model.decode(ys, memory, src_mask)[:, -1])
-            rows = torch.tensor([1, 0]) if step % 2 else torch.tensor([0, 1])  # hypotheses swap places
-            memory, ys = memory[rows], torch.cat([ys[rows], torch.tensor([[3 + step % 3], [4]])], dim=1)
-            src_mask = None if src_mask is None else src_mask[rows]
-            cache = [c[rows] for c in cache]
+        logits = model.decode(ys, memory, src_mask)
+        assert logits.shape == (2, 3, model.vocab_size)
+        torch.testing.assert_close(L5.next_token_logits(model, ys, memory, src_mask), logits[:, -1])
 
 
-def test_the_cache_mistake_the_stand_in_names_is_a_real_one():
-    # On a real model, beam search with the cache not reordered scores hypotheses with other ones' history;
-    # beam searches calling decode on the whole prefix (no cache) return the lesson's.
+def test_lesson_05s_beam_search_with_its_cache_equals_the_plain_one_and_needs_the_reordering():
+    # On a real model: the PrefixCache gives the same answers and scores; a cache whose rows are not
+    # reordered with the hypotheses scores them with other hypotheses' history.
     model = _small_real_model()
     with torch.no_grad():
         model.out.bias[L5.EOS] -= 3.0  # untrained, it would end most answers at once: no beams to reorder
         src = torch.randint(L5.FIRST_DIGIT, model.vocab_size, (6, 4), generator=torch.Generator().manual_seed(1))
         tokens, scores = L5.beam_search(model, src, 3, 5)
+        cached_tokens, cached_scores = L5.beam_search(model, src, 3, 5, cache=True)
         plain_tokens, plain_scores = simple_beam_search(model, src, 3, 5)
-        no_cache_tokens, no_cache_scores = beam_search_without_cache(model, src, 3, 5)
+        _, wrong_scores = beam_search_cache_not_reordered(model, src, 3, 5, cache=True)
     assert torch.equal(plain_tokens, tokens[:, :plain_tokens.size(1)])
     torch.testing.assert_close(plain_scores, scores)
-    assert torch.equal(no_cache_tokens, tokens)
-    torch.testing.assert_close(no_cache_scores, scores)
-    _, wrong_scores = beam_search_cache_not_reordered(model, src, 3, 5)
+    assert torch.equal(cached_tokens, tokens)
+    torch.testing.assert_close(cached_scores, scores)
     assert not torch.allclose(wrong_scores, scores)
 
 

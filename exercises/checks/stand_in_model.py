@@ -1,10 +1,9 @@
 """The stand-in model the beam-search checks decode with, and exhaustive search over its answers.
 
-TableModel has lesson 05's decoding interface (encode, decode, new_cache, decode_next, vocab_size)
-and nothing to learn: the scores of each next token come from a fixed table, so every possible
+TableModel has lesson 05's decoding interface (encode, decode, vocab_size) and nothing to learn: the scores of each next token come from a fixed table, so every possible
 answer can be scored (sequence_scores, all_answers, exhaustive_best) and compared with what a
-beam search returns. Unlike the real model it names a wrong use of memory or of the cache at the
-call, where the real model would fail with a shape error or silently give other scores.
+beam search returns. Unlike the real model it names a wrong use of memory at the call, where the
+real model would fail with a shape error.
 """
 import functools
 import random
@@ -30,12 +29,11 @@ class TableModel(nn.Module):
 
     The interface lesson 05's decoders use, as Seq2SeqTransformer has it:
     encode(src) -> (memory, src_mask); decode(tgt_in, memory, src_mask) -> logits (B, T_tgt, vocab_size);
-    new_cache() -> a list; decode_next(ys, memory, src_mask, cache) -> logits (B, vocab_size) of the
-    next token only; forward(src, tgt_in) = decode(tgt_in, *encode(src)); vocab_size; eval()/train().
+    forward(src, tgt_in) = decode(tgt_in, *encode(src)); vocab_size; eval()/train().
     The logits for a prefix come from `table` when it lists that prefix, else from a random generator
     seeded by (source, prefix), so they are fixed, and exhaustive search can score every possible answer.
-    Wrong use of memory or of the cache is named at the call (CheckFailed) where the real model would
-    fail with a shape error or, for a cache that was not reordered, silently give other scores.
+    Wrong use of memory is named at the call (CheckFailed) where the real model would fail with a
+    shape error.
     """
 
     def __init__(self, n_digits=2, spread=1.5, table=None):
@@ -83,44 +81,6 @@ class TableModel(nn.Module):
             for t in range(T):
                 logits[b, t] = self._logits(sources[b], tuple(rows[b][: t + 1]))
         return logits
-
-    def new_cache(self):
-        """An empty cache for decode_next: one slot, as the real model has one per decoder layer."""
-        return [None]
-
-    def decode_next(self, ys, memory, src_mask, cache):
-        """Scores for the next token only, (B, vocab_size), given all tokens so far ys (B, t).
-
-        As in the real model, `cache` keeps what earlier calls saw, one row per row of ys (here the
-        tokens, a (B, t - 1) tensor), and a beam search reorders it with its hypotheses,
-        cache = [c[rows] for c in cache]. Unlike the real model this one checks that the cache matches
-        ys, so a cache that was not kept in step is named instead of giving other scores.
-        """
-        sources = self._sources(memory, ys, "decode_next")
-        fix = ("hint: make one cache per search, cache = model.new_cache(), pass it to every decode_next "
-               "call, and whenever you keep rows `rows` of ys keep the same rows of the cache: "
-               "cache = [c[rows] for c in cache]. (Or use no cache: model.decode(ys, memory, src_mask)[:, -1].)")
-        expect(isinstance(cache, list) and len(cache) == 1,
-               f"model.decode_next: cache should be the list model.new_cache() made (or that list reordered), "
-               f"got {describe(cache)}", fix)
-        seen, before = cache[0], ys[:, :-1]
-        if seen is None:
-            expect(before.size(1) == 0, f"model.decode_next: ys has {ys.size(1)} tokens per row but the cache is "
-                                        "new: the model has not seen the earlier ones", fix)
-        else:
-            expect(torch.is_tensor(seen) and tuple(seen.shape) == tuple(before.shape),
-                   f"model.decode_next: the cache holds {describe(seen)}, the earlier tokens of ys are "
-                   f"{shape_str(before.shape)} (rows, tokens): the cache is not in step with ys", fix)
-            differ = (seen != before).any(dim=1).nonzero()
-            if len(differ):
-                r = int(differ[0])
-                raise CheckFailed(f"model.decode_next: row {r} of ys is {words(self, ys[r].tolist())} but row {r} "
-                                  f"of the cache was made for {words(self, seen[r].tolist())} "
-                                  f"({len(differ)} of {ys.size(0)} rows differ): the cache did not follow the "
-                                  "hypotheses", fix)
-        cache[0] = ys.clone()  # filled in place, as the real model fills its list
-        rows = ys.tolist()
-        return torch.stack([self._logits(sources[b], tuple(rows[b])) for b in range(len(rows))])
 
     def forward(self, src, tgt_in):
         memory, src_mask = self.encode(src)
