@@ -255,13 +255,18 @@ def section_3_scaling(device, args):
                    r["scaled"]["grad"][2]] for r in rows],
                  ["d_k", "raw median", "raw 90%", "scaled median", "scaled 90%"])
     first, last = rows[0], rows[-1]
-    none = " (no row saturates at these d_k: try larger ones)" if last["raw"]["saturated"] == 0 else ""
+    raw = last["raw"]
+    if raw["saturated"] >= 0.5:
+        gradient = f"""most unscaled rows are saturated, and a saturated row sends almost no gradient
+        back to its query: the median row gets {fmt(raw['grad'][1], 3)}, while the 90th percentile
+        gets {fmt(raw['grad'][2], 3)}."""
+    else:
+        gradient = f"""most unscaled rows are not saturated yet (median gradient {fmt(raw['grad'][1], 3)}):
+        larger d_k show the effect."""
     common.explain(f"""(top weight: average largest weight of a row.) Unscaled, the variance follows
-    d_k ({fmt(first['raw']['var'])} at d_k = {first['d_k']}, {fmt(last['raw']['var'])} at d_k =
-    {last['d_k']}) and the share of saturated rows goes from {first['raw']['saturated']:.0%} to
-    {last['raw']['saturated']:.0%}{none}. A saturated row sends almost no gradient back to its query:
-    at d_k = {last['d_k']} the median unscaled row gets {fmt(last['raw']['grad'][1], 3)} while the
-    90th percentile gets {fmt(last['raw']['grad'][2], 3)}. Scaled, every d_k looks alike: variance
+    d_k ({fmt(first['raw']['var'])} at d_k = {first['d_k']}, {fmt(raw['var'])} at d_k = {last['d_k']})
+    and the share of saturated rows goes from {first['raw']['saturated']:.0%} to
+    {raw['saturated']:.0%}. At d_k = {last['d_k']}, {gradient} Scaled, every d_k looks alike: variance
     {fmt(min(r['scaled']['var'] for r in rows), 3)} to {fmt(max(r['scaled']['var'] for r in rows), 3)},
     median gradient {fmt(min(r['scaled']['grad'][1] for r in rows), 3)} to
     {fmt(max(r['scaled']['grad'][1] for r in rows), 3)}: training sees the same softmax at any d_k.""")
@@ -401,15 +406,16 @@ def section_6_masks(x, head, device, args):
 
     # nn.MultiheadAttention's boolean masks mean the opposite: True = blocked (do NOT attend).
     mha = nn.MultiheadAttention(D_MODEL, num_heads=1, batch_first=True).to(device).eval()
-    s = int(lengths.argmin())  # the most padded sequence
+    s = min(range(B), key=lambda b: LENGTHS[b] or SEQ_LEN + 1)  # the most padded sequence with a token
     polarity = []
     with torch.no_grad():
         for label, key_padding_mask in (("~valid (True = padding)", ~valid), ("valid, unchanged (a bug)", valid)):
             _, w = mha(x, x, x, key_padding_mask=key_padding_mask)  # (B, T_q, T_k)
             polarity.append([label, float(w[s][:, ~valid[s]].sum(-1).mean()), f"{int(w.isnan().any(-1).sum())} of {B * T}"])
     common.table(polarity, ["key_padding_mask", f"weight on padding, sequence {s}", "NaN rows"])
-    common.explain("""nn.MultiheadAttention's key_padding_mask (and its boolean attn_mask) use the
-    opposite polarity, True = blocked: invert our mask with ~ before passing it.""")
+    empty_note = " Its rows with no key at all (a sequence of length 0) are NaN even so." if 0 in LENGTHS else ""
+    common.explain(f"""nn.MultiheadAttention's key_padding_mask (and its boolean attn_mask) use the
+    opposite polarity, True = blocked: invert our mask with ~ before passing it.{empty_note}""")
     plot_masks(weights, masks, s, args)
     return {"blocked_max": max(r[2] for r in rows), **empty}
 
@@ -498,7 +504,7 @@ def section_8_cost(device, args):
                          time_call(lambda: layer(q), device) * 1e3])
     common.table(rows, ["T", "attention (ms)", "weights (MiB)", "linear layer (ms)"])
     log_T = np.log([r[0] for r in rows])
-    slope = {name: float(np.polyfit(log_T, np.log([r[i] for r in rows]), 1)[0]) if len(rows) > 1 else float("nan")
+    slope = {name: float(np.polyfit(log_T, np.log([r[i] for r in rows]), 1)[0])  # growth as T^slope
              for i, name in ((1, "attention"), (2, "memory"), (3, "linear"))}
     long_T = 32 * 1024
     common.explain(f"""Fitted growth, as T^x over these T: attention time x = {fmt(slope['attention'], 3)},
@@ -542,16 +548,20 @@ def check_knobs():
                         "T_K_CROSS": T_K_CROSS, "N_KEYS_SWEEP": N_KEYS_SWEEP, "COST_D_K": COST_D_K,
                         "N_QUERIES_SWEEP": N_QUERIES_SWEEP, "QUICK_N_QUERIES": QUICK_N_QUERIES}.items():
         common.check_positive(name, value)
+    rows = [len(TOKENS), len(HAND_Q), len(HAND_K), len(HAND_V)]
     problems = {
-        "TOKENS, HAND_Q, HAND_K and HAND_V": (len({len(TOKENS), len(HAND_Q), len(HAND_K), len(HAND_V)}) == 1
-                                              and len({len(r) for r in HAND_Q + HAND_K}) == 1
-                                              and len({len(r) for r in HAND_V}) == 1,
-                                              "need one row per word, HAND_Q and HAND_K rows of one length"),
+        "TOKENS, HAND_Q, HAND_K and HAND_V": (
+            len(set(rows)) == 1 and len({len(r) for r in HAND_Q + HAND_K} - {0}) == 1
+            and len({len(r) for r in HAND_V} - {0}) == 1,
+            f"need one row per word (they have {rows} rows), HAND_Q and HAND_K rows of one length"),
         f"LENGTHS = {LENGTHS}": (0 < len(LENGTHS) and all(0 <= n <= SEQ_LEN for n in LENGTHS),
                                  f"needs lengths from 0 to SEQ_LEN = {SEQ_LEN}"),
-        "D_K_SWEEP, QUICK_D_K_SWEEP, T_SWEEP and QUICK_T_SWEEP": (
-            all(lst and min(lst) >= 1 for lst in (D_K_SWEEP, QUICK_D_K_SWEEP, T_SWEEP, QUICK_T_SWEEP)),
-            "each need at least one size, all 1 or more"),
+        f"SATURATED = {SATURATED}": (0 < SATURATED < 1, "needs a weight between 0 and 1, e.g. 0.99"),
+        f"D_K_SWEEP = {D_K_SWEEP}, QUICK_D_K_SWEEP = {QUICK_D_K_SWEEP}": (
+            all(sizes and min(sizes) >= 1 for sizes in (D_K_SWEEP, QUICK_D_K_SWEEP)), "need sizes of 1 or more"),
+        f"T_SWEEP = {T_SWEEP}, QUICK_T_SWEEP = {QUICK_T_SWEEP}": (
+            all(len(set(sizes)) >= 2 and min(sizes) >= 1 for sizes in (T_SWEEP, QUICK_T_SWEEP)),
+            "need at least two different lengths of 1 or more (to measure growth)"),
     }
     for name, (ok, need) in problems.items():
         if not ok:
