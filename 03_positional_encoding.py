@@ -62,14 +62,15 @@ def pair_wavelengths(d_model: int) -> torch.Tensor:
 
 
 def sinusoidal_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
-    """The (max_len, d_model) float32 table of sinusoidal positions (BASE = 10000 in the paper).
+    """The (max_len, d_model) table of sinusoidal positions.
 
-    PE[p, 2i]   = sin(p / BASE^(2i / d_model)) = sin(p * w_i)
-    PE[p, 2i+1] = cos(p / BASE^(2i / d_model)) = cos(p * w_i)
+    PE[p, 2i]   = sin(p / 10000^(2i / d_model))
+    PE[p, 2i+1] = cos(p / 10000^(2i / d_model))
     Sines in even columns, cosines in odd columns (interleaved, as in the paper).
     With an odd d_model the last column is a sine without its cosine.
     """
     position = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)  # (max_len, 1)
+    # angle = p / BASE^(2i / d_model) = p * w_i, with the knob BASE in place of the paper's 10000
     angles = position * pair_frequencies(d_model)                       # (max_len, ceil(d_model/2))
     # (max_len, pairs, 2) -> (max_len, 2 * pairs): sin, cos, sin, cos, ...
     pe = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(1)
@@ -250,13 +251,14 @@ def section_3_wavelengths(pe, d_model, max_len, args):
         Pair 0 turns once every 2*pi = {fmt(wavelengths[0])} positions; the last pair needs
         {fmt(wavelengths[-1])}, so over the {max_len} positions of the table it makes {fmt(turns_last, 3)}
         turns, and {int((wavelengths > max_len).sum())} of the {n_pairs} pairs do not complete one.
-        Low dimensions tell neighbours apart; high ones change slowly and say roughly where we are,
-        like the hands of a clock. Each wavelength is BASE^(2/d_model) = {fmt(BASE ** (2 / d_model))}
-        times the one before: a straight line on a log axis.
-
-        In the last panel the slow pairs zigzag: near angle 0 a sine moves by about w per step but a
-        cosine by only about w^2 * p (it is flat at its top), e.g. the last pair's columns
-        {d_model - 2} and {d_model - 1}: {fmt(change[-2])} vs {fmt(change[-1])}.""")
+        Low dimensions tell neighbours apart; high ones change slowly, like the hour hand of a
+        clock. Each wavelength is BASE^(2/d_model) = {fmt(BASE ** (2 / d_model))} times the one
+        before: a straight line on a log axis.""")
+    if turns_last < 0.25:  # the slowest pairs stay near angle 0 over the whole table
+        common.explain(f"""
+            In the last panel the slow pairs zigzag: near angle 0 a sine moves by about w per step
+            but a cosine by only about w^2 * p (it is flat at its top), e.g. the last pair's columns
+            {d_model - 2} and {d_model - 1}: {fmt(change[-2])} vs {fmt(change[-1])}.""")
     plot_wavelengths(pe, wavelengths, change, args)
     return wavelengths
 
@@ -285,6 +287,7 @@ def plot_wavelengths(pe, wavelengths, change, args):
     axes[2].set(xlabel="embedding dimension (column)", ylabel="mean |PE[p+1] - PE[p]|  (log)",
                 title="Low dimensions change fastest")
     for ax in axes[1:]:  # log axes labelled 1, 10, 100 (plain text draws fast), no minor ticks
+        ax.xaxis.get_major_locator().set_params(integer=True)  # pairs and columns are whole numbers
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.yaxis.set_minor_locator(LogLocator(subs=()))
@@ -363,7 +366,7 @@ def section_5_dot_products(pe, d_model, offsets, args):
                          "largest other weight", f"rows peaking at p-{k}"])
     margin = (table[0][1] - table[0][2]) / table[0][1]  # the same for every c: scores scale with c
     common.explain(f"""
-        The score of key p - {k} stands only {margin:.1%} above the best other key, whatever c: the
+        The score of key p - {k} stands only {fmt(100 * margin, 2)}% above the best other key, whatever c: the
         peak is shallow, and only the size c of W_q^T W_k decides how much weight it gets
         ({fmt(table[0][3], 3)} with c = {table[0][0]}, {fmt(table[-1][3], 3)} with c = {table[-1][0]};
         see the last panel of the figure).""")
@@ -374,7 +377,9 @@ def section_5_dot_products(pe, d_model, offsets, args):
 def plot_dot_products(gram, curves, k, args):
     n = gram.size(0)
     fig, axes = common.new_figure(1, 3, figsize=(17, 4.8), show=args.show)
-    image = axes[0].imshow(gram.numpy(), cmap="viridis", interpolation="nearest")
+    stride = -(-n // 512)  # at most 512 x 512 cells drawn: more only costs drawing time
+    image = axes[0].imshow(gram[::stride, ::stride].numpy(), cmap="viridis", interpolation="nearest",
+                           extent=(-0.5, n - 0.5, n - 0.5, -0.5))  # axes in positions, cell centres on ticks
     axes[0].set_xticks(range(0, n, _tick_step(n)))
     axes[0].set_yticks(range(0, n, _tick_step(n)))
     axes[0].set(xlabel="position q", ylabel="position p", title="PE(p) . PE(q): constant along every diagonal")
@@ -451,8 +456,10 @@ def section_7_embeddings(pe, d_model, max_len, offsets):
 
     learned = LearnedPositionalEmbedding(d_model, max_len)
     k, table = offsets[0], learned.table.weight.detach().double()
-    spread = {name: (torch.diagonal(t @ t.T, k).max() - torch.diagonal(t @ t.T, k).min()).item()
-              for name, t in (("sinusoidal", pe.double()), ("learned", table))}
+    spread = {}
+    for name, t in (("sinusoidal", pe.double()), ("learned", table)):
+        same_offset = (t[:-k] * t[k:]).sum(1)  # PE(p) . PE(p + k) for every p
+        spread[name] = (same_offset.max() - same_offset.min()).item()
     common.table([["sinusoidal (this lesson)", 0, "any (max_len rows cached)", spread["sinusoidal"]],
                   ["learned nn.Embedding, untrained", sum(p.numel() for p in learned.parameters()),
                    f"{max_len} (no row after that)", spread["learned"]]],
