@@ -409,11 +409,14 @@ def section_6_masks(x, head, device, args):
     s = min(range(B), key=lambda b: LENGTHS[b] or SEQ_LEN + 1)  # the most padded sequence with a token
     polarity = []
     with torch.no_grad():
-        for label, key_padding_mask in (("~valid (True = padding)", ~valid), ("valid, unchanged (a bug)", valid)):
+        for label, key_padding_mask in (("~valid (True = padding)", ~valid),
+                                        ("valid, unchanged (a bug)", valid)):
             _, w = mha(x, x, x, key_padding_mask=key_padding_mask)  # (B, T_q, T_k)
-            polarity.append([label, float(w[s][:, ~valid[s]].sum(-1).mean()), f"{int(w.isnan().any(-1).sum())} of {B * T}"])
+            polarity.append([label, float(w[s][:, ~valid[s]].sum(-1).mean()),
+                             f"{int(w.isnan().any(-1).sum())} of {B * T}"])
     common.table(polarity, ["key_padding_mask", f"weight on padding, sequence {s}", "NaN rows"])
-    empty_note = " Its rows with no key at all (a sequence of length 0) are NaN even so." if 0 in LENGTHS else ""
+    empty_note = (" Its rows with no key at all (a sequence of length 0) are NaN even so."
+                  if 0 in LENGTHS else "")
     common.explain(f"""nn.MultiheadAttention's key_padding_mask (and its boolean attn_mask) use the
     opposite polarity, True = blocked: invert our mask with ~ before passing it.{empty_note}""")
     plot_masks(weights, masks, s, args)
@@ -448,13 +451,15 @@ def section_7_check_against_pytorch(device):
     cases = [("no mask", (q, k, v), None, {}),
              ("causal vs is_causal=True", (q, k, v), masks["causal"], {"is_causal": True}),
              ("padding (B, 1, 1, T_k)", (q, k, v), masks["padding"][:, None], None),
-             ("padded queries too (B, 1, T_q, T_k)", (q, k, v), (valid[:, :, None] & valid[:, None, :])[:, None], None),
+             ("padded queries too (B, 1, T_q, T_k)", (q, k, v),
+              (valid[:, :, None] & valid[:, None, :])[:, None], None),
              ("left padding + causal (B, 1, T, T)", (q, k, v), masks["left padding + causal"][:, None], None),
              ("cross-attention", (q_x, k_x, v_x), None, {})]
     rows, worst, empty_out, n_empty = [], 0.0, 0.0, 0
     for name, (qq, kk, vv), mask, ref_kwargs in cases:
         ours, _ = scaled_dot_product_attention(qq, kk, vv, mask)
-        ref = F.scaled_dot_product_attention(qq, kk, vv, **(ref_kwargs if ref_kwargs is not None else {"attn_mask": mask}))
+        ref_kwargs = {"attn_mask": mask} if ref_kwargs is None else ref_kwargs  # the same mask, or is_causal
+        ref = F.scaled_dot_product_attention(qq, kk, vv, **ref_kwargs)
         worst = max(worst, float((ours - ref).abs().max()))
         if mask is not None and not mask.any(-1).all():  # some query rows have no key at all
             empty = ~mask.any(-1, keepdim=True).expand(*ours.shape[:-1], 1)  # (..., T_q, 1)
@@ -509,10 +514,10 @@ def section_8_cost(device, args):
     long_T = 32 * 1024
     common.explain(f"""Fitted growth, as T^x over these T: attention time x = {fmt(slope['attention'], 3)},
     weights' memory x = {fmt(slope['memory'], 3)}, linear layer time x = {fmt(slope['linear'], 3)}.
-    Doubling T doubles the linear layer's work and quadruples attention's; at small T fixed costs
-    per call hide part of it. At T = {long_T:,} one head's float32 weights alone would take
-    {fmt(long_T ** 2 * 4 / 2**30, 3)} GiB: why long contexts need fused kernels that never store
-    the (T, T) matrix, or other attention variants.""")
+    Doubling T doubles the linear layer's arithmetic and quadruples attention's; measured times also
+    carry fixed costs per call and cache effects, so their exponents stray from 1 and 2. At T =
+    {long_T:,} one head's float32 weights alone would take {fmt(long_T ** 2 * 4 / 2**30, 3)} GiB: why
+    long contexts need fused kernels that never store the (T, T) matrix, or other attention variants.""")
     return slope
 
 

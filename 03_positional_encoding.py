@@ -232,7 +232,6 @@ def section_2_table(pe, d_model, max_len, args):
         rebuilds it. max_len is a cache, not a limit of the method: the same formula built for
         {2 * max_len} positions gives the same first {max_len} rows (largest difference
         {fmt((longer[:max_len] - pe).abs().max())}) and new rows for the positions after them.""")
-    return module
 
 
 # %% 3. Wavelengths
@@ -387,7 +386,8 @@ def plot_dot_products(gram, curves, k, args):
     for p in sorted({0, n // 4, n // 2}):
         ks = torch.arange(-p, n - p)
         axes[1].plot(ks, gram[p, p + ks], lw=1.5, ls="-" if p == 0 else "--", label=f"p = {p}")
-    axes[1].set(xlabel="offset q - p", ylabel="PE(p) . PE(q)", title="The same curve from every starting position p")
+    axes[1].set(xlabel="offset q - p", ylabel="PE(p) . PE(q)",
+                title="The same curve from every starting position p")
     axes[1].legend(fontsize=8)
     first = max(0, n - 1 - k - 16)  # the last keys only: the peak and its neighbours
     for c, weights in curves.items():
@@ -396,7 +396,8 @@ def plot_dot_products(gram, curves, k, args):
     axes[2].axvline(n - 1 - k, color="gray", ls=":", lw=1)
     axes[2].axhline(1 / n, color="black", ls=":", lw=1, label="uniform 1/(p+1)")
     axes[2].set(xlabel=f"key position q (keys {first}..{n - 1})", ylabel="attention weight of query p",
-                title=f"Query p = {n - 1} with W_q = c M_-{k}, W_k = I:\nweights peak at key {peak} = p - {n - 1 - peak}")
+                title=f"Query p = {n - 1} with W_q = c M_-{k}, W_k = I:\n"
+                      f"weights peak at key {peak} = p - {n - 1 - peak}")
     axes[2].xaxis.get_major_locator().set_params(integer=True)  # key positions are whole numbers
     axes[2].legend(fontsize=8)
     common.save_figure(fig, args.out_dir, "positional_encoding_dot_products.png", show=args.show)
@@ -424,7 +425,8 @@ def section_6_layouts(pe, d_model, args):
         which layout a plot uses before you compare it with another.""")
     fig, axes = common.new_figure(1, 2, figsize=(12, 4.8), show=args.show)
     _heatmap(axes[0], pe, "Interleaved (paper): sin in even, cos in odd columns")
-    _heatmap(axes[1], concat, f"Concatenated: sin in columns 0-{d_model // 2 - 1}, cos in {d_model // 2}-{d_model - 1}")
+    _heatmap(axes[1], concat,
+             f"Concatenated: sin in columns 0-{d_model // 2 - 1}, cos in {d_model // 2}-{d_model - 1}")
     common.save_figure(fig, args.out_dir, "positional_encoding_layouts.png", show=args.show)
     return layer_gap
 
@@ -476,9 +478,10 @@ def section_7_embeddings(pe, d_model, max_len, offsets):
 # %% main: the lesson's table of contents
 def check_settings(args):
     """d_model and max_len from the flags, else the knobs; an impossible setting gives one error line."""
-    quick = "QUICK_" if args.quick else ""
-    d_model, d_label = common.flag_or_knob(args, "d_model", quick + "D_MODEL", QUICK_D_MODEL if quick else D_MODEL)
-    max_len, m_label = common.flag_or_knob(args, "max_len", quick + "MAX_LEN", QUICK_MAX_LEN if quick else MAX_LEN)
+    quick = "QUICK_" if args.quick else ""  # --quick reads QUICK_D_MODEL and QUICK_MAX_LEN
+    knob_d_model, knob_max_len = (QUICK_D_MODEL, QUICK_MAX_LEN) if args.quick else (D_MODEL, MAX_LEN)
+    d_model, d_label = common.flag_or_knob(args, "d_model", quick + "D_MODEL", knob_d_model)
+    max_len, m_label = common.flag_or_knob(args, "max_len", quick + "MAX_LEN", knob_max_len)
     step = math.lcm(2, max(N_HEADS, 1))  # even for sin/cos pairs, and a multiple of N_HEADS
     near = max(step, min(round(d_model / step), 4096 // step) * step)
     problems = [
@@ -488,7 +491,8 @@ def check_settings(args):
          f"by N_HEADS = {N_HEADS}); try {near}"),
         (16 <= max_len <= 4096, f"{m_label} must be from 16 to 4096 positions; try {MAX_LEN}"),
         (BASE > 1, f"BASE = {BASE} must be more than 1 (wavelengths grow from 2*pi to 2*pi*BASE)"),
-        (SEQ_LEN >= 2 and VOCAB_SIZE >= 1, f"SEQ_LEN = {SEQ_LEN} must be 2 or more, VOCAB_SIZE = {VOCAB_SIZE} 1 or more"),
+        (SEQ_LEN >= 2, f"SEQ_LEN = {SEQ_LEN} must be 2 or more (tokens to move around)"),
+        (VOCAB_SIZE >= 1, f"VOCAB_SIZE = {VOCAB_SIZE} must be 1 or more"),
         (len(OFFSETS) > 0 and min(OFFSETS) >= 1, f"OFFSETS = {OFFSETS} must hold offsets of 1 or more"),
         (len(LOOK_BACK_SCALES) > 0 and min(LOOK_BACK_SCALES) > 0,
          f"LOOK_BACK_SCALES = {LOOK_BACK_SCALES} must hold sizes above 0"),
