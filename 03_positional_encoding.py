@@ -285,7 +285,7 @@ def plot_wavelengths(pe, wavelengths, change, args):
     axes[2].plot(range(d_model), change, ".-")
     axes[2].set(xlabel="embedding dimension (column)", ylabel="mean |PE[p+1] - PE[p]|  (log)",
                 title="Low dimensions change fastest")
-    for ax in axes[1:]:  # log axes labelled 1, 10, 100 (plain text draws fast), no minor ticks
+    for ax in axes[1:]:  # log axes labelled 1, 10, 100 (plain numbers), no minor ticks
         ax.xaxis.get_major_locator().set_params(integer=True)  # pairs and columns are whole numbers
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
