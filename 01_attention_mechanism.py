@@ -3,11 +3,14 @@
 What you will learn
   1. What queries (Q), keys (K) and values (V) are, on 3 words with numbers you can check by hand.
   2. The computation softmax(Q K^T / sqrt(d_k)) V step by step, with every shape printed.
-  3. Why the scores are divided by sqrt(d_k): measured score variance and softmax saturation.
+  3. Why the scores are divided by sqrt(d_k): score variance, saturated rows, and the gradient
+     that reaches the queries.
   4. Self-attention: Q, K and V made from the input by three learned layers W_q, W_k, W_v.
   5. Cross-attention: queries from one sequence, keys and values from another (T_q != T_k).
-  6. Causal and padding masks, and why a query with nothing to attend to must give 0, not NaN.
+  6. Causal and padding masks, where a query with nothing to attend to comes from (left padding
+     with a causal mask), and why it must give 0, not NaN.
   7. That our function gives the same result as PyTorch's F.scaled_dot_product_attention.
+  8. What attention costs: time and memory grow with T^2.
 
 Run it (from the repository root)
   python 01_attention_mechanism.py                  # figures go to the current folder
@@ -23,6 +26,7 @@ Shapes
   "scores" (..., T_q, T_k) are before the softmax, "weights" (..., T_q, T_k) after it.
 """
 import math
+import time
 
 import torch
 import torch.nn as nn
@@ -51,7 +55,10 @@ T_Q_CROSS, T_K_CROSS = 3, 5            # cross-attention: 3 queries look at 5 ke
 D_K_SWEEP = [4, 16, 64, 256, 512]      # section 3: the d_k values measured
 N_KEYS_SWEEP = 16          # keys per query in section 3 (a uniform softmax gives each 1/16)
 N_QUERIES_SWEEP = 500      # random queries per d_k in section 3
-QUICK_D_K_SWEEP, QUICK_N_QUERIES = [4, 16, 64], 50     # the same with --quick
+SATURATED = 0.99           # section 3: a row is saturated when one key holds more than this weight
+T_SWEEP = [256, 512, 1024, 2048]       # section 8: sequence lengths timed (d_k = COST_D_K)
+COST_D_K = 64              # section 8: size of the queries and keys timed
+QUICK_D_K_SWEEP, QUICK_N_QUERIES, QUICK_T_SWEEP = [4, 16, 64], 50, [64, 128, 256]  # with --quick
 
 
 # %% Building blocks
@@ -78,13 +85,14 @@ def scaled_dot_product_attention(query, key, value, mask=None):
     if mask is not None:
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be boolean (True = may attend), got {mask.dtype}")
-        scores = scores.masked_fill(~mask, float("-inf"))  # blocked keys get weight exp(-inf) = 0
+        # Blocked keys get weight exp(-inf) = 0. In the backward pass this masked_fill also sets the
+        # gradient of every blocked score to 0: for a row with no key at all the softmax's gradient
+        # is NaN, and this replacement (not a multiplication: NaN * 0 = NaN) keeps NaN out of Q and K.
+        scores = scores.masked_fill(~mask, float("-inf"))
     # weights = softmax(scores) over the keys
     weights = torch.softmax(scores, dim=-1)  # (..., T_q, T_k)
     if mask is not None:
-        # A row where every key is blocked is softmax(all -inf) = 0/0 = NaN; make it 0 instead.
-        # masked_fill replaces the NaN (multiplying by the mask would not: NaN * 0 = NaN), and its
-        # backward sends zero gradient to the blocked scores, so the gradients stay NaN-free too.
+        # A row where every key is blocked is softmax(all -inf) = 0/0 = NaN; make its weights 0.
         weights = weights.masked_fill(~mask, 0.0)
     # output = weights V
     output = weights @ value  # (..., T_q, T_k) @ (..., T_k, d_v) -> (..., T_q, d_v)
@@ -112,16 +120,14 @@ class AttentionHead(nn.Module):
         return scaled_dot_product_attention(Q, K, V, mask)
 
 
-def entropy(weights):
-    """Entropy of each weight row, in nats: log(T_k) when uniform, 0 when one key gets everything."""
-    return -(weights * torch.log(weights.clamp_min(1e-30))).sum(-1)
+def query_gradient_size(weights, keys, scale):
+    """Per query, the size (Frobenius norm) of d weights / d q: the gradient that reaches the query.
 
-
-def softmax_gradient_size(weights):
-    """Per row, the Frobenius norm of d softmax / d scores = diag(p) - p p^T. Near 0 when saturated."""
-    p2, p3 = (weights ** 2).sum(-1), (weights ** 3).sum(-1)
-    # ||diag(p) - p p^T||^2 = sum p_i^2 - 2 sum p_i^3 + (sum p_i^2)^2
-    return (p2 - 2 * p3 + p2 ** 2).clamp_min(0).sqrt()
+    weights = softmax(K q / scale), so d weights / d q = (diag(p) - p p^T) K / scale.
+    weights (N, T_k), keys (N, T_k, d_k) -> (N,)
+    """
+    softmax_jacobian = torch.diag_embed(weights) - weights[:, :, None] * weights[:, None, :]  # (N, T_k, T_k)
+    return (softmax_jacobian @ keys / scale).flatten(1).norm(dim=1)  # (N, T_k, d_k) -> (N,)
 
 
 def vec(t) -> str:
@@ -129,29 +135,20 @@ def vec(t) -> str:
     return "(" + ", ".join(fmt(v, 3) for v in t.tolist()) + ")"
 
 
-def plot_weights(fig, ax, weights, title, x_labels=None, y_labels=None, mask=None):
-    """Heatmap of a (T_q, T_k) weight matrix: key on x, query on y, colour bar, values in cells.
+def plot_weights(ax, weights, title, labels=None, mask=None):
+    """Annotated heatmap of a (T_q, T_k) weight matrix: key on x, query on y, blocked cells grey."""
+    import seaborn as sns
 
-    With a mask (True = may attend), blocked cells are drawn grey; their value is still written.
-    """
-    import numpy as np
-
-    w = weights.detach().float().cpu()
-    T_q, T_k = w.shape
-    blocked = np.zeros((T_q, T_k), dtype=bool) if mask is None else ~mask.cpu().numpy()
-    cmap = common.pyplot().get_cmap("viridis").with_extremes(bad="lightgrey")
-    image = ax.imshow(np.ma.masked_where(blocked, w.numpy()), cmap=cmap, vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(T_k), x_labels if x_labels else range(T_k))
-    ax.set_yticks(range(T_q), y_labels if y_labels else range(T_q))
+    w = weights.detach().float().cpu().numpy()
+    sns.heatmap(w, ax=ax, mask=None if mask is None else ~mask.cpu().numpy(), vmin=0.0, vmax=1.0,
+                cmap="viridis", square=True, annot=w.size <= 64, fmt=".2f", annot_kws={"fontsize": 8},
+                xticklabels=labels or "auto", yticklabels=labels or "auto",
+                cbar_kws={"label": "attention weight", "shrink": 0.8})
+    ax.set_facecolor("lightgrey")  # masked (blocked) cells are left out and show this background
+    ax.tick_params(axis="y", labelrotation=0)
     ax.set_xlabel("key position (attended to)")
     ax.set_ylabel("query position (attending)")
     ax.set_title(title, fontsize=10)
-    if T_q * T_k <= 64:
-        for i in range(T_q):
-            for j in range(T_k):
-                ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if w[i, j] > 0.6 or blocked[i, j] else "white")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
 
 
 # %% 1. Q, K and V on a tiny example you can follow by hand
@@ -168,25 +165,27 @@ def section_1_qkv_by_hand(device):
     V = torch.tensor(HAND_V, dtype=torch.float32, device=device)  # (T, d_v)
     common.show_tensor("Q (one row per word: what it looks for)", Q)
     common.show_tensor("K (what each word offers)", K)
-    common.show_tensor("V (what each word hands over: animal?, action?)", V)
+    common.show_tensor("V (what each word hands over)", V)
 
     t = len(TOKENS) - 1
     q = Q[t]
     print(f"\nBy hand, for the query of {TOKENS[t]!r}, q = {vec(q)}:")
     dots = [float(q @ K[j]) for j in range(len(TOKENS))]
     # scaled score = q . k_j / sqrt(d_k); weight_j = exp(scaled_j) / sum_i exp(scaled_i)
-    scaled = [d / math.sqrt(Q.size(-1)) for d in dots]
+    scaled = [d / math.sqrt(d_k) for d in dots]
     exps = [math.exp(s) for s in scaled]
     weights = torch.tensor([e / sum(exps) for e in exps], device=device)
     common.table([[f"{j} {TOKENS[j]!r}", dots[j], scaled[j], exps[j], float(weights[j]),
                    vec(weights[j] * V[j])] for j in range(len(TOKENS))],
                  ["key", "q . k", "/ sqrt(d_k)", "exp", "weight = exp / sum", "weight * v"])
     output = weights @ V  # (T_k,) @ (T_k, d_v) -> (d_v,)
-    best = int(weights.argmax())
-    common.explain(f"""The exps sum to {fmt(sum(exps))}; dividing by that sum turns the exps into
-    weights that sum to {fmt(float(weights.sum()))}. The output of {TOKENS[t]!r} is the weighted sum
-    of the value rows: {vec(output)}. It listens most to {TOKENS[best]!r} (weight
-    {fmt(float(weights[best]))}), the key that best matches what its query asks for.""")
+    top = [TOKENS[j] for j in range(len(TOKENS)) if weights[j] >= weights.max() - 1e-6]
+    listens = (f"most to {top[0]!r}" if len(top) == 1 else
+               "equally most to " + " and ".join(repr(w) for w in top))
+    common.explain(f"""The exps sum to {fmt(sum(exps))}; dividing by that sum turns them into weights
+    that sum to {fmt(float(weights.sum()))}. The output of {TOKENS[t]!r} is the weighted sum of the
+    value rows: {vec(output)}. It listens {listens} (weight {fmt(float(weights.max()))}): the largest
+    q . k gets the largest weight.""")
     return Q, K, V, output
 
 
@@ -206,81 +205,96 @@ def section_2_step_by_step(Q, K, V, hand_output, args):
     common.show_tensor("output = weights @ V", output)
 
     fn_output, fn_weights = scaled_dot_product_attention(Q, K, V)
-    diff_fn = float((fn_output - output).abs().max())
-    diff_hand = float((output[-1] - hand_output).abs().max())
-    row_sum_err = float((weights.sum(-1) - 1).abs().max())
-    same_hand = "equals" if diff_hand < 1e-5 else "DIFFERS from"
-    same_fn = "gives the same output" if diff_fn < 1e-5 else "gives ANOTHER output: look for a bug"
-    common.explain(f"""Every row of weights sums to 1 (largest error {fmt(row_sum_err)}). The last
-    row of output {same_hand} the by-hand result of section 1 (largest difference
-    {fmt(diff_hand)}), and the building block scaled_dot_product_attention {same_fn} (largest
-    difference {fmt(diff_fn)}).""")
+    common.explain(f"""Every row of weights sums to 1 (largest error
+    {fmt(float((weights.sum(-1) - 1).abs().max()))}). Largest difference of the last output row
+    from section 1's by-hand result: {fmt(float((output[-1] - hand_output).abs().max()))}; of the
+    whole output from the building block scaled_dot_product_attention:
+    {fmt(float((fn_output - output).abs().max()))}.""")
 
-    fig, ax = common.new_figure(figsize=(5.6, 4.4), show=args.show)
+    fig, ax = common.new_figure(figsize=(5.6, 4.6), show=args.show)
     labels = [f"{i} {w}" for i, w in enumerate(TOKENS)]
-    plot_weights(fig, ax, fn_weights, "Attention weights of the hand-picked example\n"
-                 "(each row: how much a word listens to each word; rows sum to 1)", labels, labels)
+    plot_weights(ax, fn_weights, "Attention weights of the hand-picked example\n"
+                 "(each row: how much a word listens to each word; rows sum to 1)", labels)
     common.save_figure(fig, args.out_dir, "attention_weights.png", show=args.show)
     return weights
 
 
 # %% 3. Why divide by sqrt(d_k)
+def scaling_statistics(d_k, n_queries, device):
+    """Random q and k with N(0, 1) entries; per d_k, statistics of the softmax without and with scaling."""
+    q = torch.randn(n_queries, d_k, 1, device=device)              # one query per row, as a column
+    k = torch.randn(n_queries, N_KEYS_SWEEP, d_k, device=device)   # (N, T_k, d_k)
+    stats = {"d_k": d_k}
+    for name, scale in (("raw", 1.0), ("scaled", math.sqrt(d_k))):
+        scores = (k @ q).squeeze(-1) / scale  # (N, T_k, d_k) @ (N, d_k, 1) -> (N, T_k)
+        weights = torch.softmax(scores, dim=-1)
+        top = weights.max(-1).values          # (N,) the largest weight of each row
+        grad = query_gradient_size(weights, k, scale)  # (N,)
+        stats[name] = {"var": float(scores.var()), "top": float(top.mean()),
+                       "saturated": float((top > SATURATED).float().mean()),
+                       "grad": [float(grad.quantile(f)) for f in (0.1, 0.5, 0.9)]}
+    return stats
+
+
 def section_3_scaling(device, args):
     common.section(3, "Why divide by sqrt(d_k)")
     common.explain(f"""A score q . k is a sum of d_k products. If the entries of q and k have mean 0
     and variance 1, each product has variance 1, so the sum has variance d_k. Large scores push the
-    softmax to put almost all weight on one key, and then its gradient almost vanishes. We measure
-    this for random q and k: {N_KEYS_SWEEP} keys per query, so a uniform softmax gives each key
-    1/{N_KEYS_SWEEP} = {fmt(1 / N_KEYS_SWEEP)} and has entropy log({N_KEYS_SWEEP}) =
-    {fmt(math.log(N_KEYS_SWEEP))}.""")
+    softmax to give almost all weight to one key (a saturated row: here more than {SATURATED}).
+    We measure this for random q and k, {N_KEYS_SWEEP} keys per query (a uniform row gives each key
+    {fmt(1 / N_KEYS_SWEEP)}), and the size of the gradient that reaches the query,
+    |d weights / d q| = |(diag(p) - p p^T) K / scale|, where scale is 1 or sqrt(d_k).""")
     sweep = QUICK_D_K_SWEEP if args.quick else D_K_SWEEP
     n_queries = QUICK_N_QUERIES if args.quick else N_QUERIES_SWEEP
-    rows = []
-    for d_k in sweep:
-        q = torch.randn(n_queries, 1, d_k, device=device)             # entries ~ N(0, 1)
-        k = torch.randn(n_queries, N_KEYS_SWEEP, d_k, device=device)
-        raw = (q @ k.transpose(-2, -1)).squeeze(1)  # (N, 1, d_k) @ (N, d_k, T_k) -> (N, T_k)
-        scaled = raw / math.sqrt(d_k)
-        p_raw, p_scaled = torch.softmax(raw, -1), torch.softmax(scaled, -1)
-        rows.append([d_k, float(raw.var()), float(scaled.var()),
-                     float(p_raw.max(-1).values.mean()), float(p_scaled.max(-1).values.mean()),
-                     float(entropy(p_raw).mean()), float(entropy(p_scaled).mean()),
-                     float(softmax_gradient_size(p_raw).mean()),
-                     float(softmax_gradient_size(p_scaled).mean())])
-    common.table(rows, ["d_k", "var raw", "var scaled", "top raw", "top scaled",
-                        "H raw", "H scaled", "grad raw", "grad scaled"])
-    last = rows[-1]
-    ratio = last[8] / max(last[7], 1e-12)
-    common.explain(f"""(var = variance of the scores; top = average largest weight of a row; H =
-    average entropy of a row; grad = average size of the softmax's gradient.) The raw variance
-    tracks d_k: {fmt(last[1])} at d_k = {last[0]}, while the scaled scores stay at {fmt(last[2])}. Without scaling, at d_k =
-    {last[0]} the largest of {N_KEYS_SWEEP} weights averages {fmt(last[3])} (entropy {fmt(last[5])});
-    with scaling {fmt(last[4])} (entropy {fmt(last[6])}). The softmax's gradient is
-    {fmt(ratio, 3)} times larger with scaling, so the scores can keep learning.""")
+    rows = [scaling_statistics(d_k, n_queries, device) for d_k in sweep]
+    common.table([[r["d_k"], r["raw"]["var"], r["scaled"]["var"], r["raw"]["top"], r["scaled"]["top"],
+                   f"{r['raw']['saturated']:.0%}", f"{r['scaled']['saturated']:.0%}"] for r in rows],
+                 ["d_k", "var raw", "var scaled", "top weight raw", "scaled", "saturated raw", "scaled"])
+    print(f"\n  |d weights / d q| over {n_queries} queries: the median row and the 90th percentile")
+    common.table([[r["d_k"], r["raw"]["grad"][1], r["raw"]["grad"][2], r["scaled"]["grad"][1],
+                   r["scaled"]["grad"][2]] for r in rows],
+                 ["d_k", "raw median", "raw 90%", "scaled median", "scaled 90%"])
+    first, last = rows[0], rows[-1]
+    raw = last["raw"]
+    if raw["saturated"] >= 0.5:
+        gradient = f"""most unscaled rows are saturated, and a saturated row sends almost no gradient
+        back to its query: the median row gets {fmt(raw['grad'][1], 3)}, while the 90th percentile
+        gets {fmt(raw['grad'][2], 3)}."""
+    else:
+        gradient = f"""most unscaled rows are not saturated yet (median gradient {fmt(raw['grad'][1], 3)}):
+        larger d_k show the effect."""
+    common.explain(f"""(top weight: average largest weight of a row.) Unscaled, the variance follows
+    d_k ({fmt(first['raw']['var'])} at d_k = {first['d_k']}, {fmt(raw['var'])} at d_k = {last['d_k']})
+    and the share of saturated rows goes from {first['raw']['saturated']:.0%} to
+    {raw['saturated']:.0%}. At d_k = {last['d_k']}, {gradient} Scaled, every d_k looks alike: variance
+    {fmt(min(r['scaled']['var'] for r in rows), 3)} to {fmt(max(r['scaled']['var'] for r in rows), 3)},
+    median gradient {fmt(min(r['scaled']['grad'][1] for r in rows), 3)} to
+    {fmt(max(r['scaled']['grad'][1] for r in rows), 3)}: training sees the same softmax at any d_k.""")
+    plot_scaling(rows, args)
+    return rows
 
+
+def plot_scaling(rows, args):
     fig, axes = common.new_figure(1, 3, figsize=(13, 4), show=args.show)
-    d = [r[0] for r in rows]
-    axes[0].loglog(d, [r[1] for r in rows], "o-", label="raw q . k")
+    d = [r["d_k"] for r in rows]
+    for name, marker in (("raw", "o-"), ("scaled", "s-")):
+        axes[0].loglog(d, [r[name]["var"] for r in rows], marker, label=name)
+        axes[1].semilogx(d, [r[name]["saturated"] for r in rows], marker, label=name)
+        low, mid, high = ([r[name]["grad"][i] for r in rows] for i in range(3))
+        axes[2].loglog(d, mid, marker, label=f"{name}: median")
+        axes[2].fill_between(d, low, high, alpha=0.25, label=f"{name}: 10%-90% of rows")
     axes[0].loglog(d, d, "k:", label="y = d_k")
-    axes[0].loglog(d, [r[2] for r in rows], "s-", label="scaled: q . k / sqrt(d_k)")
     axes[0].set(xlabel="d_k", ylabel="variance of the scores",
-                title="Raw score variance grows like d_k;\nscaled stays near 1")
-    axes[1].semilogx(d, [r[3] for r in rows], "o-", label="raw")
-    axes[1].semilogx(d, [r[4] for r in rows], "s-", label="scaled")
-    axes[1].axhline(1 / N_KEYS_SWEEP, color="k", ls=":", label=f"uniform (1/{N_KEYS_SWEEP})")
-    axes[1].set(xlabel="d_k", ylabel="average largest weight in a row", ylim=(0, 1.05),
-                title="Without scaling the softmax saturates:\none key takes almost everything")
-    axes[2].semilogx(d, [r[5] for r in rows], "o-", label="raw")
-    axes[2].semilogx(d, [r[6] for r in rows], "s-", label="scaled")
-    axes[2].axhline(math.log(N_KEYS_SWEEP), color="k", ls=":", label=f"uniform (log {N_KEYS_SWEEP})")
-    axes[2].set(xlabel="d_k", ylabel="average entropy of a row (nats)", ylim=(0, None),
-                title="Entropy of the weights:\nraw scores lose it as d_k grows")
+                title="Score variance: raw q . k vs q . k / sqrt(d_k)")
+    axes[1].set(xlabel="d_k", ylabel=f"share of rows with a weight > {SATURATED}", ylim=(-0.03, 1.03),
+                title="Saturated rows: one key takes almost everything")
+    axes[2].set(xlabel="d_k", ylabel="|d weights / d q| per query (log)",
+                title="Size of the gradient that reaches q")
     for ax in axes:
         ax.set_xticks(d, [str(v) for v in d])
         ax.minorticks_off()
         ax.legend(fontsize=8)
     common.save_figure(fig, args.out_dir, "attention_scaling.png", show=args.show)
-    return rows
 
 
 # %% 4. Self-attention: Q, K and V come from the input through W_q, W_k, W_v
@@ -303,10 +317,8 @@ def section_4_self_attention(device):
                   ["weights", str(tuple(weights.shape)), "(B, T_q, T_k): T_q = T_k = T"],
                   ["output", str(tuple(output.shape)), "(B, T, d_k): one new vector per token"]],
                  ["tensor", "shape", "meaning"])
-    n_params = sum(p.numel() for p in head.parameters())
-    common.explain(f"""Parameters: 3 * d_model * d_k = 3 * {D_MODEL} * {D_K} = {3 * D_MODEL * D_K}
-    (counted: {n_params}; no biases here). Rows of weights sum to 1: largest error
-    {fmt(float((weights.sum(-1) - 1).abs().max()))}.""")
+    common.explain(f"""Parameters: three d_k x d_model matrices, 3 * {D_K} * {D_MODEL} =
+    {3 * D_MODEL * D_K} (no biases here).""")
     return x, head
 
 
@@ -336,85 +348,93 @@ def section_5_cross_attention(head, device):
 
 
 # %% 6. Masks: causal and padding
+def example_masks(T, lengths, device):
+    """The masks of section 6 (boolean, True = may attend) and the (B, T) real-token flags."""
+    causal = causal_mask(T, device)                                       # (T, T)
+    valid = torch.arange(T, device=device) < lengths[:, None]             # (B, T): tokens, then padding
+    valid_left = torch.arange(T, device=device) >= T - lengths[:, None]   # (B, T): padding, then tokens
+    return valid, {"causal": causal,
+                   "padding": valid[:, None, :],                    # (B, 1, T_k): same for every query
+                   "causal + padding": causal & valid[:, None, :],  # (T, T) & (B, 1, T_k) -> (B, T, T)
+                   "left padding + causal": causal & valid_left[:, None, :]}
+
+
+def empty_rows_check(head, x, mask):
+    """Queries with no key to attend to: NaN rows of a plain softmax, of ours, and of our gradient."""
+    x = x.clone().requires_grad_(True)
+    out, _ = head(x, x, mask)
+    out.sum().backward()
+    out = out.detach()
+    empty = ~mask.expand(x.size(0), -1, -1).any(-1)  # (B, T_q): queries that see no key
+    with torch.no_grad():
+        scores = head.W_q(x) @ head.W_k(x).transpose(-2, -1) / math.sqrt(head.W_q.out_features)
+        plain = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # no 0 for empty rows
+    return {"empty": int(empty.sum()), "plain_nan": int(plain.isnan().any(-1).sum()),
+            "ours_nan": int(out.isnan().any(-1).sum()), "grad_nan": int(x.grad.isnan().sum()),
+            "empty_out": float(out[empty].abs().max()) if empty.any() else 0.0}
+
+
 def section_6_masks(x, head, device, args):
     common.section(6, "Masks: causal and padding")
     common.explain("""A mask says which keys each query may use. Ours are boolean with True = may
     attend (as in F.scaled_dot_product_attention). A causal mask hides the future: query t sees keys
     0..t, so a model that predicts the next token cannot peek at it. A padding mask hides the filler
-    tokens added so that sequences of different lengths fit in one batch.""")
+    tokens added so that sequences of different lengths fit in one batch, after the tokens (right
+    padding) or before them (left padding, common when a batch of prompts is continued).""")
     B, T = x.shape[0], x.shape[1]
-    causal = causal_mask(T, device)  # (T, T), True = may attend
     lengths = torch.tensor(LENGTHS, device=device)
-    valid = torch.arange(T, device=device) < lengths[:, None]  # (B, T): True for real tokens
-    pad = valid[:, None, :]  # (B, 1, T_k): the same key mask for every query
-    common.show_tensor("causal_mask(T) as 0/1 (1 = may attend)", causal.int())
-    common.show_tensor(f"padding mask (B, 1, T_k), lengths {LENGTHS}", pad.int())
-    both = causal & pad  # (T, T) & (B, 1, T) broadcast -> (B, T, T)
-    # Padded queries too: (B, T_q, 1) & (B, 1, T_k) -> (B, T_q, T_k); padded rows have no key left.
-    keys_and_queries = valid[:, :, None] & valid[:, None, :]
-    results, rows, blocked_max = {}, [], 0.0
+    valid, masks = example_masks(T, lengths, device)
+    common.show_tensor("causal_mask(T) as 0/1 (1 = may attend)", masks["causal"].int())
+    common.show_tensor(f"padding mask (B, 1, T_k), lengths {LENGTHS}", masks["padding"].int())
+    rows, weights = [], {}
     with torch.no_grad():
-        for name, mask in [("causal", causal), ("padding", pad), ("causal + padding", both),
-                           ("padded keys and queries", keys_and_queries)]:
+        for name, mask in masks.items():
             _, w = head(x, x, mask)  # (B, T, T)
-            shape, mask = tuple(mask.shape), mask.expand_as(w)
-            results[name] = (w, mask)
-            blocked = float(w[~mask].max()) if (~mask).any() else 0.0
-            blocked_max = max(blocked_max, blocked)
-            rows.append([name, str(shape), blocked,
-                         f"{int(((w.sum(-1) - 1).abs() < 1e-5).sum())} of {B * T}"])
-    common.table(rows, ["mask", "shape", "largest blocked weight", "rows summing to 1"])
-    print()
-
-    # A query with nothing to attend to: a plain softmax over all -inf gives 0/0 = NaN.
-    x_grad = x.clone().requires_grad_(True)
-    out, _ = head(x_grad, x_grad, keys_and_queries)
-    out.sum().backward()
-    out = out.detach()
-    empty_rows = ~keys_and_queries.any(-1)  # (B, T_q): queries that see no key
-    Q, K = head.W_q(x), head.W_k(x)
-    naive = (Q @ K.transpose(-2, -1) / math.sqrt(D_K)).masked_fill(~keys_and_queries, float("-inf"))
-    naive_nan = int(torch.softmax(naive, -1).isnan().any(-1).sum())
-    common.explain(f"""{int(empty_rows.sum())} padded queries have no key at all. A plain softmax
-    gives NaN in {naive_nan} rows there; ours gives NaN in {int(out.isnan().any(-1).sum())} rows, a
-    largest |output| of {fmt(float(out[empty_rows].abs().max()) if empty_rows.any() else 0.0)} on
-    them, and {int(x_grad.grad.isnan().sum())} NaN in the gradient.""")
+            weights[name] = w
+            blocked = w[~mask.expand_as(w)]
+            rows.append([name, str(tuple(mask.shape)), float(blocked.max()) if blocked.numel() else 0.0,
+                         f"{int(((w.sum(-1) - 1).abs() < 1e-5).sum())} of {B * T}",
+                         int((~mask.expand_as(w).any(-1)).sum())])
+    common.table(rows, ["mask", "shape", "largest blocked weight", "rows summing to 1", "rows with no key"])
+    empty = empty_rows_check(head, x, masks["left padding + causal"])
+    common.explain(f"""
+    With left padding and a causal mask, a padding query at the start sees only keys at or before
+    it, all padding: {empty['empty']} queries have no key at all. A plain softmax gives NaN in
+    {empty['plain_nan']} rows there; ours gives NaN in {empty['ours_nan']} rows (largest |output|
+    {fmt(empty['empty_out'])}) and {empty['grad_nan']} NaN in the gradient. One NaN would spread
+    through every later layer and the loss, even though those rows are ignored.""")
 
     # nn.MultiheadAttention's boolean masks mean the opposite: True = blocked (do NOT attend).
-    # (Its key_padding_mask works the same way; we use attn_mask, shape (B * n_heads, T_q, T_k),
-    # because in torch 2.13 the first key_padding_mask call spends about a second importing sympy.)
-    mha = nn.MultiheadAttention(D_MODEL, 1, batch_first=True).to(device).eval()
-    s = int(lengths.argmin())  # the most padded sequence
+    mha = nn.MultiheadAttention(D_MODEL, num_heads=1, batch_first=True).to(device).eval()
+    s = min(range(B), key=lambda b: LENGTHS[b] or SEQ_LEN + 1)  # the most padded sequence with a token
+    polarity = []
     with torch.no_grad():
-        _, w_right = mha(x, x, x, attn_mask=~pad.expand(B, T, T))  # inverted: True = blocked
-        _, w_wrong = mha(x, x, x, attn_mask=pad.expand(B, T, T))   # ours passed as is: a bug
+        for label, key_padding_mask in (("~valid (True = padding)", ~valid),
+                                        ("valid, unchanged (a bug)", valid)):
+            _, w = mha(x, x, x, key_padding_mask=key_padding_mask)  # (B, T_q, T_k)
+            polarity.append([label, float(w[s][:, ~valid[s]].sum(-1).mean()),
+                             f"{int(w.isnan().any(-1).sum())} of {B * T}"])
+    common.table(polarity, ["key_padding_mask", f"weight on padding, sequence {s}", "NaN rows"])
+    empty_note = (" Its rows with no key at all (a sequence of length 0) are NaN even so."
+                  if 0 in LENGTHS else "")
+    common.explain(f"""nn.MultiheadAttention's key_padding_mask (and its boolean attn_mask) use the
+    opposite polarity, True = blocked: invert our mask with ~ before passing it.{empty_note}""")
+    plot_masks(weights, masks, s, args)
+    return {"blocked_max": max(r[2] for r in rows), **empty}
 
-    def on_pad(w):  # average total weight that a query of sequence s puts on padding keys
-        return fmt(float(w[s][:, ~valid[s]].sum(-1).mean()))
-    n_nan = int(w_wrong.isnan().any(-1).sum())
-    if (~valid[s]).any():
-        common.explain(f"""Careful: nn.MultiheadAttention's boolean attn_mask and key_padding_mask use
-        the opposite polarity, True = blocked. Given the inverted mask, sequence {s} puts weight
-        {on_pad(w_right)} on its padding; given our mask unchanged, it puts {on_pad(w_wrong)} there
-        (only the padding is left to attend to). Rows with no padding key at all have nothing left
-        and become NaN: {n_nan} of {B * T} rows.""")
-    else:
-        common.explain(f"""Careful: nn.MultiheadAttention's boolean attn_mask and key_padding_mask use
-        the opposite polarity, True = blocked. LENGTHS = {LENGTHS} has no padding, so our mask passed
-        unchanged blocks every key: {n_nan} of {B * T} rows become NaN.""")
 
-    fig, axes = common.new_figure(2, 2, figsize=(10, 8.6), show=args.show)
+def plot_masks(weights, masks, s, args):
+    T, n = weights["causal"].size(-1), LENGTHS[s]
     titles = {"causal": "Causal: no weight above the diagonal (the future)",
-              "padding": (f"Padding: keys {LENGTHS[s]}..{T - 1} are filler, weight 0" if LENGTHS[s] < T
-                          else "Padding: this sequence has no filler keys"),
+              "padding": f"Padding: keys {n}..{T - 1} are filler" if n < T else "Padding: no filler here",
               "causal + padding": "Causal and padding combined",
-              "padded keys and queries": ("Padded queries too: their rows are all 0 (not NaN)"
-                                          if LENGTHS[s] < T else "Padded queries too (none here)")}
-    for ax, (name, (w, mask)) in zip(axes.flat, results.items()):
-        plot_weights(fig, ax, w[s], f"{titles[name]}\n(sequence {s}, length {LENGTHS[s]} of {T}; "
-                     "grey = blocked)", mask=mask[s])
+              "left padding + causal": (f"Left padding + causal: rows 0..{T - n - 1} have\nno key "
+                                        "and stay 0 (not NaN)" if n < T else "Left padding + causal")}
+    fig, axes = common.new_figure(2, 2, figsize=(10, 9), show=args.show)
+    for ax, (name, w) in zip(axes.flat, weights.items()):
+        plot_weights(ax, w[s], f"{titles[name]}\n(sequence {s}, length {n} of {T}; grey = blocked)",
+                     mask=masks[name].expand_as(w)[s])
     common.save_figure(fig, args.out_dir, "attention_masks.png", show=args.show)
-    return {"blocked_max": blocked_max, "naive_nan": naive_nan, "ours_nan": int(out.isnan().sum())}
 
 
 # %% 7. Checked against PyTorch's F.scaled_dot_product_attention
@@ -427,66 +447,136 @@ def section_7_check_against_pytorch(device):
     q, k, v = (torch.randn(B, H, T, D_K, device=device) for _ in range(3))
     q_x = torch.randn(B, H, T_Q_CROSS, D_K, device=device)
     k_x, v_x = (torch.randn(B, H, T_K_CROSS, D_K, device=device) for _ in range(2))
-    valid = torch.arange(T, device=device) < torch.tensor(LENGTHS, device=device)[:, None]  # (B, T)
+    valid, masks = example_masks(T, torch.tensor(LENGTHS, device=device), device)
     cases = [("no mask", (q, k, v), None, {}),
-             ("causal vs is_causal=True", (q, k, v), causal_mask(T, device), {"is_causal": True}),
-             ("padding (B, 1, 1, T_k)", (q, k, v), valid[:, None, None, :], None),
-             ("padding (B, 1, T_q, T_k)", (q, k, v), (valid[:, :, None] & valid[:, None, :])[:, None], None),
+             ("causal vs is_causal=True", (q, k, v), masks["causal"], {"is_causal": True}),
+             ("padding (B, 1, 1, T_k)", (q, k, v), masks["padding"][:, None], None),
+             ("padded queries too (B, 1, T_q, T_k)", (q, k, v),
+              (valid[:, :, None] & valid[:, None, :])[:, None], None),
+             ("left padding + causal (B, 1, T, T)", (q, k, v), masks["left padding + causal"][:, None], None),
              ("cross-attention", (q_x, k_x, v_x), None, {})]
     rows, worst, empty_out, n_empty = [], 0.0, 0.0, 0
     for name, (qq, kk, vv), mask, ref_kwargs in cases:
         ours, _ = scaled_dot_product_attention(qq, kk, vv, mask)
-        if ref_kwargs is None:  # compare with the same boolean mask given to PyTorch
-            ref_kwargs = {"attn_mask": mask}
+        ref_kwargs = {"attn_mask": mask} if ref_kwargs is None else ref_kwargs  # the same mask, or is_causal
         ref = F.scaled_dot_product_attention(qq, kk, vv, **ref_kwargs)
-        diff = float((ours - ref).abs().max())
-        worst = max(worst, diff)
+        worst = max(worst, float((ours - ref).abs().max()))
         if mask is not None and not mask.any(-1).all():  # some query rows have no key at all
-            empty = ~mask.any(-1, keepdim=True)  # (..., T_q, 1)
+            empty = ~mask.any(-1, keepdim=True).expand(*ours.shape[:-1], 1)  # (..., T_q, 1)
             n_empty += int(empty.sum())
             empty_out = max(empty_out, float(ours.masked_select(empty).abs().max()),
                             float(ref.masked_select(empty).abs().max()))
         rows.append([name, str(tuple(qq.shape)), str(tuple(kk.shape)),
-                     str(tuple(mask.shape)) if mask is not None else "-", diff])
+                     str(tuple(mask.shape)) if mask is not None else "-", float((ours - ref).abs().max())])
     common.table(rows, ["case", "query", "key", "mask", "largest |diff|"])
-    verdict = "agree to float32 rounding" if worst < 1e-5 else "DISAGREE: look for a bug"
-    empty_text = (f"""The padding cases have {n_empty} query rows with no key at all: the largest
-    |output| there, ours or PyTorch's, is {fmt(empty_out)}.""" if n_empty else
-                  f"No query row was left without keys: LENGTHS = {LENGTHS} has no padding.")
-    common.explain(f"""Largest difference over all cases: {fmt(worst)}: the two {verdict}.
-    {empty_text}""")
+    common.explain(f"""Largest difference over all cases: {fmt(worst)} (float32 rounding is about
+    1e-7). Query rows with no key at all: {n_empty}; the largest |output| there, ours or PyTorch's,
+    is {fmt(empty_out)}: both give 0.""")
     return worst
 
 
+# %% 8. What attention costs: T^2
+def time_call(fn, device, repeats=5):
+    """Best wall-clock time of fn() in seconds over `repeats` runs, after one warm-up run."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def section_8_cost(device, args):
+    common.section(8, "What attention costs: time and memory grow with T^2")
+    common.explain(f"""Every query is compared with every key, so one head makes a (T, T) matrix of
+    scores and one of weights. We time our function on T tokens with d_k = {COST_D_K} (best of 5
+    runs), and, for comparison, a linear layer d_k -> d_k on the same tokens, whose work grows like T.""")
+    import numpy as np
+
+    sweep = QUICK_T_SWEEP if args.quick else T_SWEEP
+    layer = nn.Linear(COST_D_K, COST_D_K).to(device)
+    rows = []
+    with torch.no_grad():
+        for T in sweep:
+            q, k, v = (torch.randn(T, COST_D_K, device=device) for _ in range(3))  # (T, d_k)
+            _, weights = scaled_dot_product_attention(q, k, v)                       # (T, T)
+            rows.append([T, time_call(lambda: scaled_dot_product_attention(q, k, v), device) * 1e3,
+                         weights.numel() * weights.element_size() / 2**20,
+                         time_call(lambda: layer(q), device) * 1e3])
+    common.table(rows, ["T", "attention (ms)", "weights (MiB)", "linear layer (ms)"])
+    log_T = np.log([r[0] for r in rows])
+    slope = {name: float(np.polyfit(log_T, np.log([r[i] for r in rows]), 1)[0])  # growth as T^slope
+             for i, name in ((1, "attention"), (2, "memory"), (3, "linear"))}
+    long_T = 32 * 1024
+    common.explain(f"""Fitted growth, as T^x over these T: attention time x = {fmt(slope['attention'], 3)},
+    weights' memory x = {fmt(slope['memory'], 3)}, linear layer time x = {fmt(slope['linear'], 3)}.
+    Doubling T doubles the linear layer's arithmetic and quadruples attention's; measured times also
+    carry fixed costs per call and cache effects, so their exponents stray from 1 and 2. At T =
+    {long_T:,} one head's float32 weights alone would take {fmt(long_T ** 2 * 4 / 2**30, 3)} GiB: why
+    long contexts need fused kernels that never store the (T, T) matrix, or other attention variants.""")
+    return slope
+
+
 # %% Key insights
-def key_insights(hand_weights, scaling_rows, cross_shape, masks, worst):
+def key_insights(hand_weights, scaling_rows, cross_shape, masks, worst, slope):
     top = int(hand_weights[-1].argmax())
     first, last = scaling_rows[0], scaling_rows[-1]
     common.key_insights([
         f"Attention is a weighted average of values: {TOKENS[-1]!r} gave weight "
-        f"{fmt(float(hand_weights[-1, top]))} to {TOKENS[top]!r}, whose key best matched its query.",
+        f"{fmt(float(hand_weights[-1, top]))} to {TOKENS[top]!r}, the key with the largest q . k.",
         "output = softmax(Q K^T / sqrt(d_k)) V: (T_q, d_k) @ (d_k, T_k) -> scores (T_q, T_k); "
         "weights (T_q, T_k) @ V (T_k, d_v) -> output (T_q, d_v).",
-        f"Raw scores have variance ~ d_k ({fmt(first[1])} at d_k={first[0]}, {fmt(last[1])} at "
-        f"d_k={last[0]}); dividing by sqrt(d_k) keeps it near 1 ({fmt(last[2])}). Unscaled, the "
-        f"top weight averaged {fmt(last[3])} vs {fmt(last[4])} scaled, and the softmax's gradient was "
-        f"{fmt(last[8] / max(last[7], 1e-12), 3)} times smaller: a saturated softmax barely learns.",
+        f"Raw scores have variance ~ d_k ({fmt(first['raw']['var'])} at d_k={first['d_k']}, "
+        f"{fmt(last['raw']['var'])} at d_k={last['d_k']}); divided by sqrt(d_k) it stays near 1 "
+        f"({fmt(last['scaled']['var'])}). Unscaled at d_k={last['d_k']}, {last['raw']['saturated']:.0%} of "
+        f"rows were saturated and the median gradient reaching q was {fmt(last['raw']['grad'][1], 3)} "
+        f"({fmt(last['scaled']['grad'][1], 3)} scaled).",
         "Self-attention: Q, K, V all come from one sequence through W_q, W_k, W_v. "
         f"Cross-attention: queries from another; weights were {cross_shape} = (B, T_q, T_k).",
         f"Masks are boolean, True = may attend: the largest weight on a blocked key was "
-        f"{fmt(masks['blocked_max'])}; "
-        f"fully masked rows gave {masks['ours_nan']} NaN (a plain softmax: {masks['naive_nan']} NaN rows). "
-        "nn.MultiheadAttention uses the opposite polarity.",
-        f"Our function {'matches' if worst < 1e-5 else 'does NOT match'} F.scaled_dot_product_attention: "
-        f"largest difference {fmt(worst)} over every case tested.",
+        f"{fmt(masks['blocked_max'])}. Left padding with a causal mask left {masks['empty']} queries "
+        f"without keys: {masks['ours_nan']} NaN rows in ours, {masks['plain_nan']} in a plain softmax. "
+        "nn.MultiheadAttention's masks use the opposite polarity.",
+        f"Our function vs F.scaled_dot_product_attention: largest difference {fmt(worst)} over every case.",
+        f"Cost: attention's time grew like T^{fmt(slope['attention'], 2)} and its weights' memory like "
+        f"T^{fmt(slope['memory'], 2)}; a linear layer's time like T^{fmt(slope['linear'], 2)}.",
     ])
 
 
+def check_knobs():
+    """An edited knob that cannot work stops the lesson with one line naming it."""
+    for name, value in {"D_MODEL": D_MODEL, "D_K": D_K, "SEQ_LEN": SEQ_LEN, "T_Q_CROSS": T_Q_CROSS,
+                        "T_K_CROSS": T_K_CROSS, "N_KEYS_SWEEP": N_KEYS_SWEEP, "COST_D_K": COST_D_K,
+                        "N_QUERIES_SWEEP": N_QUERIES_SWEEP, "QUICK_N_QUERIES": QUICK_N_QUERIES}.items():
+        common.check_positive(name, value)
+    rows = [len(TOKENS), len(HAND_Q), len(HAND_K), len(HAND_V)]
+    problems = {
+        "TOKENS, HAND_Q, HAND_K and HAND_V": (
+            len(set(rows)) == 1 and len({len(r) for r in HAND_Q + HAND_K} - {0}) == 1
+            and len({len(r) for r in HAND_V} - {0}) == 1,
+            f"need one row per word (they have {rows} rows), HAND_Q and HAND_K rows of one length"),
+        f"LENGTHS = {LENGTHS}": (0 < len(LENGTHS) and all(0 <= n <= SEQ_LEN for n in LENGTHS),
+                                 f"needs lengths from 0 to SEQ_LEN = {SEQ_LEN}"),
+        f"SATURATED = {SATURATED}": (0 < SATURATED < 1, "needs a weight between 0 and 1, e.g. 0.99"),
+        f"D_K_SWEEP = {D_K_SWEEP}, QUICK_D_K_SWEEP = {QUICK_D_K_SWEEP}": (
+            all(sizes and min(sizes) >= 1 for sizes in (D_K_SWEEP, QUICK_D_K_SWEEP)), "need sizes of 1 or more"),
+        f"T_SWEEP = {T_SWEEP}, QUICK_T_SWEEP = {QUICK_T_SWEEP}": (
+            all(len(set(sizes)) >= 2 and min(sizes) >= 1 for sizes in (T_SWEEP, QUICK_T_SWEEP)),
+            "need at least two different lengths of 1 or more (to measure growth)"),
+    }
+    for name, (ok, need) in problems.items():
+        if not ok:
+            raise common.UserError(f"{name} {need}; edit the knobs at the top of the lesson")
+
+
+@common.entry_point
 def main(argv=None):
-    parser = common.lesson_parser(__doc__)
-    args = common.parse_args(parser, argv)
-    if not all(0 <= n <= SEQ_LEN for n in LENGTHS):
-        common.fail(f"LENGTHS {LENGTHS} must each be between 0 and SEQ_LEN = {SEQ_LEN}; edit the knobs")
+    args = common.parse_args(common.lesson_parser(__doc__), argv)
+    check_knobs()
     device = common.setup(args, "Lesson 01: the attention mechanism")
     Q, K, V, hand_output = section_1_qkv_by_hand(device)
     hand_weights = section_2_step_by_step(Q, K, V, hand_output, args)
@@ -495,7 +585,8 @@ def main(argv=None):
     cross_shape = section_5_cross_attention(head, device)
     masks = section_6_masks(x, head, device, args)
     worst = section_7_check_against_pytorch(device)
-    key_insights(hand_weights, scaling_rows, cross_shape, masks, worst)
+    slope = section_8_cost(device, args)
+    key_insights(hand_weights, scaling_rows, cross_shape, masks, worst, slope)
 
 
 if __name__ == "__main__":

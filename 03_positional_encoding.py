@@ -2,15 +2,20 @@
 
 What you will learn:
   1. Attention alone is blind to order: shuffle the tokens and its output is shuffled the same way.
-  2. The sinusoidal table PE[p, 2i] = sin(p / 10000^(2i/d_model)), PE[p, 2i+1] = cos(...), checked
-     entry by entry, drawn as a heatmap, and added to token embeddings by a module with no weights.
-  3. Wavelengths: dimension pair i repeats every 2*pi*10000^(2i/d_model) positions, so the first
-     dimensions change fastest and the last ones slowest.
-  4. Relative position: for each offset k one fixed matrix M_k maps PE(p) to PE(p + k) for every p.
-  5. Dot products PE(p) . PE(q) depend only on the offset p - q.
+  2. The sinusoidal table PE[p, 2i] = sin(p / BASE^(2i/d_model)), PE[p, 2i+1] = cos(...) (BASE =
+     10000 in the paper), entry by entry, as a heatmap, and the module that adds it to token
+     embeddings; max_len is only a cache of a formula that works for any position.
+  3. Wavelengths: pair i repeats every 2*pi*BASE^(2i/d_model) positions, so the first dimensions
+     change fastest and the last ones slowest.
+  4. Relative position: for each offset k one fixed rotation M_k maps PE(p) to PE(p + k) for every p
+     (rotary embeddings, RoPE, build attention on this).
+  5. Dot products PE(p) . PE(q) depend only on p - q, and a query rotated by M_k makes attention
+     look 'k tokens earlier': how sharp (or shallow) that peak is.
   6. Interleaved sin/cos vs concatenated halves: the same columns in another order.
+  7. How loud positions are next to token embeddings (the sqrt(d_model) scale), and learned
+     position embeddings, the alternative to the formula.
 
-Run:  python 03_positional_encoding.py                  (about 6 s on a 2-core CPU)
+Run:  python 03_positional_encoding.py                  (a few seconds on a CPU)
       python 03_positional_encoding.py --quick          (tiny sizes)
       python 03_positional_encoding.py --d-model 128 --max-len 256
 It writes positional_encoding_heatmap.png, positional_encoding_wavelengths.png,
@@ -25,22 +30,37 @@ import torch
 import torch.nn as nn
 
 import common
+from common import fmt
 
-# Reused from lesson 02 (one source for each component): attention with n_heads heads.
-MultiHeadAttention = common.load_lesson(2).MultiHeadAttention
+# Reused from earlier lessons (one source for each component).
+MultiHeadAttention = common.load_lesson(2).MultiHeadAttention                # lesson 02
+scaled_dot_product_attention = common.load_lesson(1).scaled_dot_product_attention  # lesson 01
+causal_mask = common.load_lesson(1).causal_mask                              # lesson 01
 
 # %% Knobs (edit these)
-D_MODEL = 64       # embedding size: columns of the table (must be even: sin/cos come in pairs)
+D_MODEL = 64       # embedding size: columns of the table (even, and divisible by N_HEADS)
 MAX_LEN = 128      # positions in the table (rows of the heatmap)
-N_HEADS = 4        # heads of the attention layer in section 1 (d_model must divide by it)
+BASE = 10000.0     # the 10000 of the formula (the paper's choice); must be more than 1
+N_HEADS = 4        # heads of the attention layer in section 1
 SEQ_LEN = 8        # tokens in the shuffled sequence of section 1
-VOCAB_SIZE = 20    # token ids of section 1's random embeddings
-OFFSETS = (1, 5, 20)       # offsets k for the relative-position checks
-QUICK = dict(d_model=16, max_len=32)   # sizes for --quick
-BASE = 10000.0     # the 10000 of the formula (the paper's choice)
+VOCAB_SIZE = 20    # token ids of the random embeddings in sections 1 and 7
+OFFSETS = (1, 5, 20)           # offsets k for the relative-position sections (those < max_len/2)
+LOOK_BACK_SCALES = (1, 4, 16)  # section 5: sizes c of W_q = c M_-k
+QUICK_D_MODEL, QUICK_MAX_LEN = 16, 32  # sizes for --quick
 
 
 # %% Building blocks
+def pair_frequencies(d_model: int) -> torch.Tensor:
+    """Angular frequency w_i = 1 / BASE^(2i / d_model) of each pair i (float64): PE angle = p * w_i."""
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(d_model/2),)
+    return BASE ** (-two_i / d_model)
+
+
+def pair_wavelengths(d_model: int) -> torch.Tensor:
+    """Positions after which pair i repeats: 2*pi / w_i = 2*pi * BASE^(2i / d_model)."""
+    return 2 * math.pi / pair_frequencies(d_model)
+
+
 def sinusoidal_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
     """The (max_len, d_model) table of sinusoidal positions.
 
@@ -49,15 +69,12 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
     Sines in even columns, cosines in odd columns (interleaved, as in the paper).
     With an odd d_model the last column is a sine without its cosine.
     """
-    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # (max_len, 1)
-    two_i = torch.arange(0, d_model, 2, dtype=torch.float32)            # (ceil(d_model/2),)
-    # wavelength factor 10000^(2i / d_model), one per dimension pair
-    denominator = torch.pow(10000.0, two_i / d_model)
-    angles = position / denominator                                     # (max_len, ceil(d_model/2))
-    pe = torch.zeros(max_len, d_model)
-    pe[:, 0::2] = torch.sin(angles)
-    pe[:, 1::2] = torch.cos(angles[:, : d_model // 2])
-    return pe
+    position = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)  # (max_len, 1)
+    # angle = p / BASE^(2i / d_model) = p * w_i, with the knob BASE in place of the paper's 10000
+    angles = position * pair_frequencies(d_model)                       # (max_len, ceil(d_model/2))
+    # (max_len, pairs, 2) -> (max_len, 2 * pairs): sin, cos, sin, cos, ...
+    pe = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(1)
+    return pe[:, :d_model].float()  # angles in float64, so each entry is exact to float32 rounding
 
 
 class PositionalEncoding(nn.Module):
@@ -74,19 +91,9 @@ class PositionalEncoding(nn.Module):
     def forward(self, x):
         T = x.size(1)
         if T > self.max_len:
-            raise ValueError(f"sequence length {T} exceeds the positional encoding's max_len {self.max_len}")
+            raise ValueError(f"sequence length {T} exceeds the positional encoding's max_len {self.max_len}; "
+                             f"build it with max_len >= {T} (the formula works for any length)")
         return self.dropout(x + self.pe[:T])  # (B, T, d_model) + (T, d_model) broadcasts over B
-
-
-def pair_frequencies(d_model: int) -> torch.Tensor:
-    """Angular frequency w_i = 1 / 10000^(2i / d_model) of each pair i (float64): PE angle = p * w_i."""
-    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(d_model/2),)
-    return BASE ** (-two_i / d_model)
-
-
-def pair_wavelengths(d_model: int) -> torch.Tensor:
-    """Positions after which pair i repeats: 2*pi / w_i = 2*pi * 10000^(2i / d_model)."""
-    return 2 * math.pi / pair_frequencies(d_model)
 
 
 def relative_position_matrix(k: int, d_model: int, dtype=torch.float32) -> torch.Tensor:
@@ -112,47 +119,38 @@ def concatenated_column_order(d_model: int) -> torch.Tensor:
     return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
 
 
-def concatenated_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
-    """The other common layout: sines in the first half of the columns, cosines in the second.
+class LearnedPositionalEmbedding(nn.Module):
+    """Learned absolute positions (as in BERT and GPT-2): one trained vector per position.
 
-    Same float32 arithmetic as sinusoidal_positional_encoding; only the column order differs.
+    forward(x (B, T, d_model)) -> x + table[:T]. There is no row for a position >= max_len.
     """
-    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # (max_len, 1)
-    denominator = torch.pow(10000.0, torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
-    angles = position / denominator                                     # (max_len, ceil(d_model/2))
-    return torch.cat([torch.sin(angles), torch.cos(angles[:, : d_model // 2])], dim=1)  # (max_len, d_model)
+
+    def __init__(self, d_model: int, max_len: int):
+        super().__init__()
+        self.table = nn.Embedding(max_len, d_model)  # (max_len, d_model) parameters, N(0, 1) at first
+
+    def forward(self, x):
+        positions = torch.arange(x.size(1), device=x.device)  # (T,)
+        return x + self.table(positions)                       # (B, T, d_model) + (T, d_model)
 
 
 def _tick_step(n: int, target: int = 9) -> int:
     """A round tick spacing giving at most `target` ticks over n cells."""
-    for step in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
-        if n / step <= target:
-            return step
-    return 2048
+    step = 1
+    while n / step > target:
+        step *= 2
+    return step
 
 
-def _plain_log_axis(ax):
-    """Log y axis labelled 1, 10, 100 (plain text is much faster to draw than 10^n), no minor ticks."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_locator(LogLocator(subs=()))
-
-
-def _heatmap(ax, table, title, show_colorbar=True):
+def _heatmap(ax, table, title):
     """PE table as an image: row = position, column = dimension, ticks on cell centres."""
-    image = ax.imshow(table.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
-                      interpolation="nearest")
+    image = ax.imshow(table.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     n_rows, n_cols = table.shape
     ax.set_xticks(range(0, n_cols, _tick_step(n_cols)))
     ax.set_yticks(range(0, n_rows, _tick_step(n_rows)))
-    ax.set_xlabel("embedding dimension (column)")
-    ax.set_ylabel("position p")
+    ax.set(xlabel="embedding dimension (column)", ylabel="position p")
     ax.set_title(title, fontsize=10)
-    if show_colorbar:
-        ax.figure.colorbar(image, ax=ax, label="PE[p, dimension]")
-    return image
+    ax.figure.colorbar(image, ax=ax, label="PE[p, dimension]")
 
 
 # %% 1. Attention without positions is blind to order
@@ -160,9 +158,9 @@ def section_1_order_blindness(d_model, device):
     common.section(1, "Attention without positions is blind to order")
     common.explain(f"""
         Self-attention compares every token with every other token, but nothing in it says where a
-        token sits. We shuffle the tokens of a sequence, run lesson 02's MultiHeadAttention (loaded
-        with common.load_lesson(2); {N_HEADS} heads, d_model={d_model}, eval mode) on both orders, and
-        check whether the output is simply shuffled the same way.""")
+        token sits. We move every token one place on (the last becomes the first), run lesson 02's
+        MultiHeadAttention ({N_HEADS} heads, d_model={d_model}, eval mode) on both orders, and
+        compare the outputs, moved the same way.""")
     embed = nn.Embedding(VOCAB_SIZE, d_model).to(device)
     attn = MultiHeadAttention(d_model, N_HEADS).to(device).eval()
     add_positions = PositionalEncoding(d_model, max_len=SEQ_LEN).to(device)
@@ -171,231 +169,219 @@ def section_1_order_blindness(d_model, device):
         return attn(x, x, x)[0]  # (B, T, d_model)
 
     tokens = torch.randint(0, VOCAB_SIZE, (1, SEQ_LEN), device=device)  # (B=1, T)
-    perm = torch.randperm(SEQ_LEN, device=device)
-    x, x_shuffled = embed(tokens), embed(tokens[:, perm])               # (1, T, d_model)
+    perm = torch.roll(torch.arange(SEQ_LEN, device=device), 1)         # every token moves
     with torch.no_grad():
-        plain = (self_attention(x_shuffled) - self_attention(x)[:, perm]).abs().max().item()
-        with_pe = (self_attention(add_positions(x_shuffled))
+        x, x_moved = embed(tokens), embed(tokens[:, perm])              # (1, T, d_model)
+        plain = (self_attention(x_moved) - self_attention(x)[:, perm]).abs().max().item()
+        with_pe = (self_attention(add_positions(x_moved))
                    - self_attention(add_positions(x))[:, perm]).abs().max().item()
         scale = self_attention(x).abs().mean().item()
-    print(f"  tokens            {tokens[0].tolist()}")
-    print(f"  shuffled tokens   {tokens[0, perm].tolist()}   (permutation {perm.tolist()})")
-    print(f"  largest |attn(shuffled) - shuffle(attn(x))|, no positions:   {common.fmt(plain)}")
-    print(f"  the same with positions added (x + PE) before attention:   {common.fmt(with_pe)}")
-    print(f"  (typical output size: mean |output| = {common.fmt(scale)})")
-    if plain < 1e-5:
-        common.explain(f"""
-            Without positions the shuffled output equals the shuffled original up to float rounding
-            ({common.fmt(plain)}): "dog bites man" and "man bites dog" give each word the same
-            vector. Attention is permutation-equivariant.""")
-    else:
-        common.explain(f"Without positions the outputs differ by {common.fmt(plain)}: unexpected.")
-    if with_pe > 1e-3:
-        common.explain(f"""
-            With positions added the difference is {common.fmt(with_pe)}, {common.fmt(with_pe / scale, 3)}
-            times the typical output size: the same token at another place now gives another output.
-            Order is information only once we put it into the input.""")
-    else:
-        common.explain(f"With positions the difference is only {common.fmt(with_pe)}: unexpected.")
+    print(f"  tokens          {tokens[0].tolist()}")
+    print(f"  moved tokens    {tokens[0, perm].tolist()}")
+    common.table([["attention(x)", plain], ["attention(x + PE)", with_pe]],
+                 ["input", "largest |attn(moved) - moved(attn)|"])
+    common.explain(f"""
+        For scale, the mean |output| is {fmt(scale)}. Without positions the two outputs differ only
+        by float rounding: "dog bites man" and "man bites dog" give each word the same vector
+        (attention is permutation-equivariant). With PE added to the input the difference is
+        {fmt(with_pe / scale, 3)} times the mean output: order is information once it is in the input.""")
     return plain, with_pe
 
 
 # %% 2. The sinusoidal table
 def section_2_table(pe, d_model, max_len, args):
     common.section(2, "The formula, entry by entry, and the module that adds it")
-    common.explain("""
-        PE[p, 2i] = sin(p / 10000^(2i/d_model)) and PE[p, 2i+1] = cos(p / 10000^(2i/d_model)).
-        Column pair i (columns 2i, 2i+1) turns at its own speed. Two entries by hand (math.sin /
-        math.cos) against the table:""")
-    j = max(1, d_model // 8)  # a pair whose denominator is 10000^(2j/d_model), 10 when d_model % 8 == 0
+    common.explain(f"""
+        PE[p, 2i] = sin(p / BASE^(2i/d_model)) and PE[p, 2i+1] = cos(p / BASE^(2i/d_model)), with
+        BASE = {BASE:g}. Column pair i (columns 2i, 2i+1) turns at its own speed. Two entries by
+        hand (math.sin / math.cos) next to the table:""")
+    j = max(1, d_model // 8)  # a pair in the first quarter of the columns
     p1, p2 = min(3, max_len - 1), min(10, max_len - 1)
+    rows = []
     for p, col, fn in ((p1, 0, math.sin), (p2, 2 * j + 1, math.cos)):
         two_i = col - col % 2
-        denom = BASE ** (two_i / d_model)
-        by_hand = fn(p / denom)
-        print(f"  PE[{p}, {col}] = {fn.__name__}({p} / 10000^({two_i}/{d_model})) = "
-              f"{fn.__name__}({p} / {common.fmt(denom)}) = {by_hand:.6f}   table: {pe[p, col].item():.6f}"
-              f"   difference {common.fmt(abs(by_hand - pe[p, col].item()), 2)}")
+        denominator = BASE ** (two_i / d_model)
+        rows.append([f"PE[{p}, {col}]", f"{fn.__name__}({p} / {BASE:g}^({two_i}/{d_model})) = "
+                     f"{fn.__name__}({p} / {fmt(denominator)})", f"{fn(p / denominator):.6f}",
+                     f"{pe[p, col].item():.6f}"])
+    common.table(rows, ["entry", "formula", "by hand", "table"])
     print()
     common.show_tensor("PE[:4, :8]  (first 4 positions, first 8 dimensions)", pe[:4, :8], decimals=4)
-    print(f"  PE[0] is sin(0), cos(0), ... = 0, 1, 0, 1, ...: max |PE[0] - [0,1,0,1,...]| = "
-          f"{common.fmt((pe[0] - torch.arange(d_model).remainder(2).float()).abs().max())}")
-    print(f"  all values lie in [-1, 1]: min {pe.min().item():.4f}, max {pe.max().item():.4f}")
+    wavelengths = pair_wavelengths(d_model)
+    fig, ax = common.new_figure(figsize=(7.5, 5.5), show=args.show)
+    _heatmap(ax, pe, f"Sinusoidal positional encoding (d_model={d_model}, BASE={BASE:g}):\ncolumn 0 "
+                     f"repeats every {fmt(wavelengths[0], 3)} positions, column {2 * (len(wavelengths) - 1)} "
+                     f"every {fmt(wavelengths[-1], 3)}")
+    common.save_figure(fig, args.out_dir, "positional_encoding_heatmap.png", show=args.show)
+    common.explain("""
+        Row 0 is sin 0, cos 0, ... = 0, 1, 0, 1, ...; every entry lies in [-1, 1]. In the heatmap
+        each row is one position's vector; down a column, a stripe pattern whose period grows from
+        left to right.""")
 
-    # The module: token embeddings + PE[:T]. No weights, so nothing to learn or save.
     module = PositionalEncoding(d_model, max_len=max_len)
-    x = torch.randn(2, min(SEQ_LEN, max_len), d_model)  # (B, T, d_model)
-    added = (module(x) - (x + pe[: x.size(1)])).abs().max().item()
-    n_params = sum(p.numel() for p in module.parameters())
-    print(f"\n  PositionalEncoding(x) - (x + PE[:T]): largest difference {common.fmt(added)}; "
-          f"parameters: {n_params}; buffers: {[n for n, _ in module.named_buffers()]}; "
-          f"state_dict keys: {list(module.state_dict())}")
+    print(f"  PositionalEncoding(d_model={d_model}, max_len={max_len}): parameters "
+          f"{[n for n, _ in module.named_parameters()]}, buffers {[n for n, _ in module.named_buffers()]} "
+          f"{tuple(module.pe.shape)}, state_dict keys {list(module.state_dict())}")
     try:
         module(torch.zeros(1, max_len + 1, d_model))
     except ValueError as exc:
-        print(f"  a sequence longer than max_len is refused: ValueError: {exc}")
-
-    fig, ax = common.new_figure(figsize=(7.5, 5.5), show=args.show)
-    _heatmap(ax, pe, f"Sinusoidal positional encoding (d_model={d_model}):\n"
-                     "left columns change fast down the positions, right columns barely change")
-    common.save_figure(fig, args.out_dir, "positional_encoding_heatmap.png", show=args.show)
-    common.explain("""
-        In the heatmap each row is one position's vector. Read across a row: the left columns
-        (fast pairs) look random, the right ones sit near sin = 0, cos = 1. Read down a column:
-        a stripe pattern whose period grows from left to right.""")
-    return added, n_params, len(module.state_dict())
+        print(f"  {max_len + 1} tokens are refused: ValueError: {exc}")
+    longer = sinusoidal_positional_encoding(2 * max_len, d_model)
+    common.explain(f"""
+        The module only adds pe[:T]; the buffer is not trained and not saved, since the formula
+        rebuilds it. max_len is a cache, not a limit of the method: the same formula built for
+        {2 * max_len} positions gives the same first {max_len} rows (largest difference
+        {fmt((longer[:max_len] - pe).abs().max())}) and new rows for the positions after them.""")
 
 
 # %% 3. Wavelengths
 def section_3_wavelengths(pe, d_model, max_len, args):
-    common.section(3, "Wavelengths: pair i repeats every 2*pi*10000^(2i/d_model) positions")
-    wavelengths = pair_wavelengths(d_model)  # (d_model/2,)
-    # Measured from the table: the angle of pair i at position p is atan2(sin, cos); its mean step
-    # per position (wrapped to (-pi, pi]) is w_i, and the wavelength is 2*pi / w_i.
-    table = pe.double()
-    angle = torch.atan2(table[:, 0::2], table[:, 1::2])  # (max_len, d_model/2)
-    step = torch.remainder(angle[1:] - angle[:-1] + math.pi, 2 * math.pi) - math.pi
-    measured = 2 * math.pi / step.mean(0)
-    change = (table[1:] - table[:-1]).abs().mean(0)     # (d_model,) mean |PE[p+1] - PE[p]|
+    common.section(3, "Wavelengths: pair i repeats every 2*pi*BASE^(2i/d_model) positions")
+    wavelengths = pair_wavelengths(d_model)              # (d_model/2,)
+    change = (pe[1:] - pe[:-1]).abs().mean(0)            # (d_model,) mean |PE[p+1] - PE[p]| per column
     n_pairs = d_model // 2
     pairs = sorted({min(i, n_pairs - 1) for i in (0, 1, 2, n_pairs // 4, n_pairs // 2, n_pairs - 1)})
-    rows = [[i, f"{2 * i},{2 * i + 1}", BASE ** (2 * i / d_model), wavelengths[i].item(),
-             measured[i].item(), change[2 * i].item()] for i in pairs]
-    common.table(rows, ["pair i", "columns", "10000^(2i/d)", "wavelength 2*pi*10000^(2i/d)",
-                        f"measured on {max_len} rows", "mean |PE[p+1]-PE[p]| (sin col)"])
-    worst = ((measured - wavelengths).abs() / wavelengths).max().item()
-    print(f"  largest relative gap, formula vs table, over all {n_pairs} pairs: {common.fmt(worst, 2)}")
-    pair_change = change.view(n_pairs, 2).mean(1)
-    ordered = int((pair_change[1:] <= pair_change[:-1]).sum()) + 1
-    print(f"  mean change per step, averaged over each pair's two columns: {ordered} of {n_pairs} pairs "
-          f"are no faster than the pair before; pair 0 {common.fmt(pair_change[0])}, "
-          f"last pair {common.fmt(pair_change[-1])}")
-    print(f"  last pair: 2*pi*10000^({d_model - 2}/{d_model}) = {common.fmt(wavelengths[-1])}; "
-          f"it approaches 10000*2*pi = {common.fmt(BASE * 2 * math.pi)} as d_model grows "
-          f"(d_model=512: {common.fmt(pair_wavelengths(512)[-1])})")
+    common.table([[i, f"{2 * i},{2 * i + 1}", BASE ** (2 * i / d_model), wavelengths[i].item(),
+                   max_len / wavelengths[i].item(), change[2 * i].item()] for i in pairs],
+                 ["pair i", "columns", "BASE^(2i/d)", "wavelength", f"turns in {max_len} positions",
+                  "mean |PE[p+1]-PE[p]| (sin col)"])
+    turns_last = max_len / wavelengths[-1].item()
     common.explain(f"""
-        Pair 0 turns once every 2*pi = {common.fmt(wavelengths[0])} positions; the last pair needs
-        {common.fmt(wavelengths[-1])}, so over {max_len} positions it hardly moves. Low dimensions tell
-        neighbours apart, high dimensions say roughly where in a long text we are, like the hands of
-        a clock: seconds, minutes, hours. Wavelengths grow geometrically (a straight line on the log
-        axis of the figure), one factor 10000^(2/d_model) = {common.fmt(BASE ** (2 / d_model))} per pair.
+        Pair 0 turns once every 2*pi = {fmt(wavelengths[0])} positions; the last pair needs
+        {fmt(wavelengths[-1])}, so over the {max_len} positions of the table it makes {fmt(turns_last, 3)}
+        turns, and {int((wavelengths > max_len).sum())} of the {n_pairs} pairs do not complete one.
+        Low dimensions tell neighbours apart; high ones change slowly, like the hour hand of a
+        clock. Each wavelength is BASE^(2/d_model) = {fmt(BASE ** (2 / d_model))} times the one
+        before: a straight line on a log axis.""")
+    if turns_last < 0.25:  # the slowest pairs stay near angle 0 over the whole table
+        common.explain(f"""
+            In the last panel the slow pairs zigzag: near angle 0 a sine moves by about w per step
+            but a cosine by only about w^2 * p (it is flat at its top), e.g. the last pair's columns
+            {d_model - 2} and {d_model - 1}: {fmt(change[-2])} vs {fmt(change[-1])}.""")
+    plot_wavelengths(pe, wavelengths, change, args)
+    return wavelengths
 
-        In the last panel the slow pairs zigzag: near angle 0 a sine moves by about w per step but a
-        cosine by only about w^2 * p (it is flat at its top), e.g. the last pair's columns
-        {d_model - 2} and {d_model - 1}: {common.fmt(change[-2])} vs {common.fmt(change[-1])}.""")
 
+def plot_wavelengths(pe, wavelengths, change, args):
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    max_len, d_model = pe.shape
+    n_pairs = len(wavelengths)
     fig, axes = common.new_figure(1, 3, figsize=(15, 4.4), show=args.show)
-    positions = torch.arange(max_len)
     for i in sorted({0, n_pairs // 8, n_pairs // 4, n_pairs // 2}):
-        axes[0].plot(positions, pe[:, 2 * i], ".-" if i == 0 else "-", lw=1 if i == 0 else 1.8, ms=3,
-                     label=f"column {2 * i}: wavelength {common.fmt(wavelengths[i].item(), 3)}")
-    axes[0].set(xlabel="position p", ylabel="PE[p, column]  (sine columns)",
-                title="Sine columns: higher pairs turn more slowly")
-    axes[0].set_ylim(-1.75, 1.1)  # room for the legend below the curves
-    axes[0].set_yticks([-1, -0.5, 0, 0.5, 1])
-    axes[0].legend(fontsize=7, loc="lower center", ncol=2)
-    axes[1].plot(range(n_pairs), wavelengths, "-", label="formula 2*pi*10000^(2i/d_model)")
-    axes[1].plot(range(n_pairs), measured, "o", ms=3, label=f"measured on the table ({max_len} rows)")
-    for y, text, x, align in ((2 * math.pi, "2*pi", n_pairs - 1, "right"),
-                              (BASE * 2 * math.pi, "10000*2*pi", 0, "left")):
-        axes[1].axhline(y, color="gray", ls=":", lw=1)
-        axes[1].text(x, y * 1.15, text, fontsize=8, color="gray", ha=align)
-    _plain_log_axis(axes[1])
-    axes[1].set_ylim(top=BASE * 2 * math.pi * 4)
+        axes[0].plot(range(max_len), pe[:, 2 * i], ".-" if i == 0 else "-", lw=1 if i == 0 else 1.8, ms=3,
+                     label=f"column {2 * i}: wavelength {fmt(wavelengths[i].item(), 3)}")
+    axes[0].set(xlabel="position p", ylabel="PE[p, column]  (sine columns)", ylim=(-1.75, 1.1),
+                yticks=[-1, -0.5, 0, 0.5, 1], title="Sine columns: higher pairs turn more slowly")
+    axes[0].legend(fontsize=7, loc="lower center", ncol=2)  # in the room left below the curves
+    axes[1].plot(range(n_pairs), wavelengths, "o-", ms=3, label="2*pi*BASE^(2i/d_model)")
+    for y, text, style in ((2 * math.pi, "2*pi", ":"), (BASE * 2 * math.pi, "2*pi*BASE", ":"),
+                           (max_len, f"max_len = {max_len}", "--")):
+        axes[1].axhline(y, color="gray", ls=style, lw=1, label=text if style == "--" else None)
+        axes[1].text(0, y * 1.15, text, fontsize=8, color="gray")
     axes[1].set(xlabel="dimension pair i (columns 2i, 2i+1)", ylabel="wavelength (positions, log)",
-                title="Wavelength grows geometrically with the pair")
-    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, 0.86))
+                title="Wavelength grows geometrically with the pair;\npairs above the dashed line "
+                      "do not turn once in the table")
     axes[2].plot(range(d_model), change, ".-")
-    _plain_log_axis(axes[2])
     axes[2].set(xlabel="embedding dimension (column)", ylabel="mean |PE[p+1] - PE[p]|  (log)",
                 title="Low dimensions change fastest")
+    for ax in axes[1:]:  # log axes labelled 1, 10, 100 (plain numbers), no minor ticks
+        ax.xaxis.get_major_locator().set_params(integer=True)  # pairs and columns are whole numbers
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_locator(LogLocator(subs=()))
+    axes[1].set_ylim(top=BASE * 2 * math.pi * 4)
+    axes[1].legend(fontsize=8, loc="lower right")
     common.save_figure(fig, args.out_dir, "positional_encoding_wavelengths.png", show=args.show)
-    return wavelengths, worst
 
 
 # %% 4. Relative position: one matrix per offset
-def section_4_relative(pe, d_model, offsets, args):
+def section_4_relative(pe, d_model, offsets):
     common.section(4, "Relative position: PE(p + k) = M_k PE(p), one matrix M_k for every p")
     common.explain("""
         sin and cos of (p + k) w are fixed mixtures of sin and cos of p w. So for each offset k a
         matrix built from k alone (a 2x2 rotation by angle k*w_i for each pair) moves every position
-        k steps on. Attention computes with linear maps, so 'k tokens earlier' is something it can
-        express. Top-left corner of M_1 (two pairs):""")
+        k steps on. Top-left corner of M_1 (two pairs):""")
     common.show_tensor("M_1[:4, :4]", relative_position_matrix(1, d_model)[:4, :4], decimals=4)
     table, rows = pe.double(), []
     for k in offsets:
-        M = relative_position_matrix(k, d_model, dtype=torch.float64)
-        moved = table[:-k] @ M.T  # every position at once: (max_len - k, d_model) @ (d_model, d_model)
-        error = (moved - table[k:]).abs().max().item()
-        no_move = (table[:-k] - table[k:]).abs().max().item()
-        orthogonal = (M.T @ M - torch.eye(d_model, dtype=torch.float64)).abs().max().item()
-        rows.append([k, table.size(0) - k, error, no_move, orthogonal])
-    common.table(rows, ["offset k", "positions p", "max |M_k PE(p) - PE(p+k)|",
-                        "max |PE(p) - PE(p+k)| (no M)", "max |M^T M - I|"])
-    k = offsets[-1]
-    power = (torch.linalg.matrix_power(relative_position_matrix(1, d_model, torch.float64), k)
-             - relative_position_matrix(k, d_model, torch.float64)).abs().max().item()
-    worst = max(r[2] for r in rows)
-    # The same check on a table computed in float64: what is left is the rounding of float64.
-    angles64 = torch.arange(pe.size(0), dtype=torch.float64).unsqueeze(1) * pair_frequencies(d_model)
-    table64 = torch.stack([angles64.sin(), angles64.cos()], dim=-1).flatten(1)  # sin, cos, sin, cos, ...
-    worst64 = max((table64[:-k] @ relative_position_matrix(k, d_model, torch.float64).T - table64[k:])
-                  .abs().max().item() for k in offsets)
-    print(f"  M_1 applied {k} times vs M_{k}: largest difference {common.fmt(power, 2)}")
-    print(f"  the same check on a table computed in float64: largest error {common.fmt(worst64, 2)}")
-    cause = ("the float32 rounding of the table" if worst < 1e-4
-             else "far more than float32 rounding: look for a bug in relative_position_matrix")
-    squared_length = pe.double().pow(2).sum(1)  # |PE(p)|^2 for every p
+        moved = table[:-k] @ relative_position_matrix(k, d_model, torch.float64).T  # M_k PE(p), every p
+        rows.append([k, table.size(0) - k, (moved - table[k:]).abs().max().item(),
+                     (table[:-k] - table[k:]).abs().max().item()])
+    common.table(rows, ["offset k", "positions p", "max |M_k PE(p) - PE(p+k)|", "max |PE(p) - PE(p+k)|"])
     common.explain(f"""
-        Largest error over all positions and offsets: {common.fmt(worst, 2)}, {cause} (in float64
-        it is {common.fmt(worst64, 2)}), against differences up to {common.fmt(max(r[3] for r in rows), 3)}
-        between the vectors themselves. M_k is a rotation (M^T M = I), so every PE(p) has the length
-        of PE(0): |PE(p)|^2 = d_model/2 = {d_model // 2} (largest gap from {d_model // 2} over all
-        {pe.size(0)} positions: {common.fmt((squared_length - d_model / 2).abs().max(), 2)}).""")
-    return worst
+        M_k PE(p) lands on PE(p + k) to within {fmt(max(r[2] for r in rows), 2)} (float32 rounding of
+        the table) for every p, while the vectors themselves differ by up to
+        {fmt(max(r[3] for r in rows), 3)}. Since M_k is a rotation, it keeps every PE(p) at the same
+        length. Rotary position embeddings (RoPE, used by most recent language models) build on
+        exactly this: instead of adding PE to the input, they rotate each query by M_p and each key
+        by M_q, so q . k depends on the offset q - p by construction, in every layer.""")
+    return max(r[2] for r in rows)
 
 
-# %% 5. Dot products depend only on the offset
+# %% 5. Dot products depend only on the offset; attention can look k tokens back
+def look_back_weights(pe, k, c):
+    """Attention weights (causal) of every query when W_q = c M_-k and W_k = W_v = I on inputs PE.
+
+    Query p becomes c M_-k PE(p) = c PE(p - k), so its score with key q is c PE(p - k) . PE(q),
+    largest at q = p - k. Returns (scores (T, T), weights (T, T)), using lesson 01's attention.
+    """
+    T, d_model = pe.shape
+    Q = pe @ (c * relative_position_matrix(-k, d_model)).T   # (T, d_model): row p is c PE(p - k)
+    _, weights = scaled_dot_product_attention(Q, pe, pe, causal_mask(T))  # scores / sqrt(d_model)
+    return Q @ pe.T, weights                                 # (T, d_model) @ (d_model, T) -> (T, T)
+
+
 def section_5_dot_products(pe, d_model, offsets, args):
-    common.section(5, "PE(p) . PE(q) depends only on the offset p - q")
+    common.section(5, "PE(p) . PE(q) depends only on p - q; a rotated query looks k tokens back")
     common.explain("""
         sin(pw) sin(qw) + cos(pw) cos(qw) = cos((p - q) w), so PE(p) . PE(q) = sum_i cos((p - q) w_i):
         the same number for every pair of positions the same distance apart.""")
     gram = pe.double() @ pe.double().T  # (max_len, max_len) all dot products
     w = pair_frequencies(d_model)
-    rows = []
-    for k in (0, *offsets):
-        diagonal = torch.diagonal(gram, k)  # PE(p) . PE(p + k) for every p
-        rows.append([k, diagonal.numel(), diagonal.mean().item(), torch.cos(k * w).sum().item(),
-                     (diagonal.max() - diagonal.min()).item()])
-    common.table(rows, ["offset", "pairs (p, p+k)", "mean PE(p).PE(p+k)", "sum_i cos(k w_i)",
-                        "spread over p (max - min)"])
-    n = gram.size(0)
-    # the spread over p along all 2n - 1 diagonals, not only the offsets in the table
-    spread = max((torch.diagonal(gram, k).max() - torch.diagonal(gram, k).min()).item()
-                 for k in range(-(n - 1), n))
-    across = (gram[0].max() - gram[0].min()).item()
-    rises = int((gram[0, 1:] > gram[0, :-1]).sum())  # offsets k where PE(0).PE(k) grows again
-    print(f"  for comparison, PE(0) . PE(q) ranges over {common.fmt(across)} as q varies")
-    k = offsets[-1]
-    turn_gap = (relative_position_matrix(k, d_model) - relative_position_matrix(-k, d_model)).abs().max()
-    print(f"  offset -{k} vs +{k}: mean dot product {common.fmt(torch.diagonal(gram, -k).mean())} vs "
-          f"{common.fmt(torch.diagonal(gram, k).mean())}, while M_-{k} and M_{k} differ by up to "
-          f"{common.fmt(turn_gap)}:\n  the dot product cannot tell before from after; the rotation can")
+    rows = [[k, torch.diagonal(gram, k).mean().item(), torch.cos(k * w).sum().item(),
+             (torch.diagonal(gram, k).max() - torch.diagonal(gram, k).min()).item()] for k in (0, *offsets)]
+    common.table(rows, ["offset k", "mean PE(p).PE(p+k)", "sum_i cos(k w_i)", "spread over p (max - min)"])
+    k, n = offsets[0], gram.size(0)
     common.explain(f"""
-        Along all {2 * n - 1} diagonals the spread over p is at most {common.fmt(spread, 2)} (float32
-        rounding of the table, as in section 4), while the value changes by up to {common.fmt(across)}
-        from one offset to another: similarity between two positions is a function of their distance.
-        It is largest at distance 0 ({common.fmt(gram[0, 0])}; at any other offset at most
-        {common.fmt(gram[0, 1:].max())}) and falls off as they move apart, though not monotonically:
-        PE(0).PE(k) grows again at {rises} of the {n - 1} steps from k to k + 1.""")
+        The value is largest at offset 0 ({fmt(gram[0, 0])}; elsewhere at most {fmt(gram[0, 1:].max())})
+        and falls off as positions move apart, not monotonically. Offsets -k and +k give the same
+        number (cos is even): the dot product alone cannot tell before from after.
 
-    fig, axes = common.new_figure(1, 2, figsize=(12, 4.8), show=args.show)
-    image = axes[0].imshow(gram.numpy(), cmap="viridis", interpolation="nearest")
+        Attention compares W_q x with W_k x. Take W_k = I and W_q = c M_-{k} (so W_q^T W_k = c M_{k}):
+        the query of position p becomes c PE(p - {k}), and its score with key q is
+        c sum_i cos((p - {k} - q) w_i), largest at q = p - {k}. Weights of query p = {n - 1} (causal,
+        scores / sqrt(d_model), lesson 01's function; a uniform row gives each key {fmt(1 / n, 3)}):""")
+    table, curves = [], {}
+    for c in LOOK_BACK_SCALES:
+        scores, weights = look_back_weights(pe, k, c)
+        target = torch.arange(k, n)                             # queries p >= k and their key p - k
+        others = torch.cat([scores[-1, :n - 1 - k], scores[-1, n - k:]])
+        hits = (weights[target].argmax(-1) == target - k).float().mean().item()
+        table.append([c, scores[-1, n - 1 - k].item(), others.max().item(), weights[-1, n - 1 - k].item(),
+                      torch.cat([weights[-1, :n - 1 - k], weights[-1, n - k:]]).max().item(), f"{hits:.0%}"])
+        curves[c] = weights[-1]
+    common.table(table, ["c", f"score of key p-{k}", "best other score", f"weight on p-{k}",
+                         "largest other weight", f"rows peaking at p-{k}"])
+    margin = (table[0][1] - table[0][2]) / table[0][1]  # the same for every c: scores scale with c
+    common.explain(f"""
+        The score of key p - {k} stands only {fmt(100 * margin, 2)}% above the best other key, whatever c: the
+        peak is shallow, and only the size c of W_q^T W_k decides how much weight it gets
+        ({fmt(table[0][3], 3)} with c = {table[0][0]}, {fmt(table[-1][3], 3)} with c = {table[-1][0]};
+        see the last panel of the figure).""")
+    plot_dot_products(gram, curves, k, args)
+    return table
+
+
+def plot_dot_products(gram, curves, k, args):
+    n = gram.size(0)
+    fig, axes = common.new_figure(1, 3, figsize=(17, 4.8), show=args.show)
+    stride = -(-n // 512)  # at most 512 x 512 cells drawn: more only costs drawing time
+    image = axes[0].imshow(gram[::stride, ::stride].numpy(), cmap="viridis", interpolation="nearest",
+                           extent=(-0.5, n - 0.5, n - 0.5, -0.5))  # axes in positions, cell centres on ticks
     axes[0].set_xticks(range(0, n, _tick_step(n)))
     axes[0].set_yticks(range(0, n, _tick_step(n)))
-    axes[0].set(xlabel="position q", ylabel="position p",
-                title="PE(p) . PE(q): constant along every diagonal")
+    axes[0].set(xlabel="position q", ylabel="position p", title="PE(p) . PE(q): constant along every diagonal")
     fig.colorbar(image, ax=axes[0], label="dot product")
     for p in sorted({0, n // 4, n // 2}):
         ks = torch.arange(-p, n - p)
@@ -403,102 +389,159 @@ def section_5_dot_products(pe, d_model, offsets, args):
     axes[1].set(xlabel="offset q - p", ylabel="PE(p) . PE(q)",
                 title="The same curve from every starting position p")
     axes[1].legend(fontsize=8)
+    first = max(0, n - 1 - k - 16)  # the last keys only: the peak and its neighbours
+    for c, weights in curves.items():
+        axes[2].plot(range(first, n), weights[first:], ".-", ms=4, lw=1, label=f"c = {c}")
+    peak = int(curves[max(curves)].argmax())
+    axes[2].axvline(n - 1 - k, color="gray", ls=":", lw=1)
+    axes[2].axhline(1 / n, color="black", ls=":", lw=1, label="uniform 1/(p+1)")
+    axes[2].set(xlabel=f"key position q (keys {first}..{n - 1})", ylabel="attention weight of query p",
+                title=f"Query p = {n - 1} with W_q = c M_-{k}, W_k = I:\n"
+                      f"weights peak at key {peak} = p - {n - 1 - peak}")
+    axes[2].xaxis.get_major_locator().set_params(integer=True)  # key positions are whole numbers
+    axes[2].legend(fontsize=8)
     common.save_figure(fig, args.out_dir, "positional_encoding_dot_products.png", show=args.show)
-    return spread
 
 
 # %% 6. Interleaved vs concatenated halves
-def section_6_layouts(pe, d_model, max_len, args):
+def section_6_layouts(pe, d_model, args):
     common.section(6, "Interleaved sin/cos vs concatenated halves (two layouts, one encoding)")
-    common.explain("""
-        The paper interleaves (sin, cos, sin, cos, ...). Much code puts all sines first, then all
-        cosines. The plots look different; are they different encodings?""")
-    concat = concatenated_positional_encoding(max_len, d_model)
     order = concatenated_column_order(d_model)
-    # Match every column of one table to its nearest column of the other.
-    distance = torch.cdist(concat.T.double(), pe.T.double())  # (d_model, d_model)
-    match = distance.argmin(1)  # for each concatenated column, the nearest interleaved column
-    one_to_one = sorted(match.tolist()) == list(range(d_model))
-    # cdist takes a fast matmul route that leaves ~1e-7 even between equal columns, so the
-    # matched pairs are compared entry by entry.
-    match_gap = (concat - pe[:, match]).abs().max().item()
-    print(f"  each concatenated column matched to its nearest interleaved column: largest entry "
-          f"difference {common.fmt(match_gap, 2)}; the matching is one-to-one: {one_to_one}")
-    print(f"  concatenated == interleaved[:, {order[:4].tolist()}...{order[-2:].tolist()}]: largest "
-          f"difference {common.fmt((pe[:, order] - concat).abs().max(), 2)}")
-    gram_gap = (pe.double() @ pe.double().T - concat.double() @ concat.double().T).abs().max().item()
-    # The first layer that reads PE is linear: permuting its input columns = permuting its weights.
-    layer = nn.Linear(d_model, d_model)
-    permuted = nn.Linear(d_model, d_model)
+    concat = pe[:, order]  # (max_len, d_model): sin(p w_0), sin(p w_1), ..., cos(p w_0), cos(p w_1), ...
+    common.explain(f"""
+        The paper interleaves (sin, cos, sin, cos, ...). Much code puts all sines first, then all
+        cosines: the same columns in the order {order[:3].tolist()} ... {order[-2:].tolist()}. The first
+        layer that reads the input is linear, and a linear layer on reordered columns equals the
+        same layer with its weight columns reordered the same way:""")
+    layer, permuted = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
     with torch.no_grad():
         permuted.weight.copy_(layer.weight[:, order])
         permuted.bias.copy_(layer.bias)
         layer_gap = (layer(pe) - permuted(concat)).abs().max().item()
-    print(f"  dot products PE(p).PE(q) in the two layouts: largest difference {common.fmt(gram_gap, 2)}")
-    print(f"  nn.Linear on interleaved vs the same layer, weight columns reordered, on concatenated: "
-          f"largest difference {common.fmt(layer_gap, 2)}")
+    print(f"  largest |layer(interleaved) - reordered layer(concatenated)|: {fmt(layer_gap, 2)}\n")
     common.explain("""
-        Same columns, another order. A model learns its weights, and a reordering of input columns is
-        just another set of weights, so for the model the two layouts are equivalent. For your eyes they
-        are not: the two heatmaps of positional_encoding_layouts.png look nothing alike. Check which
-        layout a plot uses before you compare it with another.""")
+        A model learns its weights, so for the model the two layouts are equivalent. For your eyes
+        they are not: the two heatmaps of positional_encoding_layouts.png look nothing alike. Check
+        which layout a plot uses before you compare it with another.""")
     fig, axes = common.new_figure(1, 2, figsize=(12, 4.8), show=args.show)
     _heatmap(axes[0], pe, "Interleaved (paper): sin in even, cos in odd columns")
-    _heatmap(axes[1], concat, f"Concatenated: sin in columns 0-{d_model // 2 - 1}, "
-                              f"cos in {d_model // 2}-{d_model - 1}")
+    _heatmap(axes[1], concat,
+             f"Concatenated: sin in columns 0-{d_model // 2 - 1}, cos in {d_model // 2}-{d_model - 1}")
     common.save_figure(fig, args.out_dir, "positional_encoding_layouts.png", show=args.show)
-    return one_to_one, layer_gap
+    return layer_gap
+
+
+# %% 7. Positions next to token embeddings; learned positions
+def section_7_embeddings(pe, d_model, max_len, offsets):
+    common.section(7, "How loud are positions next to tokens? And learned positions")
+    common.explain(f"""
+        The input of the first block is token embedding * scale + PE. Each PE(p) has length
+        sqrt(d_model/2) = {fmt(math.sqrt(d_model / 2))} (each pair adds sin^2 + cos^2 = 1). The paper
+        multiplies the embeddings by sqrt(d_model) = {fmt(math.sqrt(d_model))}. How long are token
+        vectors then? Averages over {VOCAB_SIZE} token ids:""")
+    pe_length = pe.norm(dim=1).mean().item()
+    rows = []
+    for init, std in (("nn.Embedding default, N(0, 1)", None), ("N(0, 1/d_model)", d_model ** -0.5)):
+        embed = nn.Embedding(VOCAB_SIZE, d_model)
+        if std is not None:
+            nn.init.normal_(embed.weight, std=std)
+        length = embed.weight.norm(dim=1).mean().item()
+        for name, scale in (("1", 1.0), ("sqrt(d_model)", math.sqrt(d_model))):
+            rows.append([init, name, length * scale, pe_length, pe_length / (length * scale)])
+    common.table(rows, ["initialisation", "scale", "|token|", "|PE(p)|", "|PE| / |token|"])
+    common.explain(f"""
+        The sqrt(d_model) scale goes with embeddings of length about 1 (N(0, 1/d_model), a common
+        choice when the embedding matrix is shared with the output layer): tokens and positions then
+        have similar sizes. With nn.Embedding's default N(0, 1), the same scale makes tokens
+        {fmt(1 / rows[1][4], 3)} times longer than the positions. Check which initialisation goes with
+        the scale before copying either.""")
+
+    learned = LearnedPositionalEmbedding(d_model, max_len)
+    k, table = offsets[0], learned.table.weight.detach().double()
+    spread = {}
+    for name, t in (("sinusoidal", pe.double()), ("learned", table)):
+        same_offset = (t[:-k] * t[k:]).sum(1)  # PE(p) . PE(p + k) for every p
+        spread[name] = (same_offset.max() - same_offset.min()).item()
+    common.table([["sinusoidal (this lesson)", 0, "any (max_len rows cached)", spread["sinusoidal"]],
+                  ["learned nn.Embedding, untrained", sum(p.numel() for p in learned.parameters()),
+                   f"{max_len} (no row after that)", spread["learned"]]],
+                 ["positions", "parameters", "longest sequence", f"spread of PE(p).PE(p+{k}) over p"])
+    common.explain(f"""
+        Learned absolute positions (BERT, GPT-2) replace the formula by a trained table: max_len x
+        d_model parameters, and nothing for a position beyond max_len. Untrained, the table is
+        noise: its dot products at offset {k} vary by {fmt(spread['learned'], 3)} over p, the
+        sinusoidal table's by {fmt(spread['sinusoidal'], 2)}. Whatever order structure it ends with
+        comes from the training data.""")
+    return rows
 
 
 # %% main: the lesson's table of contents
-def parse_sizes(args):
-    """--d-model and --max-len (or the knobs, or --quick sizes); a bad value exits with one line."""
-    d_model = args.d_model if args.d_model is not None else (QUICK["d_model"] if args.quick else D_MODEL)
-    max_len = args.max_len if args.max_len is not None else (QUICK["max_len"] if args.quick else MAX_LEN)
-    step = math.lcm(2, N_HEADS)
-    if d_model <= 0 or d_model % step or d_model > 4096:
-        common.fail(f"--d-model must be a positive multiple of {step} (sin/cos pairs, {N_HEADS} heads) "
-                    f"up to 4096, got {d_model}; try --d-model {D_MODEL}")
-    if max_len < 16 or max_len > 4096:
-        common.fail(f"--max-len must be between 16 and 4096 positions, got {max_len}; "
-                    f"try --max-len {MAX_LEN}")
+def check_settings(args):
+    """d_model and max_len from the flags, else the knobs; an impossible setting gives one error line."""
+    quick = "QUICK_" if args.quick else ""  # --quick reads QUICK_D_MODEL and QUICK_MAX_LEN
+    knob_d_model, knob_max_len = (QUICK_D_MODEL, QUICK_MAX_LEN) if args.quick else (D_MODEL, MAX_LEN)
+    d_model, d_label = common.flag_or_knob(args, "d_model", quick + "D_MODEL", knob_d_model)
+    max_len, m_label = common.flag_or_knob(args, "max_len", quick + "MAX_LEN", knob_max_len)
+    step = math.lcm(2, max(N_HEADS, 1))  # even for sin/cos pairs, and a multiple of N_HEADS
+    near = max(step, min(round(d_model / step), 4096 // step) * step)
+    problems = [
+        (N_HEADS >= 1, f"N_HEADS = {N_HEADS} must be 1 or more"),
+        (0 < d_model <= 4096 and d_model % step == 0,
+         f"{d_label} must be a multiple of {step} up to 4096 (even for the sin/cos pairs, and divisible "
+         f"by N_HEADS = {N_HEADS}); try {near}"),
+        (16 <= max_len <= 4096, f"{m_label} must be from 16 to 4096 positions; try {MAX_LEN}"),
+        (BASE > 1, f"BASE = {BASE} must be more than 1 (wavelengths grow from 2*pi to 2*pi*BASE)"),
+        (SEQ_LEN >= 2, f"SEQ_LEN = {SEQ_LEN} must be 2 or more (tokens to move around)"),
+        (VOCAB_SIZE >= 1, f"VOCAB_SIZE = {VOCAB_SIZE} must be 1 or more"),
+        (len(OFFSETS) > 0 and min(OFFSETS) >= 1, f"OFFSETS = {OFFSETS} must hold offsets of 1 or more"),
+        (len(LOOK_BACK_SCALES) > 0 and min(LOOK_BACK_SCALES) > 0,
+         f"LOOK_BACK_SCALES = {LOOK_BACK_SCALES} must hold sizes above 0"),
+    ]
+    for ok, message in problems:
+        if not ok:
+            raise common.UserError(message)
     return d_model, max_len
 
 
+@common.entry_point
 def main(argv=None):
     parser = common.lesson_parser(__doc__)
     parser.add_argument("--d-model", type=int, default=None,
-                        help=f"embedding size (default {D_MODEL}, --quick {QUICK['d_model']})")
+                        help=f"embedding size (default D_MODEL = {D_MODEL}, --quick {QUICK_D_MODEL})")
     parser.add_argument("--max-len", type=int, default=None,
-                        help=f"positions in the table (default {MAX_LEN}, --quick {QUICK['max_len']})")
+                        help=f"positions in the table (default MAX_LEN = {MAX_LEN}, --quick {QUICK_MAX_LEN})")
     args = common.parse_args(parser, argv)
-    d_model, max_len = parse_sizes(args)
+    d_model, max_len = check_settings(args)
     device = common.setup(args, "Lesson 03: positional encoding")
-    print(f"d_model={d_model}, max_len={max_len}; attention layer reused from lesson 02 "
-          "(common.load_lesson(2).MultiHeadAttention)")
+    print(f"d_model={d_model}, max_len={max_len}, BASE={BASE:g}; attention from lessons 01 and 02 "
+          "(common.load_lesson)")
     offsets = tuple(k for k in OFFSETS if k < max_len // 2) or (1,)
     pe = sinusoidal_positional_encoding(max_len, d_model)  # (max_len, d_model), on the CPU
 
     plain, with_pe = section_1_order_blindness(d_model, device)
-    _, n_params, n_saved = section_2_table(pe, d_model, max_len, args)
-    wavelengths, _ = section_3_wavelengths(pe, d_model, max_len, args)
-    relative_error = section_4_relative(pe, d_model, offsets, args)
-    spread = section_5_dot_products(pe, d_model, offsets, args)
-    one_to_one, layer_gap = section_6_layouts(pe, d_model, max_len, args)
+    section_2_table(pe, d_model, max_len, args)
+    wavelengths = section_3_wavelengths(pe, d_model, max_len, args)
+    relative_error = section_4_relative(pe, d_model, offsets)
+    look_back = section_5_dot_products(pe, d_model, offsets, args)
+    layer_gap = section_6_layouts(pe, d_model, args)
+    sizes = section_7_embeddings(pe, d_model, max_len, offsets)
 
     common.key_insights([
-        f"Attention alone is permutation-equivariant: shuffled input, shuffled output (largest "
-        f"difference {common.fmt(plain, 2)}). Adding PE breaks that (difference {common.fmt(with_pe, 3)}).",
-        f"PositionalEncoding adds a fixed table: {n_params} parameters, a buffer that moves with .to(), "
-        f"{n_saved} entries in state_dict (the formula rebuilds it).",
-        f"Pair i has wavelength 2*pi*10000^(2i/d_model), from {common.fmt(wavelengths[0])} positions "
-        f"(pair 0) to {common.fmt(wavelengths[-1])} (last pair), so low dimensions change fastest.",
+        f"Attention alone is permutation-equivariant: moved input, moved output (largest difference "
+        f"{fmt(plain, 2)}). Adding PE breaks that (difference {fmt(with_pe, 3)}).",
+        f"PositionalEncoding adds a fixed table kept in a buffer: no parameters, nothing in state_dict; "
+        f"max_len only says how many rows of the formula are cached.",
+        f"Pair i has wavelength 2*pi*BASE^(2i/d_model), from {fmt(wavelengths[0])} positions (pair 0) to "
+        f"{fmt(wavelengths[-1])} (last pair): low dimensions change fastest.",
         f"For each offset k a fixed rotation M_k maps PE(p) to PE(p+k) for every p (largest error "
-        f"{common.fmt(relative_error, 2)}), so relative positions are a linear map away.",
-        f"PE(p).PE(q) depends only on p - q (largest spread along an offset {common.fmt(spread, 2)}), "
-        "and not on its sign.",
-        f"Interleaved and concatenated layouts hold the same columns (one-to-one: {one_to_one}); a "
-        f"linear layer with reordered weights gives the same output (difference {common.fmt(layer_gap, 2)}).",
+        f"{fmt(relative_error, 2)}); RoPE rotates queries and keys by their positions instead of adding PE.",
+        f"PE(p).PE(q) depends only on p - q, not on its sign. W_q = c M_-k makes a query peak at p - k; "
+        f"with c = {look_back[0][0]} that peak holds weight {fmt(look_back[0][3], 3)}, with c = "
+        f"{look_back[-1][0]} {fmt(look_back[-1][3], 3)}.",
+        f"Interleaved and concatenated layouts are the same columns reordered: a linear layer with "
+        f"reordered weights gives the same output (difference {fmt(layer_gap, 2)}).",
+        f"With N(0, 1) embeddings times sqrt(d_model), positions are {fmt(sizes[1][4], 2)} of a token's "
+        f"length; learned position tables cost max_len x d_model parameters and stop at max_len.",
     ])
 
 
