@@ -160,7 +160,11 @@ def _copy_into_stub(name, folder):
     while start > 0 and lines[start - 1].startswith("@"):
         start -= 1  # keep decorators with the definition
     lesson_source = inspect.getsource(getattr(load_lesson(exercise.lesson), exercise.entry))
-    (folder / exercise.file).write_text("".join(lines[:start]) + lesson_source)
+    # the lesson's function may use other names of its lesson (lesson 03's BASE, pair_frequencies)
+    names = (f"from common import load_lesson as _load\n"
+             f"globals().update({{k: v for k, v in vars(_load({exercise.lesson})).items()\n"
+             f"                  if not k.startswith('_') and k not in globals()}})\n\n\n")
+    (folder / exercise.file).write_text("".join(lines[:start]) + names + lesson_source)
 
 
 def test_a_copy_of_the_lessons_code_in_the_stubs_scores_full_marks(tmp_path, capsys):
