@@ -484,7 +484,7 @@ def section_4_parameters(d_model):
     rows, all_equal = [], True
     for h in sorted(set(HEAD_COUNTS)):
         if h <= 0 or d_model % h:
-            rows.append([h, "-", "-", "-", f"{d_model} heads of equal size: not possible"])
+            rows.append([h, "-", "-", "-", f"not possible: {h} does not divide {d_model}"])
             continue
         mha = MultiHeadAttention(d_model, h)
         numel = sum(p.numel() for p in mha.parameters())
@@ -521,7 +521,8 @@ def settings(args):
     sizes = QUICK if args.quick else dict(steps=STEPS, batch_size=BATCH_SIZE, n_eval=N_EVAL)
     knob_names = dict(steps="STEPS", batch_size="BATCH_SIZE", n_eval="N_EVAL")
     for key, value in sizes.items():
-        check(value >= 1, f"{f'QUICK[{key!r}]' if args.quick else knob_names[key]} = {value} must be at least 1")
+        label = f"QUICK[{key!r}]" if args.quick else knob_names[key]
+        check(value >= 1, f"{label} = {value} must be at least 1")
     check(VOCAB_SIZE >= 2, f"VOCAB_SIZE = {VOCAB_SIZE}: the task needs at least 2 different digits")
     check(SEQ_LEN >= 3, f"SEQ_LEN = {SEQ_LEN}: the ring needs at least 3 positions, so that a "
           "position's left and right neighbours differ")
@@ -554,8 +555,9 @@ def main(argv=None):
         f"nn.MultiheadAttention's masks mean True = blocked, ours True = may attend: pass ~mask. The "
         f"wrong polarity changed outputs by up to {common.fmt(wrong_polarity, 3)}.",
         f"split_heads: view + transpose to (B, n_heads, T, d_head); merge_heads must transpose back. "
-        + (f"Without it the output is off by {common.fmt(bad_merge, 3)} (with it: {common.fmt(good_merge, 2)}), "
-           "and no shape error warns you." if n_heads > 1 else "With one head there is nothing to transpose."),
+        + (f"Without it the output is off by {common.fmt(bad_merge, 3)} (with it: "
+           f"{common.fmt(good_merge, 2)}), and no shape error warns you." if n_heads > 1
+           else "With one head there is nothing to transpose."),
         f"Left - right neighbour: " + (f"{n_heads} heads {pct(multi['accuracy'])} (frozen weights: "
                                        f"{pct(multi['frozen'])}), " if n_heads > 1 else "")
         + f"1 head {pct(one['accuracy'])} (frozen: {pct(one['frozen'])}), always answering 0 {pct(baseline)}."
