@@ -44,7 +44,7 @@ BATCH_SIZE = 64      # section 3: fresh random sequences per step
 LR = 3e-2            # section 3: Adam's peak learning rate
 WARMUP = 20          # section 3: steps of linear warmup to LR, then a cosine decay to 0
 N_EVAL = 2000        # section 3: held-out sequences for accuracy and attention averages
-QUICK = dict(steps=30, batch_size=32, n_eval=200)   # --quick: replaces STEPS, BATCH_SIZE, N_EVAL
+QUICK = dict(steps=100, batch_size=64, n_eval=200)  # --quick: replaces STEPS, BATCH_SIZE, N_EVAL
 HEAD_COUNTS = (1, 2, 4, 8, 16)                      # section 4's parameter table
 
 

@@ -38,8 +38,7 @@ N_LAYERS = 4          # blocks in the stack of section 5 (--layers overrides it)
 B, T = 2, 6           # batch size and sequence length of the small examples (T at least 2)
 DROPOUT = 0.1         # section 1: the dropout probability shown in training mode (the paper's)
 COST_LENGTHS = (128, 256, 512, 1024)  # section 4: sequence lengths T at which both sublayers are timed
-# sections 6-7: stacks of `depths` small blocks (d_ff = 4 d_model) on a random input, once per seed
-DEPTH_STUDY = dict(depths=(2, 4, 8, 16, 32), d_model=32, heads=4, B=8, T=16, seeds=(0, 1))
+DEPTH_STUDY = dict(depths=(2, 4, 8, 16, 32), d_model=32, heads=4, B=8, T=16, seeds=(0, 1))  # sections 6-7
 QUICK_COST_LENGTHS = (32, 64, 128)                                                  # --quick
 QUICK_DEPTH_STUDY = dict(depths=(2, 4), d_model=16, heads=2, B=4, T=8, seeds=(0,))  # --quick
 MAX_PARAMETERS = 250_000_000  # sections 1-5 hold about 2 * n_layers + 9 blocks: keep them under 1 GB
@@ -65,8 +64,8 @@ class FeedForward(nn.Module):
 class TransformerEncoderBlock(nn.Module):
     """Self-attention and a feed-forward, each wrapped in a residual connection and a LayerNorm.
 
-    post-LN (norm_first=False, the paper): x = norm(x + dropout(sublayer(x)))
-    pre-LN  (norm_first=True, most modern code): x = x + dropout(sublayer(norm(x)))
+    post-LN (norm_first=False, the paper): x = norm(x + sublayer(x))
+    pre-LN  (norm_first=True, most modern code): x = x + sublayer(norm(x))
     forward(x (B, T, d_model), mask=None) -> (B, T, d_model); mask as in lesson 02, True = may attend.
     With return_weights=True it returns (x, attention weights (B, n_heads, T, T)).
     """
@@ -78,8 +77,7 @@ class TransformerEncoderBlock(nn.Module):
         self.feed_forward = FeedForward(d_model, d_ff, dropout=dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        # Dropout (training mode only) sits in three places, as in nn.TransformerEncoderLayer: on the
-        # attention weights, on the feed-forward's hidden layer, and on each sublayer's output (here).
+        # Dropout (training mode only) also acts on the attention weights and the feed-forward's hidden layer
         self.dropout1 = nn.Dropout(dropout)  # on the attention sublayer's output
         self.dropout2 = nn.Dropout(dropout)  # on the feed-forward sublayer's output
 
@@ -324,7 +322,7 @@ def section_4_cost(d_model, n_heads, d_ff, lengths, device):
         fastest of 5 runs each, and the size of the largest tensor each sublayer creates.""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     attn, ffn = block.self_attn, block.feed_forward
-    rows = []
+    rows, mib = [], lambda t: t.numel() * t.element_size() / 2**20  # noqa: E731  (a tensor's MiB)
     for length in lengths:
         x = torch.randn(1, length, d_model, device=device)
         # wall-clock milliseconds, the fastest of 5 runs (the least disturbed by other programs)
@@ -332,7 +330,6 @@ def section_4_cost(d_model, n_heads, d_ff, lengths, device):
         ffn_ms = 1000 * min(timeit.repeat(lambda: ffn(x), number=1, repeat=5))
         weights = attn(x, x, x)[1]                        # (1, n_heads, T, T)
         hidden = ffn.activation(ffn.linear1(x))           # (1, T, d_ff)
-        mib = lambda t: t.numel() * t.element_size() / 2**20  # noqa: E731
         rows.append([length, attn_ms, ffn_ms, attn_ms / ffn_ms, mib(weights), mib(hidden)])
     common.table(rows, ["T", "attention ms", "feed-forward ms", "ratio", "weights MiB", "FFN hidden MiB"])
     (t0, a0, f0, r0, w0, h0), (t1, a1, f1, r1, w1, h1) = rows[0], rows[-1]
@@ -352,8 +349,7 @@ def section_5_stacking(n_layers, d_model, n_heads, d_ff, device):
     encoders = {nf: TransformerEncoder(n_layers, d_model, n_heads, d_ff, norm_first=nf).to(device).eval()
                 for nf in (False, True)}
     x = torch.randn(B, T, d_model, device=device)
-    with torch.no_grad():
-        out = encoders[True](x)  # every block maps (B, T, d_model) to (B, T, d_model)
+    out = encoders[True](x).detach()  # every block maps (B, T, d_model) to (B, T, d_model)
     common.explain(f"""
         Every block maps (B, T, d_model) to (B, T, d_model), so blocks stack: the output of one is
         the input of the next. Here {tuple(x.shape)} in, {tuple(out.shape)} out of {n_layers} blocks.
@@ -399,8 +395,7 @@ def token_similarity(x) -> float:
 
 
 def measure_stack(steps, blocks, final_norm, x, target):
-    """x through `steps` and final_norm, a random regression loss, backward. Returns the blocks'
-    gradient norms, the output's token similarity and the std of the stream before final_norm."""
+    """x through `steps` and final_norm, a random regression loss, backward; what depth_study keeps."""
     nn.ModuleList(blocks).zero_grad(set_to_none=True)
     h = x
     for step in steps:
@@ -413,10 +408,10 @@ def measure_stack(steps, blocks, final_norm, x, target):
 
 
 def depth_study(study, device):
-    """Per seed, one stack of max(depths) blocks, shared by the three variants (only the wiring
-    differs); the stack of depth N is its first N blocks. Returns {variant: {"first", "last",
-    "similarity", "stream_std": (seeds, depths), "per_layer": (seeds, deepest)}} and, for the first
-    block's attention: mean largest weight, token similarity of its output and of its input."""
+    """Per seed, one stack of max(depths) blocks shared by the three variants (only the wiring differs);
+    depth N is its first N blocks. Returns {variant: {"first", "last", "similarity", "stream_std": (seeds,
+    depths), "per_layer": (seeds, deepest)}} and, for the first block's attention at initialisation,
+    [mean largest weight per query, token similarity of its output, token similarity of its input]."""
     depths, d_model, heads = study["depths"], study["d_model"], study["heads"]
     results = {v: {k: [] for k in ("first", "last", "similarity", "stream_std", "per_layer")}
                for v in ("post-LN", "pre-LN", "no residual")}
@@ -449,9 +444,10 @@ def section_6_residuals(results, attention, study):
         With a residual, a block computes x + f(x), whose derivative is I + f'(x): the gradient from
         the loss reaches every block through the identity path as well as through the sublayers.
         Without it, the gradient must pass through every sublayer in turn. We stack {depths[0]} to
-        {depths[-1]} blocks ({", ".join(f"{k} {v}" for k, v in study.items() if k != "depths")}), put a random regression loss on the output and measure the
-        gradient norm of the FIRST block's attention and feed-forward weights (mean over the seeds).
-        All stacks share the same weights; "no residual" is post-LN with both "x +" removed.""")
+        {depths[-1]} blocks ({", ".join(f"{k} {v}" for k, v in study.items() if k != "depths")}),
+        put a random regression loss on the output and measure the gradient norm of the FIRST
+        block's attention and feed-forward weights (mean over the seeds). All stacks share the same
+        weights; "no residual" is post-LN with both "x +" removed.""")
     v = ("post-LN", "pre-LN", "no residual")
     first = {k: results[k]["first"].mean(0) for k in v}
     sims = {k: results[k]["similarity"].mean(0) for k in v}
@@ -485,11 +481,9 @@ def section_7_norm_placement(results, study, out_dir, show):
     common.table([[d, ratio["post-LN"][:, i].mean(), ratio["pre-LN"][:, i].mean(), std["post-LN"][i],
                    std["pre-LN"][i]] for i, d in enumerate(depths)],
                  ["blocks", "grad first/last: post-LN", "pre-LN", "stream std: post-LN", "pre-LN"])
-    deep = {k: (ratio[k][:, -1].mean().item(), ratio[k][:, -1].min().item(), ratio[k][:, -1].max().item())
-            for k in ratio}
-    spread = lambda k: (f"{fmt(deep[k][0])} (seeds: {fmt(deep[k][1])} to {fmt(deep[k][2])})"  # noqa: E731
-                        if len(study["seeds"]) > 1 else fmt(deep[k][0]))
-    opposite = deep["post-LN"][2] < 1 < deep["pre-LN"][1]  # every seed on its side of 1
+    deep = {k: (r[:, -1].mean().item(), *r[:, -1].aminmax()) for k, r in ratio.items()}  # mean, min, max
+    spread = lambda k: f"{fmt(deep[k][0])} (seeds: {fmt(deep[k][1])} to {fmt(deep[k][2])})"  # noqa: E731
+    opposite = len(study["seeds"]) > 1 and deep["post-LN"][2] < 1 < deep["pre-LN"][1]  # each seed on its side
     common.explain(f"""
         "grad first/last": the first block's gradient norm over the last block's, both layouts
         measured alike (attention and feed-forward weights). "stream std": std of the last block's
@@ -499,14 +493,16 @@ def section_7_norm_placement(results, study, out_dir, show):
         the stream is never normalised, so the gradient reaches every block through the identity
         path, plus what the blocks above add. {"So post-LN's early blocks get less gradient than "
         "its late ones, pre-LN's more: the usual reason given for warming up post-LN's learning "
-        "rate." if opposite else "Here the layouts are not on opposite sides of 1 in every seed."}
-        The price of pre-LN: its stream's std went from {fmt(std['pre-LN'][0])} to
-        {fmt(std['pre-LN'][-1])}, hence the final LayerNorm; post-LN's has std 1 by construction.""")
+        "rate." if opposite else "These seeds do not set the layouts clearly apart (that takes 2 "
+        "or more, each on its side of 1)."} The price of pre-LN: its stream's std went from
+        {fmt(std['pre-LN'][0])} to {fmt(std['pre-LN'][-1])}, hence the final LayerNorm; post-LN's
+        has std 1 by construction.""")
     plot_gradients(results, study, out_dir, show)
     return dict(ratio_post=deep["post-LN"][0], ratio_pre=deep["pre-LN"][0], pre_std=std["pre-LN"][-1].item())
 
 
 def plot_gradients(results, study, out_dir, show):
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
     depths, seeds = study["depths"], study["seeds"]
     fig, axes = common.new_figure(1, 2, figsize=(11, 4.2), show=show)
     for variant, style in {"post-LN": "o-", "pre-LN": "s-", "no residual": "^--"}.items():
@@ -520,9 +516,12 @@ def plot_gradients(results, study, out_dir, show):
     axes[0].set(xlabel="number of blocks in the stack", title="first block, stacks of each depth")
     axes[1].set(xlabel=f"block index (1 = first) in the {depths[-1]}-block stack",
                 title=f"every block of the {depths[-1]}-block stack")
-    axes[1].set_xticks(range(1, depths[-1] + 1, max(1, depths[-1] // 8)))  # whole block indices
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))  # block indices are whole numbers
     for ax in axes:
         ax.set(yscale="log", ylabel="gradient norm (attention + FFN weights)")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # ticks at 0.1, 0.2, 0.5, 1 ...
+        ax.yaxis.set_major_formatter("{x:g}")
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.legend()
     seeds_text = f"mean over {len(seeds)} seeds (shaded: their range)" if len(seeds) > 1 else "one seed"
     fig.suptitle(f"Gradient reaching each block at initialisation, {seeds_text}")
@@ -580,7 +579,6 @@ def main(argv=None):
     results, attention = depth_study(study, device)
     r6 = section_6_residuals(results, attention, study)
     r7 = section_7_norm_placement(results, study, args.out_dir, args.show)
-    last = study["depths"][-1]
     common.key_insights([
         f"Our block equals nn.TransformerEncoderLayer with copied weights, post-LN and pre-LN, with no, causal "
         f"or padding mask (largest difference {fmt(r1['worst'])}); dropout acts only in training mode.",
@@ -589,12 +587,12 @@ def main(argv=None):
         f"Attention mixes tokens (changing one moved the others by {fmt(r3['attn_others'])}); the "
         f"feed-forward does not ({fmt(r3['position_wise'])}) and holds {fmt(100 * r5['ffn_share'])}% "
         f"of a block's {r5['per_block']:,} parameters.",
-        f"From T = {r4['lengths'][0]} to {r4['lengths'][1]} attention's weights grew {fmt(r4['weights_growth'])}x "
-        f"(T^2) and its time {fmt(r4['attn_growth'])}x; the feed-forward's hidden layer {fmt(r4['hidden_growth'])}x "
-        f"(T) and its time {fmt(r4['ffn_growth'])}x.",
-        f"At {last} blocks the first block's gradient without residuals is {fmt(r6['versus'])}x its gradient "
-        f"with them (post-LN); first/last block: {fmt(r7['ratio_post'])} in post-LN, {fmt(r7['ratio_pre'])} in "
-        f"pre-LN, whose stream grew to std {fmt(r7['pre_std'])}: hence its final LayerNorm.",
+        f"From T = {r4['lengths'][0]} to {r4['lengths'][1]} attention's weights grew "
+        f"{fmt(r4['weights_growth'])}x (T^2) and its time {fmt(r4['attn_growth'])}x; the feed-forward's hidden "
+        f"layer {fmt(r4['hidden_growth'])}x (T) and its time {fmt(r4['ffn_growth'])}x.",
+        f"At {study['depths'][-1]} blocks: first block's gradient without/with residuals {fmt(r6['versus'])}; "
+        f"first/last block {fmt(r7['ratio_post'])} in post-LN, {fmt(r7['ratio_pre'])} in pre-LN, whose stream "
+        f"grew to std {fmt(r7['pre_std'])}: hence its final LayerNorm.",
     ])
 
 
