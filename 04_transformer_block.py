@@ -322,12 +322,12 @@ def section_4_cost(d_model, n_heads, d_ff, lengths, device):
         fastest of 5 runs each, and the size of the largest tensor each sublayer creates.""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     attn, ffn = block.self_attn, block.feed_forward
+    sync = getattr(torch, torch.device(device).type).synchronize  # a GPU works asynchronously: wait for it
+    fastest_ms = lambda f: 1000 * min(timeit.repeat(lambda: (f(), sync()), number=1, repeat=5))  # noqa: E731
     rows, mib = [], lambda t: t.numel() * t.element_size() / 2**20  # noqa: E731  (a tensor's MiB)
     for length in lengths:
         x = torch.randn(1, length, d_model, device=device)
-        # wall-clock milliseconds, the fastest of 5 runs (the least disturbed by other programs)
-        attn_ms = 1000 * min(timeit.repeat(lambda: attn(x, x, x, need_weights=False), number=1, repeat=5))
-        ffn_ms = 1000 * min(timeit.repeat(lambda: ffn(x), number=1, repeat=5))
+        attn_ms, ffn_ms = fastest_ms(lambda: attn(x, x, x, need_weights=False)), fastest_ms(lambda: ffn(x))
         weights = attn(x, x, x)[1]                        # (1, n_heads, T, T)
         hidden = ffn.activation(ffn.linear1(x))           # (1, T, d_ff)
         rows.append([length, attn_ms, ffn_ms, attn_ms / ffn_ms, mib(weights), mib(hidden)])
