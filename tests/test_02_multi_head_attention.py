@@ -323,18 +323,20 @@ def test_learning_rate_warms_up_to_its_peak_then_decays_by_a_cosine():
     assert L02.warmup_then_cosine(0, 10, warmup=0) == 1.0  # no warmup: start at the peak
 
 
-def test_training_follows_the_schedule():
-    torch.manual_seed(0)
-    model = torch.nn.Linear(2, 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    # the lesson's training loop drives Adam's learning rate with warmup_then_cosine via LambdaLR
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: L02.warmup_then_cosine(step, 50))
+def test_training_steps_adam_at_the_scheduled_learning_rate(monkeypatch):
     seen = []
-    for _ in range(50):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    assert_close(torch.tensor(seen), 0.1 * torch.tensor([L02.warmup_then_cosine(s, 50) for s in range(50)]))
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])  # the learning rate this step uses
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    steps, lr = 30, 0.01
+    L02.train_neighbour_model(16, 2, steps=steps, batch_size=8, lr=lr)
+    expected = [lr * L02.warmup_then_cosine(step, steps) for step in range(steps)]
+    assert_close(torch.tensor(seen), torch.tensor(expected))
+    assert max(seen) == lr  # the peak is reached
 
 
 def test_neighbour_task_targets_are_left_minus_right():
