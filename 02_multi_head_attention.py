@@ -8,11 +8,12 @@ What you will learn:
      (B, n_heads, T, d_head) and back, with every shape printed; merging without the transpose
      back is a silent bug that only a comparison catches.
   3. Why several heads: a small task that needs two relations at once (left AND right neighbour).
-     Several heads learn one relation each (measured); one head can only blend them.
+     Trained with 2 heads, one head reads the left neighbour and the other the right one; one head
+     alone must make its weights depend on the digits, and mostly fails. Measured, not designed.
   4. Parameters: 4*d_model^2 + 4*d_model whatever the number of heads: heads split d_model.
 
 Run:  python 02_multi_head_attention.py                  (about 6 s on a 2-core CPU)
-      python 02_multi_head_attention.py --heads 4        (more heads than relations: watch them share)
+      python 02_multi_head_attention.py --heads 4        (4 heads, 2 relations: how do they share?)
       python 02_multi_head_attention.py --quick          (tiny sizes, for a smoke test)
 
 Shapes: B batch, T sequence length (T_q queries, T_k keys when they differ), d_model embedding
@@ -27,23 +28,23 @@ import torch.nn.functional as F
 
 import common
 
-# Reused from lesson 01 (one source for each component): attention for one head.
+# Reused from lesson 01 (one source for each component): attention for one head. Every
+# MultiHeadAttention below computes with it, so an edit to lesson 01 changes lessons 02-05.
 scaled_dot_product_attention = common.load_lesson(1).scaled_dot_product_attention
 causal_mask = common.load_lesson(1).causal_mask
 
 # %% Knobs (edit these)
-D_MODEL = 32         # embedding size of the lesson's model (--d-model)
-MAX_D_MODEL = 1024   # largest --d-model accepted: section 3 trains two models of this width on a CPU
-N_HEADS = 2          # heads of the lesson's model (--heads); the task of section 3 needs 2 relations
-VOCAB_SIZE = 10      # section 3: tokens are the digits 0..9
-SEQ_LEN = 6          # section 3: positions on a ring (position 0's left neighbour is position 5)
+D_MODEL = 32         # embedding size of the lesson's model (--d-model overrides it)
+N_HEADS = 2          # heads of the lesson's model (--heads overrides it); the task needs 2 relations
+MAX_D_MODEL = 1024   # largest d_model accepted: section 3 trains two models of this width on a CPU
+VOCAB_SIZE = 10      # section 3: tokens are the digits 0 .. VOCAB_SIZE - 1 (at least 2)
+SEQ_LEN = 6          # section 3: positions on a ring (position 0's left neighbour is the last one)
 STEPS = 200          # section 3: training steps, the same for every model compared
 BATCH_SIZE = 64      # section 3: fresh random sequences per step
 LR = 3e-2            # section 3: Adam's peak learning rate
 WARMUP = 20          # section 3: steps of linear warmup to LR, then a cosine decay to 0
 N_EVAL = 2000        # section 3: held-out sequences for accuracy and attention averages
-SPECIALIZED = 0.9    # a head "reads" a neighbour when its average weight there is at least this
-QUICK = dict(steps=30, batch_size=32, n_eval=200)   # --quick
+QUICK = dict(steps=100, batch_size=64, n_eval=200)  # --quick: replaces STEPS, BATCH_SIZE, N_EVAL
 HEAD_COUNTS = (1, 2, 4, 8, 16)                      # section 4's parameter table
 
 
@@ -51,21 +52,24 @@ HEAD_COUNTS = (1, 2, 4, 8, 16)                      # section 4's parameter tabl
 class MultiHeadAttention(nn.Module):
     """n_heads attention heads side by side, each on its own d_head = d_model // n_heads slice.
 
-    forward(query (B, T_q, d_model), key (B, T_k, d_model), value (B, T_k, d_model), mask=None)
-    -> (output (B, T_q, d_model), weights (B, n_heads, T_q, T_k)).
+    forward(query (B, T_q, d_model), key (B, T_k, d_model), value (B, T_k, d_model), mask=None,
+    need_weights=True) -> (output (B, T_q, d_model), weights (B, n_heads, T_q, T_k) or None).
     mask: boolean, True = may attend, of shape (T_q, T_k), (B, T_q, T_k), (B, 1, T_k) or
-    (B, n_heads, T_q, T_k). With need_weights=False the fused F.scaled_dot_product_attention
-    computes the same output faster and weights is None.
+    (B, n_heads, T_q, T_k). Attention is lesson 01's scaled_dot_product_attention in every call.
+    fused=True is an explicit opt-in: calls with need_weights=False then use PyTorch's fused
+    F.scaled_dot_product_attention (same result, faster on a GPU; an edit to lesson 01 does not
+    reach it).
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
+                 fused: bool = False):
         super().__init__()
         if n_heads <= 0 or d_model <= 0 or d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})")
         self.d_model = d_model
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
-        self.dropout_p = dropout
+        self.fused = fused
         # Rows h*d_head .. (h+1)*d_head - 1 of W_q, W_k, W_v belong to head h (see section 1).
         self.W_q = nn.Linear(d_model, d_model, bias=bias)  # all heads' query projections at once
         self.W_k = nn.Linear(d_model, d_model, bias=bias)
@@ -89,16 +93,19 @@ class MultiHeadAttention(nn.Module):
         v = self.split_heads(self.W_v(value))  # (B, n_heads, T_k, d_head)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)  # (B, T_q or 1, T_k) -> (B, 1, T_q or 1, T_k): same for every head
-        if need_weights:
-            # weights = softmax(Q K^T / sqrt(d_head)): scaled by each head's size, not d_model.
-            heads, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, n_heads, T_q, d_head)
-            if self.training and self.dropout_p > 0:
-                heads = self.dropout(weights) @ v  # dropout on the weights, as nn.MultiheadAttention
-        else:
-            p = self.dropout_p if self.training else 0.0
+        if self.fused and not need_weights:  # the opt-in: PyTorch's kernel, no weights to return
+            p = self.dropout.p if self.training else 0.0
             heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-            weights = None
-        return self.W_o(self.merge_heads(heads)), weights  # (B, T_q, d_model)
+            return self.W_o(self.merge_heads(heads)), None
+        # weights = softmax(Q K^T / sqrt(d_head)): lesson 01's function, scaled by each head's size
+        heads, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, n_heads, T_q, d_head)
+        if self.training and self.dropout.p > 0:
+            # Dropout on the weights, as nn.MultiheadAttention does; the weights returned are the
+            # ones that multiplied V, so in training mode their rows no longer sum to 1.
+            weights = self.dropout(weights)
+            heads = weights @ v  # (B, n_heads, T_q, T_k) @ (B, n_heads, T_k, d_head)
+        output = self.W_o(self.merge_heads(heads))  # (B, T_q, d_model)
+        return output, (weights if need_weights else None)
 
 
 def multi_head_attention_loop(mha: MultiHeadAttention, query, key, value, mask=None):
@@ -122,7 +129,7 @@ def multi_head_attention_loop(mha: MultiHeadAttention, query, key, value, mask=N
 
 
 def merge_heads_without_transpose(x):
-    """A BUG kept for teaching (PITFALLS #8): reshape (B, n_heads, T, d_head) straight to (B, T, d_model).
+    """A BUG kept for teaching: reshape (B, n_heads, T, d_head) straight to (B, T, d_model).
 
     The shapes fit, so nothing complains, but output row t now holds the n_heads * d_head numbers
     that follow each other in memory: row 0 is head 0 at positions 0 .. n_heads-1 (when n_heads <= T).
@@ -135,7 +142,7 @@ def merge_heads_without_transpose(x):
 def torch_reference(mha: MultiHeadAttention) -> nn.MultiheadAttention:
     """nn.MultiheadAttention(batch_first=True) holding mha's weights (W_q, W_k, W_v stacked in in_proj)."""
     bias = mha.W_q.bias is not None
-    ref = nn.MultiheadAttention(mha.d_model, mha.n_heads, bias=bias, batch_first=True)
+    ref = nn.MultiheadAttention(mha.d_model, mha.n_heads, dropout=mha.dropout.p, bias=bias, batch_first=True)
     ref = ref.to(mha.W_q.weight.device)
     with torch.no_grad():
         # in_proj_weight (3*d_model, d_model) is W_q, W_k, W_v stacked; out_proj is W_o
@@ -185,53 +192,34 @@ class NeighbourModel(nn.Module):
         return self.out(attended), weights                                   # (B, T, 2*vocab_size - 1)
 
 
-class Adam:
-    """Adam in a few lines, the same update as torch.optim.Adam (the tests compare both). Why not
-    torch.optim? In torch 2.13 the first optimizer it creates imports torch._dynamo and sympy:
-    about 1.5 s of CPU, more than this lesson's whole training."""
-
-    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params, self.lr, self.betas, self.eps, self.t = list(params), lr, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in self.params]  # running mean of gradients
-        self.v = [torch.zeros_like(p) for p in self.params]  # running mean of squared gradients
-
-    @torch.no_grad()
-    def step(self):
-        self.t += 1
-        beta1, beta2 = self.betas
-        for p, m, v in zip(self.params, self.m, self.v):
-            m.lerp_(p.grad, 1 - beta1)                                  # m = beta1 m + (1 - beta1) g
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)    # v = beta2 v + (1 - beta2) g^2
-            # p -= lr * m_hat / (sqrt(v_hat) + eps), with the bias corrections m_hat, v_hat
-            denominator = (v / (1 - beta2**self.t)).sqrt_().add_(self.eps)
-            p.addcdiv_(m, denominator, value=-self.lr / (1 - beta1**self.t))
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None  # the next backward() writes fresh gradients
+def warmup_then_cosine(step: int, steps: int, warmup: int = WARMUP) -> float:
+    """The learning rate's factor at `step`: linear from 1/warmup up to 1 over the first `warmup`
+    steps, then a cosine from 1 down to 0 over the steps that remain."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def train_neighbour_model(d_model: int, n_heads: int, steps: int = STEPS, batch_size: int = BATCH_SIZE,
                           lr: float = LR, seed: int = 0, device="cpu"):
-    """Train a NeighbourModel on fresh batches. The same seed gives the same init and data.
+    """Train a NeighbourModel on fresh batches with Adam. The same seed gives the same init and data.
 
-    Training takes the fused path (need_weights=False), shown equal to the naive one in section 1.
     Returns (model in eval mode, list of losses).
     """
     torch.manual_seed(seed)
     model = NeighbourModel(d_model, n_heads).to(device)
-    optimizer = Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_then_cosine(step, steps))
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    for step in range(steps):
+    for _ in range(steps):
         x, y = (t.to(device) for t in neighbour_difference_batch(batch_size, generator))
         logits, _ = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
-        # learning rate: linear warmup for WARMUP steps, then a cosine decay towards 0
-        optimizer.lr = lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / steps))
         optimizer.step()
+        schedule.step()  # learning rate for the next step: LR * warmup_then_cosine(step)
         losses.append(loss.item())
     return model.eval(), losses
 
@@ -261,16 +249,12 @@ def offset_weights(avg_weights, offset: int):
     return avg_weights[:, t, (t + offset) % len(t)].mean(-1)  # (n_heads,)
 
 
-def head_role(left: float, right: float) -> str:
-    """What a head reads, from its average weights on offsets -1 and +1."""
-    return ("left neighbour" if left >= SPECIALIZED else "right neighbour" if right >= SPECIALIZED
-            else "both neighbours (mixed)" if left + right >= SPECIALIZED else "other positions")
-
-
 # %% 1. A loop over heads, checked against nn.MultiheadAttention
 def section_1_loop(d_model, n_heads, device):
     common.section(1, "One head at a time: a loop over heads")
     mha = MultiHeadAttention(d_model, n_heads).to(device).eval()
+    fused = MultiHeadAttention(d_model, n_heads, fused=True).to(device).eval()
+    fused.load_state_dict(mha.state_dict())  # the same weights, PyTorch's fused kernel opted in
     common.explain(f"""
         Each of the {n_heads} heads is lesson 01's attention on its own d_head = {d_model} //
         {n_heads} = {mha.d_head} numbers per token. Head h takes rows h*d_head .. (h+1)*d_head - 1
@@ -288,10 +272,7 @@ def section_1_loop(d_model, n_heads, device):
     cases = [  # name, query, key/value, our mask (True = may attend), PyTorch's masks (True = BLOCKED)
         ("no mask", x, x, None, {}),
         ("causal mask", x, x, causal, dict(attn_mask=~causal)),
-        # key_padding_mask=~keep does the same (the tests check it); in torch 2.13 its first call
-        # costs ~0.6 s of imports, so here the padding goes in attn_mask, one (T, T) per batch and head.
-        ("padding mask", x, x, keep[:, None, :],
-         dict(attn_mask=(~keep)[:, None, None, :].expand(B, n_heads, T, T).reshape(B * n_heads, T, T))),
+        ("padding mask", x, x, keep[:, None, :], dict(key_padding_mask=~keep)),  # ours (B, 1, T_k)
         (f"cross, T_q={T}, T_k={T_k}", x, memory, None, {}),
     ]
     rows, worst = [], 0.0
@@ -299,7 +280,7 @@ def section_1_loop(d_model, n_heads, device):
         for name, q, kv, mask, torch_masks in cases:
             out_loop, w_loop = multi_head_attention_loop(mha, q, kv, kv, mask)
             out_cls, w_cls = mha(q, kv, kv, mask=mask)
-            out_fused, _ = mha(q, kv, kv, mask=mask, need_weights=False)
+            out_fused, _ = fused(q, kv, kv, mask=mask, need_weights=False)
             out_ref, w_ref = ref(q, kv, kv, need_weights=True, average_attn_weights=False, **torch_masks)
             diffs = [max((out_loop - out_cls).abs().max(), (w_loop - w_cls).abs().max()),
                      (out_cls - out_ref).abs().max(),
@@ -309,14 +290,16 @@ def section_1_loop(d_model, n_heads, device):
         print(f"  largest |difference| (weights: (B, n_heads, T_q, T_k) = "
               f"{tuple(w_cls.shape)} in the cross case)")
         common.table(rows, ["case", "loop vs class", "class vs PyTorch", "weights vs PyTorch",
-                            "fused vs naive"])
+                            "fused=True vs class"])
         wrong, _ = ref(x, x, x, attn_mask=causal, need_weights=True)  # our mask passed unchanged
         nan_rows = torch.isnan(wrong).any(-1).sum().item()
         wrong_diff = torch.nan_to_num(wrong - mha(x, x, x, mask=causal)[0]).abs().max().item()
     common.explain(f"""
         {"All four agree" if worst < 1e-5 else "They DISAGREE"}: largest difference
-        {common.fmt(worst, 2)} (float32 rounding is ~1e-7). "fused vs naive" is need_weights=False,
-        PyTorch's fused kernel, which training uses below.
+        {common.fmt(worst, 2)} (float32 rounding is ~1e-7). Our class always computes with lesson
+        01's function; "fused=True" is the opt-in that hands calls without weights to PyTorch's
+        F.scaled_dot_product_attention instead (worth it on a GPU; at this course's sizes it buys
+        nothing, and an edit to lesson 01 would not reach it).
 
         Mask polarity: our masks (like F.scaled_dot_product_attention) say True = may attend;
         nn.MultiheadAttention's attn_mask and key_padding_mask say True = BLOCKED. So we pass
@@ -384,89 +367,86 @@ def section_2_batched(d_model, n_heads, device):
 
 
 # %% 3. Why several heads: a task that needs two relations at once
+def train_and_measure(d_model, n_heads, sizes, seed, device):
+    """Train the n_heads-head model and a 1-head model alike; measure both on held-out sequences.
+
+    Returns ({n_heads: measurements, 1: measurements}, accuracy of always answering 0).
+    """
+    x_eval, y_eval = (t.to(device) for t in neighbour_difference_batch(
+        sizes["n_eval"], torch.Generator().manual_seed(seed + 1)))
+    baseline = (y_eval == VOCAB_SIZE - 1).float().mean().item()  # always answer "difference 0"
+    results = {}
+    for h in dict.fromkeys([n_heads, 1]):  # the lesson's model, then one head (once with --heads 1)
+        model, losses = train_neighbour_model(d_model, h, sizes["steps"], sizes["batch_size"],
+                                              seed=seed, device=device)
+        accuracy, avg = evaluate(model, x_eval, y_eval)
+        spots = torch.stack([offset_weights(avg, k) for k in (-1, 0, +1)], dim=1)  # (h, 3)
+        spots = torch.cat([spots, 1 - spots.sum(1, keepdim=True)], dim=1).cpu()    # + elsewhere
+        results[h] = dict(loss=losses[-1], accuracy=accuracy, avg=avg.cpu(), spots=spots,
+                          frozen=accuracy_with_frozen_weights(model, x_eval, y_eval, avg))
+    return results, baseline
+
+
+SPOTS = ("left neighbour", "itself", "right neighbour", "elsewhere")  # offsets -1, 0, +1, the rest
+
+
+def largest(spots_of_head) -> str:
+    """Where a head puts the largest share of its average weight, e.g. 'left neighbour (0.83)'."""
+    best = int(spots_of_head.argmax())
+    return f"{SPOTS[best]} ({float(spots_of_head[best]):.2f})"
+
+
 def section_3_why_heads(d_model, n_heads, sizes, args, device):
     common.section(3, "Why several heads: left AND right neighbour at once")
     common.explain(f"""
         Task: random digits 0..{VOCAB_SIZE - 1} on a ring of {SEQ_LEN} positions; every position
         must output (its left neighbour) - (its right neighbour), a class from
-        -{VOCAB_SIZE - 1} to +{VOCAB_SIZE - 1}. Order matters (3 - 5 = -2, 5 - 3 = +2), so a
+        -{VOCAB_SIZE - 1} to +{VOCAB_SIZE - 1}. Order matters (0 - 1 = -1, 1 - 0 = +1), so a
         position needs both neighbours AND which is which. The model: token embedding + a
         learned position embedding (positions are lesson 03's subject), one MultiHeadAttention
         layer, a linear output layer. No residual: the answer can only come through attention.
 
-        One head returns one weighted average of value vectors, weights positive and summing to
-        1. With the same weights for every input its output is a fixed blend w*left +
-        (1-w)*right, and a linear output layer cannot turn that into left - right: the blends
-        for (left, right) = (3,3), (3,5), (5,3), (5,5) lie on one line with (3,3) and (5,5) at
-        the ends, and their answers 0, -2, +2, 0 would need the answer 0 at both ends but not
-        in between, which a linear layer followed by argmax cannot give. So one head cannot
-        solve the task with fixed weights: it must make its weights depend on the digits. Two
-        heads can each read one neighbour into their own slice of the output, and the output
-        layer can give the slices opposite signs. We train a {n_heads}-head and a 1-head model
-        with the same d_model={d_model}, {sizes['steps']} steps, seed and data, then measure in eval mode on
-        {sizes['n_eval']} held-out sequences. "frozen" below replaces each head's weights by their
-        average over those sequences: the same blend for every input.""")
-    x_eval, y_eval = (t.to(device) for t in neighbour_difference_batch(
-        sizes["n_eval"], torch.Generator().manual_seed(args.seed + 1)))
-    baseline = (y_eval == VOCAB_SIZE - 1).float().mean().item()  # always answer "difference 0"
-    results = {}
-    for h in dict.fromkeys([n_heads, 1]):  # the lesson's model, then one head (once with --heads 1)
-        model, losses = train_neighbour_model(d_model, h, sizes["steps"], sizes["batch_size"],
-                                              seed=args.seed, device=device)
-        accuracy, avg = evaluate(model, x_eval, y_eval)
-        left, right, itself = (offset_weights(avg, k).tolist() for k in (-1, +1, 0))
-        results[h] = dict(loss=losses[-1], accuracy=accuracy, avg=avg.cpu(), left=left, right=right,
-                          itself=itself, roles=[head_role(l, r) for l, r in zip(left, right)],
-                          frozen=accuracy_with_frozen_weights(model, x_eval, y_eval, avg))
-    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+        One head returns one weighted average of value vectors. With the same weights for every
+        input its output is a fixed blend w*left + (1-w)*right: (left, right) = (0,1) and (1,0)
+        give blends between those of (0,0) and (1,1), whose answer is 0 at both ends but -1 and +1
+        in between, which a linear layer followed by argmax cannot give. So one head must make its
+        weights depend on the digits. Two heads can each read one neighbour into their own slice
+        of the output, and the output layer can give the slices opposite signs. We train a
+        {n_heads}-head and a 1-head model with the same d_model={d_model}, {sizes['steps']} steps,
+        seed and data, then measure in eval mode on {sizes['n_eval']} held-out sequences. "frozen"
+        replaces each head's weights by their average over those sequences: the same blend for
+        every input.""")
+    results, baseline = train_and_measure(d_model, n_heads, sizes, args.seed, device)
     print("  average attention weight of each head on each offset (key - query position):")
-    common.table([[f"{h}-head model", f"head {i}", *(f"{w:.3f}" for w in (r["left"][i], r["itself"][i],
-                   r["right"][i], 1 - r["left"][i] - r["itself"][i] - r["right"][i])), r["roles"][i]]
+    common.table([[f"{h}-head model", f"head {i}", *(f"{w:.3f}" for w in r["spots"][i].tolist()),
+                   largest(r["spots"][i])]
                   for h, r in results.items() for i in range(h)],
-                 ["model", "head", "-1 (left)", "0 (itself)", "+1 (right)", "elsewhere", "reads"])
+                 ["model", "head", "-1 (left)", "0 (itself)", "+1 (right)", "elsewhere", "largest"])
     print()
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     common.table([[f"{h}-head model", r["loss"], pct(r["accuracy"]), pct(r["frozen"])]
-                  for h, r in results.items()]
-                 + [["always answer 0", "", pct(baseline), ""]],
+                  for h, r in results.items()] + [["always answer 0", "", pct(baseline), ""]],
                  ["model", "final train loss", "held-out accuracy", "frozen weights"])
     multi, one = results[n_heads], results[1]
-    gap = multi["accuracy"] - one["accuracy"]
+    # a head "reads" a neighbour when more than half of its weight goes there
+    readers = [[str(i) for i, s in enumerate(multi["spots"]) if s[side] > 0.5] for side in (0, 2)]
+    heads = lambda ids: ("heads " if len(ids) > 1 else "head ") + ", ".join(ids)  # noqa: E731
+    learned = multi["accuracy"] > (1 + baseline) / 2  # more than half way from always-0 to perfect
+    split = n_heads > 1 and learned and all(readers)
     if n_heads == 1:
-        verdict = "With --heads 1 there is nothing to compare: run with --heads 2 (the default)."
-    elif max(multi["accuracy"], one["accuracy"]) < 2 * baseline:
-        verdict = f"Neither model learned the task in {sizes['steps']} steps: too few steps."
-    else:
-        verdict = (f"{n_heads} heads reach {pct(multi['accuracy'])}, one head {pct(one['accuracy'])}"
-                   + ("." if gap >= 0.1 else ": this time one head did about as well." if gap > -0.02
-                      else ": this time one head did better. Try another --seed."))
-    single = (f"The single head blends left ({one['left'][0]:.2f}) and right ({one['right'][0]:.2f})"
-              + ("; what it gets right needs weights that change with the digits: frozen to one blend "
-                 f"it falls to {pct(one['frozen'])}." if one["frozen"] < one["accuracy"] - 0.05
-                 else f"; frozen it scores {pct(one['frozen'])}."))
-    readers = {side: [str(i) for i, r in enumerate(multi["roles"]) if r == f"{side} neighbour"]
-               for side in ("left", "right")}
-    split = n_heads > 1 and bool(readers["left"]) and bool(readers["right"])
-    frozen_holds = multi["frozen"] >= multi["accuracy"] - 0.05
-    learned = multi["accuracy"] >= 2 * baseline  # the lesson's model learned something
-    if n_heads == 1:
-        several = ""
+        heads_text = "With one head there is no split to see: run with --heads 2."
+    elif not learned:
+        heads_text = f"The {n_heads}-head model has not learned the task yet: there is no split to read."
     elif split:
-        several = (f"The heads divided the work by position: left neighbour: head "
-                   f"{', '.join(readers['left'])}; right neighbour: head {', '.join(readers['right'])}. "
-                   f"Frozen they score {pct(multi['frozen'])}"
-                   + (": their weights hardly depend on the digits. Nobody told a head what to read; "
-                      "the split comes from training." if frozen_holds else
-                      ": part of their work also depends on the digits."))
+        heads_text = (f"In the {n_heads}-head model more than half of the weight of {heads(readers[0])} goes "
+                      f"to the left neighbour, of {heads(readers[1])} to the right: a split nobody wrote.")
     else:
-        several = (f"No head reads the left and another the right neighbour alone (weights on the left: "
-                   f"{', '.join(f'{w:.2f}' for w in multi['left'])}); frozen they score "
-                   f"{pct(multi['frozen'])}"
-                   + (". The model has not learned the task yet, so there is nothing to read into that."
-                      if not learned else
-                      ": different fixed blends, which is enough to tell the neighbours apart."
-                      if frozen_holds else ": what they read also depends on the digits."))
-    common.explain(f"""{verdict} {single} {several} (On the ring, query 0's left neighbour is key
-        {SEQ_LEN - 1}: the corner cells of the figure.)""")
+        heads_text = (f"No head of the {n_heads}-head model puts more than half of its weight on the left "
+                      "neighbour while another does so on the right.")
+    common.explain(f"""
+        Notice the frozen column: with one fixed blend the single head scores {pct(one['frozen'])}
+        ({pct(one['accuracy'])} when its weights may follow the digits). {heads_text} (On the ring,
+        query 0's left neighbour is key {SEQ_LEN - 1}: the corner cells of the figure.)""")
     plot_heads(results, sizes, args)
     return results, baseline, split
 
@@ -481,19 +461,20 @@ def plot_heads(results, sizes, args):
         ax.axis("off")
     ticks = list(range(SEQ_LEN))
     for ax, (h, i) in zip(axes.flat, panels):
-        r = results[h]
-        image = ax.imshow(r["avg"][i].numpy(), cmap="viridis", vmin=0, vmax=1)
-        for (q, k), w in ((qk, r["avg"][i][qk].item()) for qk in zip(*torch.where(r["avg"][i] >= 0.05))):
-            ax.text(k, q, f"{w:.2f}", ha="center", va="center", fontsize=7, color="k" if w > 0.6 else "w")
+        avg = results[h]["avg"][i]  # (T, T), eval mode, averaged over the held-out sequences
+        image = ax.imshow(avg.numpy(), cmap="viridis", vmin=0, vmax=1)
+        for q in ticks:
+            for k in ticks:
+                if avg[q, k] >= 0.05:  # write the weight in every cell that holds some
+                    ax.text(k, q, f"{avg[q, k]:.2f}", ha="center", va="center", fontsize=7,
+                            color="k" if avg[q, k] > 0.6 else "w")
         ax.set(xticks=ticks, yticks=ticks, xlabel="key position", ylabel="query position")
-        ax.set_title(f"{h}-head model, head {i}: {r['roles'][i]}\n"
-                     f"left {r['left'][i]:.2f}, right {r['right'][i]:.2f}", fontsize=9)
+        ax.set_title(f"{h}-head model, head {i}\nlargest weight: {largest(results[h]['spots'][i])}", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
     accuracies = ", ".join(f"{h} head{'s' if h > 1 else ''} {100 * r['accuracy']:.0f}% accurate"
                            for h, r in results.items())
     fig.suptitle(f"Output left - right neighbour: {accuracies}.\nEach head's attention weights, "
-                 f"averaged over {sizes['n_eval']} held-out sequences (eval mode); "
-                 "left/right = weight on offset -1/+1", fontsize=9)
+                 f"averaged over {sizes['n_eval']} held-out sequences (eval mode)", fontsize=9)
     common.save_figure(fig, args.out_dir, "multi_head_attention.png", show=args.show)
 
 
@@ -502,8 +483,8 @@ def section_4_parameters(d_model):
     common.section(4, "Parameter count: 4*d_model^2 + 4*d_model, whatever n_heads")
     rows, all_equal = [], True
     for h in sorted(set(HEAD_COUNTS)):
-        if d_model % h:
-            rows.append([h, "-", "-", "-", f"{d_model} % {h} != 0: not possible"])
+        if h <= 0 or d_model % h:
+            rows.append([h, "-", "-", "-", f"not possible: {h} does not divide {d_model}"])
             continue
         mha = MultiHeadAttention(d_model, h)
         numel = sum(p.numel() for p in mha.parameters())
@@ -521,34 +502,42 @@ def section_4_parameters(d_model):
     return all_equal
 
 
-def parse_model_size(args):
-    """--d-model / --heads: a d_model in 1..MAX_D_MODEL that n_heads divides, else one line and exit 2."""
-    d_model, n_heads = args.d_model, args.heads
-    if d_model <= 0:
-        common.fail(f"--d-model must be a positive number, got {d_model} (with --heads {n_heads}); "
-                    f"e.g. --d-model {D_MODEL}")
-    if d_model > MAX_D_MODEL:
-        common.fail(f"--d-model {d_model} is too large for this CPU lesson (at most {MAX_D_MODEL}, the "
-                    f"models of section 3 are trained here); e.g. --d-model {D_MODEL}")
-    if n_heads <= 0 or d_model % n_heads:
-        divisors = ", ".join(str(h) for h in range(1, min(d_model, 64) + 1) if d_model % h == 0)
-        need = "must be a positive number that divides" if n_heads <= 0 else "must divide"
-        common.fail(f"--heads {n_heads} {need} --d-model {d_model} (each head gets d_model/heads numbers); "
-                    f"choose --heads from the divisors of {d_model}: {divisors}"
-                    + (", ..." if d_model > 64 else ""))
-    return d_model, n_heads
+def check(ok: bool, message: str):
+    """A setting that cannot work (a flag, or a knob edited at the top): one `error:` line, exit 2."""
+    if not ok:
+        raise common.UserError(message)
 
 
-def main(argv=None):
-    quick = ", ".join(f"{k}={v}" for k, v in QUICK.items())
-    parser = common.lesson_parser(__doc__, quick_help=f"tiny sizes, for a smoke test: {quick}")
-    parser.add_argument("--d-model", type=int, default=D_MODEL, help="embedding size of the lesson's model")
-    parser.add_argument("--heads", type=int, default=N_HEADS,
-                        help="attention heads of the lesson's model (must divide --d-model)")
-    args = common.parse_args(parser, argv)
-    d_model, n_heads = parse_model_size(args)
-    device = common.setup(args, "Lesson 02: multi-head attention")
+def settings(args):
+    """d_model, n_heads (flags first, else the knobs) and section 3's sizes, each checked."""
+    d_model, d_label = common.flag_or_knob(args, "d_model", "D_MODEL", D_MODEL)
+    n_heads, h_label = common.flag_or_knob(args, "heads", "N_HEADS", N_HEADS)
+    check(0 < d_model <= MAX_D_MODEL, f"{d_label}: d_model must be from 1 to MAX_D_MODEL = {MAX_D_MODEL} "
+          "(section 3 trains models of this width on a CPU), e.g. 32")
+    divisors = [h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0]
+    check(n_heads > 0 and d_model % n_heads == 0,
+          f"{h_label} must divide {d_label} (each head gets d_model / n_heads numbers); choose "
+          f"from its divisors: {', '.join(map(str, divisors))}" + (", ..." if d_model > 64 else ""))
     sizes = QUICK if args.quick else dict(steps=STEPS, batch_size=BATCH_SIZE, n_eval=N_EVAL)
+    knob_names = dict(steps="STEPS", batch_size="BATCH_SIZE", n_eval="N_EVAL")
+    for key, value in sizes.items():
+        label = f"QUICK[{key!r}]" if args.quick else knob_names[key]
+        check(value >= 1, f"{label} = {value} must be at least 1")
+    check(VOCAB_SIZE >= 2, f"VOCAB_SIZE = {VOCAB_SIZE}: the task needs at least 2 different digits")
+    check(SEQ_LEN >= 3, f"SEQ_LEN = {SEQ_LEN}: the ring needs at least 3 positions, so that a "
+          "position's left and right neighbours differ")
+    return d_model, n_heads, sizes
+
+
+@common.entry_point
+def main(argv=None):
+    parser = common.lesson_parser(__doc__, quick_help=f"tiny sizes, for a smoke test: {QUICK}")
+    parser.add_argument("--d-model", type=int, help=f"embedding size (default: D_MODEL = {D_MODEL})")
+    parser.add_argument("--heads", type=int, help=f"attention heads, must divide d_model (default: "
+                                                  f"N_HEADS = {N_HEADS})")
+    args = common.parse_args(parser, argv)
+    d_model, n_heads, sizes = settings(args)
+    device = common.setup(args, "Lesson 02: multi-head attention")
     print(f"d_model={d_model}, n_heads={n_heads}, d_head={d_model // n_heads}; each head uses lesson 01's "
           "scaled_dot_product_attention (common.load_lesson(1))")
 
@@ -558,24 +547,21 @@ def main(argv=None):
     counts_equal = section_4_parameters(d_model)
 
     multi, one = results[n_heads], results[1]
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     common.key_insights([
         f"Multi-head attention = n_heads copies of lesson 01's attention on d_head-sized slices of W_q, "
         f"W_k, W_v, concatenated and mixed by W_o. Loop, batched class and nn.MultiheadAttention: "
         f"largest difference {common.fmt(worst, 2)}.",
         f"nn.MultiheadAttention's masks mean True = blocked, ours True = may attend: pass ~mask. The "
         f"wrong polarity changed outputs by up to {common.fmt(wrong_polarity, 3)}.",
-        f"split_heads: view + transpose to (B, n_heads, T, d_head); merge_heads must transpose back. "
-        + (f"Without it the output is wrong by {common.fmt(bad_merge, 3)} "
-           f"(with it: {common.fmt(good_merge, 2)}) and no shape error warns you." if n_heads > 1 else
-           f"With one head the missing transpose is harmless ({common.fmt(bad_merge, 2)}); "
-           "with --heads 2 it is not."),
-        (f"Left - right neighbour: {n_heads} heads {100 * multi['accuracy']:.1f}%, 1 head "
-         if n_heads > 1 else "Left - right neighbour: 1 head ")
-        + f"{100 * one['accuracy']:.1f}% (always answering 0: {100 * baseline:.1f}%). One head is one "
-        f"blend; frozen to a fixed blend it scores {100 * one['frozen']:.1f}%. "
-        + (f"Several heads split the work, left reader and right reader, learned and not designed "
-           f"(frozen: {100 * multi['frozen']:.1f}%)." if split else
-           "In this run the heads did not split into a left and a right reader." if n_heads > 1 else ""),
+        "split_heads: view + transpose to (B, n_heads, T, d_head); merge_heads must transpose back. "
+        + (f"Without it the output is off by {common.fmt(bad_merge, 3)} (with it: "
+           f"{common.fmt(good_merge, 2)}), and no shape error warns you." if n_heads > 1
+           else "With one head there is nothing to transpose."),
+        "Left - right neighbour: " + (f"{n_heads} heads {pct(multi['accuracy'])} (frozen weights: "
+                                       f"{pct(multi['frozen'])}), " if n_heads > 1 else "")
+        + f"1 head {pct(one['accuracy'])} (frozen: {pct(one['frozen'])}), always answering 0 {pct(baseline)}."
+        + (" Training split the heads into left and right readers." if split else ""),
         f"Parameters: 4*d_model^2 + 4*d_model = {attention_parameter_count(d_model)} for d_model={d_model} "
         f"with any number of heads ({'equal to' if counts_equal else 'DIFFERENT from'} numel()).",
     ])

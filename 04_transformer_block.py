@@ -1,53 +1,53 @@
 """Lesson 04: the transformer encoder block: attention, feed-forward, residuals and LayerNorm.
 
 What you will learn:
-  1. How a block is wired, post-LN (the paper) and pre-LN (most modern code), checked equal to
-     PyTorch's nn.TransformerEncoderLayer after copying its weights.
+  1. How a block is wired, post-LN (the paper) and pre-LN (modern code), where dropout sits; equal
+     to PyTorch's nn.TransformerEncoderLayer with no mask, a causal mask and a padding mask.
   2. LayerNorm normalises each token on its own.
-  3. The feed-forward network is position-wise.
-  4. Stacking blocks: shapes, and parameter counts by formula vs numel().
-  5. What residual connections do in a deep stack.
-  6. Post-LN against pre-LN as the stack gets deeper.
+  3. The feed-forward network is position-wise; attention is what mixes tokens.
+  4. What each costs as the sequence grows: attention T^2 in time and memory, the feed-forward T.
+  5. Stacking blocks: shapes and parameter counts.
+  6. What residual connections do in a deep stack.
+  7. Post-LN against pre-LN as the stack gets deeper.
 
 Run:  python 04_transformer_block.py                 (about 6 s on a 2-core CPU)
       python 04_transformer_block.py --d-model 128 --heads 8 --d-ff 512 --layers 6
-      python 04_transformer_block.py --help          (all flags)
 
-Shapes: B batch, T sequence length, d_model token width, n_heads heads,
-        d_head = d_model // n_heads, d_ff feed-forward hidden width.
+Shapes: B batch, T sequence length, d_model token width, n_heads heads, d_head = d_model // n_heads,
+d_ff feed-forward hidden width.
+Masks are boolean with True = may attend (lesson 01); PyTorch's modules use True = blocked.
 """
+import timeit
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from common import load_lesson
+from common import fmt, load_lesson
 
 # Reused from earlier lessons (one source for each component).
 MultiHeadAttention = load_lesson(2).MultiHeadAttention
 causal_mask = load_lesson(1).causal_mask
 
 # %% Knobs: edit these and re-run
-D_MODEL = 64          # token width of the block in sections 1-4 (--d-model)
-N_HEADS = 4           # attention heads (--heads); must divide D_MODEL
-D_FF = 256            # feed-forward hidden width, 4 * d_model as in the paper (--d-ff)
-N_LAYERS = 4          # blocks in the stack of section 4 (--layers)
-B, T = 2, 6           # batch size and sequence length of the small examples
-DEPTHS = (2, 4, 8, 16, 32)   # stack depths of the depth study (sections 5-6)
-DEPTH_D_MODEL = 32    # the depth study uses small blocks so that 32 of them run in a blink
-DEPTH_HEADS = 4
-DEPTH_B, DEPTH_T = 8, 16     # batch and sequence length of the depth study
-DEPTH_SEEDS = (0, 1)  # random initialisations measured at each depth (results are averaged)
-QUICK = dict(depths=(2, 4), d_model=16, heads=2, B=4, T=8, seeds=(0,))  # --quick
-MAX_PARAMETERS = 250_000_000  # sections 1-4 hold about 2 * --layers + 7 blocks: keep them under 1 GB
+D_MODEL = 64          # token width of the block in sections 1-5 (--d-model overrides it)
+N_HEADS = 4           # attention heads (--heads overrides it); must divide d_model
+D_FF = 256            # feed-forward hidden width, 4 * d_model as in the paper (--d-ff overrides it)
+N_LAYERS = 4          # blocks in the stack of section 5 (--layers overrides it)
+B, T = 2, 6           # batch size and sequence length of the small examples (T at least 2)
+DROPOUT = 0.1         # section 1: the dropout probability shown in training mode (the paper's)
+COST_LENGTHS = (128, 256, 512, 1024)  # section 4: sequence lengths T at which both sublayers are timed
+DEPTH_STUDY = dict(depths=(2, 4, 8, 16, 32), d_model=32, heads=4, B=8, T=16, seeds=(0, 1))  # sections 6-7
+QUICK_COST_LENGTHS = (32, 64, 128)                                                  # --quick
+QUICK_DEPTH_STUDY = dict(depths=(2, 4), d_model=16, heads=2, B=4, T=8, seeds=(0,))  # --quick
+MAX_PARAMETERS = 250_000_000  # sections 1-5 hold about 2 * n_layers + 9 blocks: keep them under 1 GB
 
 
 # %% Building blocks
 class FeedForward(nn.Module):
-    """Position-wise feed-forward: the same two-layer MLP applied to every token on its own.
-
-    FFN(x) = linear2(dropout(relu(linear1(x)))), d_model -> d_ff -> d_model.
-    """
+    """Position-wise feed-forward: FFN(x) = linear2(dropout(relu(linear1(x)))), d_model -> d_ff ->
+    d_model, the same two-layer MLP applied to every token on its own."""
 
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
         super().__init__()
@@ -77,8 +77,9 @@ class TransformerEncoderBlock(nn.Module):
         self.feed_forward = FeedForward(d_model, d_ff, dropout=dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        # Dropout (training mode only) also acts on the attention weights and the feed-forward's hidden layer
+        self.dropout1 = nn.Dropout(dropout)  # on the attention sublayer's output
+        self.dropout2 = nn.Dropout(dropout)  # on the feed-forward sublayer's output
 
     def _attend(self, x, mask, return_weights):
         # Self-attention: queries, keys and values all come from the same x.
@@ -118,23 +119,17 @@ class TransformerEncoder(nn.Module):
     def forward(self, x, mask=None, return_weights: bool = False):
         all_weights = []
         for layer in self.layers:
-            if return_weights:
-                x, weights = layer(x, mask, return_weights=True)
-                all_weights.append(weights)
-            else:
-                x = layer(x, mask)
+            x, weights = layer(x, mask, return_weights=True) if return_weights else (layer(x, mask), None)
+            all_weights.append(weights)
         x = self.norm(x)
         return (x, all_weights) if return_weights else x
 
 
 @torch.no_grad()
 def copy_weights_from_torch(block, torch_layer):
-    """Copy PyTorch's weights into ours, so both compute the same function. Returns `block`.
-
-    block: our TransformerEncoderBlock, torch_layer: nn.TransformerEncoderLayer (same sizes and
-    norm_first). Also accepts our TransformerEncoder and an nn.TransformerEncoder made of such
-    layers (its `norm` must be a LayerNorm exactly when ours is pre-LN).
-    """
+    """Copy an nn.TransformerEncoderLayer's weights into our block (same sizes and norm_first), or an
+    nn.TransformerEncoder's into our TransformerEncoder (its `norm` a LayerNorm exactly when ours is
+    pre-LN), so both compute the same function. Returns `block`."""
     if isinstance(block, TransformerEncoder):  # a whole stack: block by block, then the final norm
         for ours, theirs in zip(block.layers, torch_layer.layers, strict=True):
             copy_weights_from_torch(ours, theirs)
@@ -157,62 +152,16 @@ def copy_weights_from_torch(block, torch_layer):
     return block
 
 
-class WithoutResidual(nn.Module):
-    """A post-LN block (its very weights) with both residual connections removed, for section 5."""
-
-    def __init__(self, block: TransformerEncoderBlock):
-        super().__init__()
-        self.block = block
-
-    def forward(self, x, mask=None):
-        b = self.block
-        x = b.norm1(b.self_attn(x, x, x, mask=mask, need_weights=False)[0])  # no "x +"
-        return b.norm2(b.feed_forward(x))                                    # no "x +"
-
-
-def fmt3(value) -> str:
-    """A number with 3 significant digits, for sentences."""
-    return common.fmt(value, 3)
-
-
-def per_token_stats(x):
-    """Mean and std of each token over its d_model features: (B, T, d_model) -> two (B, T)."""
-    return x.mean(dim=-1), x.std(dim=-1, unbiased=False)  # LayerNorm uses the biased variance
-
-
-def grad_norm(module) -> float:
-    """The L2 norm of all of a module's parameter gradients, as one vector."""
-    return torch.sqrt(sum((p.grad ** 2).sum() for p in module.parameters())).item()
-
-
-def token_similarity(x) -> float:
-    """Mean cosine similarity between different tokens of the same sequence (1 = all identical)."""
-    unit = F.normalize(x, dim=-1)
-    cos = unit @ unit.transpose(1, 2)  # (B, T, d_model) @ (B, d_model, T) -> (B, T, T)
-    off_diagonal = ~torch.eye(x.size(1), dtype=torch.bool, device=x.device)
-    return cos[:, off_diagonal].mean().item()
-
-
-def ratio_first(variant_results) -> float:
-    """How the first block's gradient changed from the shallowest to the deepest stack."""
-    return variant_results["first"][-1] / variant_results["first"][0]
-
-
 # %% 1. One block, step by step, and PyTorch's own
 def section_1_block(d_model, n_heads, d_ff, device):
     common.section(1, "One encoder block, and PyTorch's nn.TransformerEncoderLayer")
     common.explain("""
-        A block has two sublayers: self-attention (lesson 02's MultiHeadAttention, reused via
-        load_lesson(2)) lets tokens exchange information; a feed-forward network then processes
-        each token on its own. Each sublayer is wrapped in a residual connection (x + ...) and a
-        LayerNorm, in one of two layouts you will meet in real code:
-
-        post-LN (the 2017 paper, section 3.1):  x = LayerNorm(x + Sublayer(x))
-
-        pre-LN (GPT-2 and most modern code):     x = x + Sublayer(LayerNorm(x)), plus one final
-        LayerNorm after the last block. PyTorch: nn.TransformerEncoderLayer(norm_first=True).
-
-        Here is post-LN computed by hand from the block's parts:""")
+        A block has two sublayers: self-attention (lesson 02's MultiHeadAttention) lets tokens
+        exchange information; a feed-forward network then processes each token on its own. Each is
+        wrapped in a residual connection (x + ...) and a LayerNorm, in one of two layouts:
+        post-LN (the 2017 paper, section 3.1): x = LayerNorm(x + Sublayer(x)); pre-LN (GPT-2 and
+        most modern code): x = x + Sublayer(LayerNorm(x)), plus one final LayerNorm after the last
+        block. Here is post-LN computed by hand from the block's parts:""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     x = torch.randn(B, T, d_model, device=device)
     with torch.no_grad():
@@ -227,36 +176,67 @@ def section_1_block(d_model, n_heads, d_ff, device):
              ("feed-forward hidden, after ReLU", hidden), ("h + feed-forward (residual sum)", h + ffn_out),
              ("output = norm2(h + feed-forward)", y)]
     common.table([[name, str(tuple(t.shape)), t.std()] for name, t in steps], ["step", "shape", "std"])
-    print(f"  largest |by hand - block(x)| = {common.fmt(by_hand_diff)}")
+    print(f"  largest |by hand - block(x)| = {fmt(by_hand_diff)}")
+    worst = compare_with_torch(x, d_model, n_heads, d_ff, device)
+    return dict(worst=worst, dropout=show_dropout(x, d_model, n_heads, d_ff))
 
-    common.explain("""
-        Now against PyTorch: copy_weights_from_torch() copies the weights of an
-        nn.TransformerEncoderLayer(batch_first=True, dropout=0.0) into our block (its in_proj_weight
-        holds W_q, W_k, W_v stacked). PyTorch's src_mask uses the opposite polarity (True =
-        blocked), so it gets ~mask.""")
-    rows = []
-    mask = causal_mask(T, device=device)  # True = may attend (on and below the diagonal)
+
+def compare_with_torch(x, d_model, n_heads, d_ff, device):
+    """Our block against nn.TransformerEncoderLayer with the same weights, three masks, two layouts."""
+    keep = torch.ones(B, T, dtype=torch.bool, device=device)  # True = a real token
+    keep[-1, T - T // 2:] = False  # the last sequence ends with T // 2 padding tokens
+    common.explain(f"""
+        Now against PyTorch's nn.TransformerEncoderLayer, its weights copied into our block
+        (copy_weights_from_torch). An encoder reads its whole input, so it needs no causal mask; it
+        must block padding, the filler that makes sequences of different lengths fit in one batch
+        (here the last sequence ends with {T // 2} padding tokens). Our padding mask is
+        keep[:, None, :], (B, 1, T_k), True = a real token; PyTorch's masks mean True = blocked, so
+        they get ~mask. Outputs at padding positions are thrown away (PyTorch's fast path may
+        return zeros there), so only real tokens are compared.""")
+    causal, rows = causal_mask(T, device=device), []
+    masks = {"none": (None, {}), "causal": (causal, dict(src_mask=~causal)),  # ours, PyTorch's (~ours)
+             "padding": (keep[:, None, :], dict(src_key_padding_mask=~keep))}
     for norm_first in (False, True):
         reference = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout=0.0, batch_first=True,
                                                norm_first=norm_first).to(device).eval()
         ours = TransformerEncoderBlock(d_model, n_heads, d_ff, norm_first=norm_first).to(device).eval()
         copy_weights_from_torch(ours, reference)
         with torch.no_grad():
-            for name, m in (("none", None), ("causal", mask)):
-                diff = (ours(x, mask=m) - reference(x, src_mask=None if m is None else ~m)).abs().max()
+            for name, (mask, torch_mask) in masks.items():
+                diff = (ours(x, mask=mask) - reference(x, **torch_mask))[keep].abs().max()
                 rows.append(["pre-LN" if norm_first else "post-LN", name, diff.item()])
-    common.table(rows, ["layout", "mask", "largest |ours - PyTorch|"])
+            _, weights = ours(x, mask=masks["padding"][0], return_weights=True)
+    common.table(rows, ["layout", "mask", "largest |ours - PyTorch| (real tokens)"])
     worst = max(r[2] for r in rows)
-    print(f"  -> {'equal up to float32 rounding' if worst < 1e-4 else 'NOT equal: check the wiring'}")
-    pre = TransformerEncoderBlock(d_model, n_heads, d_ff, norm_first=True).to(device).eval()
-    pre.load_state_dict(block.state_dict())  # the same weights, the other layout
+    on_padding = weights[-1][..., ~keep[-1]].max().item()  # (n_heads, T, padded keys)
+    print(f"  -> {'equal up to float32 rounding' if worst < 1e-4 else 'NOT equal: check the wiring'}; "
+          f"largest attention weight on a padding token: {fmt(on_padding)}")
+    return worst
+
+
+def show_dropout(x, d_model, n_heads, d_ff):
+    """Dropout in the block: on in training mode, off in eval mode. Returns the train-mode change."""
+    block = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=DROPOUT).to(x.device)
+    plain = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=0.0).to(x.device).eval()
+    plain.load_state_dict(block.state_dict())  # dropout has no weights: the same block without it
     with torch.no_grad():
-        wiring_diff = (pre(x) - y).abs().max().item()
-    print(f"  same weights, pre-LN instead of post-LN: outputs differ by up to {common.fmt(wiring_diff)}")
-    return dict(worst=worst, wiring_diff=wiring_diff)
+        train_change = (block.train()(x) - block(x)).abs().max().item()  # two random draws
+        eval_change = (block.eval()(x) - plain(x)).abs().max().item()
+    common.explain(f"""
+        Dropout sits in three places, as in nn.TransformerEncoderLayer: on the attention weights, on
+        the feed-forward's hidden layer, and on each sublayer's output before the residual add,
+        x + dropout(sublayer(x)) (the one the paper names, with the embeddings of lesson 05). With
+        p = {DROPOUT}, two training-mode calls on the same x differ by up to {fmt(train_change)};
+        after .eval() the block equals one without dropout (difference {fmt(eval_change)}).""")
+    return train_change
 
 
 # %% 2. LayerNorm works per token
+def per_token_stats(x):
+    """Mean and std of each token over its d_model features: (B, T, d_model) -> two (B, T)."""
+    return x.mean(dim=-1), x.std(dim=-1, unbiased=False)  # LayerNorm uses the biased variance
+
+
 def section_2_layernorm(d_model, device, out_dir, show):
     common.section(2, "LayerNorm normalises each token on its own")
     common.explain("""
@@ -268,38 +248,43 @@ def section_2_layernorm(d_model, device, out_dir, show):
     scales = torch.logspace(-1, 1, T, device=device)  # 0.1 ... 10
     x = torch.randn(1, T, d_model, device=device) * scales[:, None] + offsets[:, None]  # (1, T, d_model)
     norm = nn.LayerNorm(d_model).to(device)
+    t = T // 2  # one token, normalised alone below
     with torch.no_grad():
         y = norm(x)
-        alone = norm(x[:, 2:3])  # token 2 on its own, without its neighbours
+        alone = norm(x[:, t:t + 1])  # token t on its own, without its neighbours
     mean_before, std_before = per_token_stats(x)
     mean_after, std_after = per_token_stats(y)
-    common.table([[t, mean_before[0, t], std_before[0, t], mean_after[0, t], std_after[0, t]]
-                  for t in range(T)], ["token", "mean before", "std before", "mean after", "std after"])
-    alone_diff = (alone - y[:, 2:3]).abs().max().item()
+    expected = std_before / torch.sqrt(std_before**2 + norm.eps)
+    common.table([[i, mean_before[0, i], std_before[0, i], mean_after[0, i], std_after[0, i], expected[0, i]]
+                  for i in range(T)], ["token", "mean before", "std before", "mean after", "std after",
+                                       "std/sqrt(std^2+eps)"])
+    alone_diff = (alone - y[:, t:t + 1]).abs().max().item()
     max_mean, max_std_err = mean_after.abs().max().item(), (std_after - 1).abs().max().item()
-    print(f"  after: largest |mean| {common.fmt(max_mean)}, largest |std - 1| {common.fmt(max_std_err)}")
-    print(f"  token 2 normalised alone vs inside the sequence: largest difference {common.fmt(alone_diff)}")
-    common.explain("""
-        The statistics never mix tokens (nor the sequences of a batch, unlike BatchNorm): LayerNorm,
-        like the feed-forward below, treats every position the same way, on its own.""")
+    print(f"  after: largest |mean| {fmt(max_mean)}, largest |std - 1| {fmt(max_std_err)}\n  token {t} "
+          f"normalised alone vs inside the sequence: largest difference {fmt(alone_diff)}")
+    common.explain(f"""
+        The std after is not exactly 1: eps = {norm.eps:g} in the square root (there so that a token
+        with all features equal does not divide by 0) makes it std / sqrt(std^2 + eps), furthest
+        below 1 for the token with the smallest spread (last column). The statistics never mix
+        tokens, nor the sequences of a batch (unlike BatchNorm).""")
+    plot_layernorm(x, y, out_dir, show)
+    return dict(max_mean=max_mean, max_std_err=max_std_err, alone_diff=alone_diff)
 
+
+def plot_layernorm(x, y, out_dir, show):
     fig, axes = common.new_figure(1, 2, figsize=(10, 4), show=show, sharex=True)
+    jitter = torch.linspace(-0.25, 0.25, x.size(-1))
     for ax, values, when in ((axes[0], x, "before"), (axes[1], y, "after")):
         for t in range(T):
-            jitter = torch.linspace(-0.25, 0.25, d_model)
             ax.scatter(t + jitter, values[0, t].cpu(), s=6, alpha=0.6)
-        stats = per_token_stats(values)
-        ax.errorbar(range(T), stats[0][0].cpu(), yerr=stats[1][0].cpu(), fmt="k_", capsize=4, ms=14,
+        mean, std = per_token_stats(values)
+        ax.errorbar(range(T), mean[0].cpu(), yerr=std[0].cpu(), fmt="k_", capsize=4, ms=14,
                     label="mean +- std of the token")
-        ax.set_title(f"{when} LayerNorm")
-        ax.set_xlabel("token position")
-        ax.set_ylabel("feature value")
-        ax.set_xticks(range(T))
+        ax.set(title=f"{when} LayerNorm", xlabel="token position", ylabel="feature value", xticks=range(T))
     axes[1].axhline(0, color="gray", lw=0.8)
     axes[0].legend(loc="upper left")
     fig.suptitle("LayerNorm gives every token mean 0 and std 1 over its own features")
     common.save_figure(fig, out_dir, "transformer_block_layernorm.png", show=show)
-    return dict(max_mean=max_mean, max_std_err=max_std_err, alone_diff=alone_diff)
 
 
 # %% 3. The feed-forward network is position-wise
@@ -308,283 +293,306 @@ def section_3_feed_forward(d_model, n_heads, d_ff, device):
     common.explain(f"""
         FFN(x) = linear2(relu(linear1(x))) widens each token from d_model={d_model} to d_ff={d_ff}
         and back. nn.Linear acts on the last dimension only, so each token is processed alone, with
-        the same weights at every position. Measured:""")
+        the same weights at every position. Change token 0 and see which outputs move:""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     ffn, attn = block.feed_forward, block.self_attn
     x = torch.randn(B, T, d_model, device=device)
-    perm = torch.randperm(T, device=device)
     x_changed = x.clone()
     x_changed[:, 0] += 1.0  # change token 0 only
     with torch.no_grad():
-        y = ffn(x)
-        alone = (ffn(x[:, 3:4]) - y[:, 3:4]).abs().max().item()
-        shuffled = (ffn(x[:, perm]) - y[:, perm]).abs().max().item()
-        ffn_others = (ffn(x_changed) - y)[:, 1:].abs().max().item()
-        attn_others = (attn(x_changed, x_changed, x_changed)[0] - attn(x, x, x)[0])[:, 1:].abs().max().item()
-    common.table([["token 3 alone vs inside the sequence", alone],
-                  ["FFN(shuffled tokens) vs shuffled FFN(tokens)", shuffled],
-                  ["change token 0: largest change at tokens 1.., FFN", ffn_others],
-                  ["change token 0: largest change at tokens 1.., attention", attn_others]],
-                 ["measurement", "largest difference"])
-    worst = max(alone, shuffled, ffn_others)
+        moved = {name: (f(x_changed) - f(x)).abs().amax(dim=(0, 2))  # (T,): largest change per position
+                 for name, f in (("feed-forward", ffn), ("attention", lambda z: attn(z, z, z)[0]))}
+    common.table([[name, change[0], change[1:].max()] for name, change in moved.items()],
+                 ["sublayer", "change at token 0", "largest change at tokens 1.."])
+    others = {name: change[1:].max().item() for name, change in moved.items()}
+    common.explain(f"""Attention mixes tokens (it moved the others by {fmt(others['attention'])}), then
+        the feed-forward works on each mixed token alone (it moved them by {fmt(others['feed-forward'])}).""")
+    return dict(position_wise=others["feed-forward"], attn_others=others["attention"])
+
+
+# %% 4. What each sublayer costs as the sequence grows
+@torch.no_grad()
+def section_4_cost(d_model, n_heads, d_ff, lengths, device):
+    common.section(4, "What attention and the feed-forward cost as T grows")
     common.explain(f"""
-        The feed-forward {'is' if worst < 1e-5 else 'is NOT'} position-wise (differences <=
-        {common.fmt(worst)}), while attention moved the other tokens by up to {common.fmt(attn_others)}:
-        attention mixes tokens, then the feed-forward works on each mixed token alone.""")
-    return dict(position_wise=worst, attn_others=attn_others)
+        Attention compares every query with every key: its weights are a (B, n_heads, T, T)
+        tensor, and Q K^T and weights @ V each take T^2 d_model multiply-adds. The feed-forward
+        takes 2 d_model d_ff per token, whatever T. Below, one sequence (B = 1) of growing length
+        through each sublayer of a block (d_model={d_model}, {n_heads} heads, d_ff={d_ff}), the
+        fastest of 5 runs each, and the size of the largest tensor each sublayer creates.""")
+    block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
+    attn, ffn = block.self_attn, block.feed_forward
+    sync = getattr(torch, torch.device(device).type).synchronize  # a GPU works asynchronously: wait for it
+    fastest_ms = lambda f: 1000 * min(timeit.repeat(lambda: (f(), sync()), number=1, repeat=5))  # noqa: E731
+    rows, mib = [], lambda t: t.numel() * t.element_size() / 2**20  # noqa: E731  (a tensor's MiB)
+    for length in lengths:
+        x = torch.randn(1, length, d_model, device=device)
+        attn_ms, ffn_ms = fastest_ms(lambda: attn(x, x, x, need_weights=False)), fastest_ms(lambda: ffn(x))
+        weights = attn(x, x, x)[1]                        # (1, n_heads, T, T)
+        hidden = ffn.activation(ffn.linear1(x))           # (1, T, d_ff)
+        rows.append([length, attn_ms, ffn_ms, attn_ms / ffn_ms, mib(weights), mib(hidden)])
+    common.table(rows, ["T", "attention ms", "feed-forward ms", "ratio", "weights MiB", "FFN hidden MiB"])
+    (t0, a0, f0, r0, w0, h0), (t1, a1, f1, r1, w1, h1) = rows[0], rows[-1]
+    common.explain(f"""
+        From T = {t0} to {t1} ({fmt(t1 / t0)}x longer), attention's weights tensor grew
+        {fmt(w1 / w0)}x and its time {fmt(a1 / a0)}x; the feed-forward's hidden layer grew
+        {fmt(h1 / h0)}x and its time {fmt(f1 / f0)}x. Notice the ratio column: attention took
+        {fmt(r0)}x the feed-forward's time at T = {t0} and {fmt(r1)}x at T = {t1}. (Times vary from
+        run to run on a busy machine; the memory columns are exact.)""")
+    return dict(lengths=(t0, t1), attn_growth=a1 / a0, ffn_growth=f1 / f0, weights_growth=w1 / w0,
+                hidden_growth=h1 / h0)
 
 
-# %% 4. Stacking blocks: shapes and parameter counts
-def section_4_stacking(n_layers, d_model, n_heads, d_ff, device):
-    common.section(4, f"Stacking {n_layers} blocks: shapes and parameter counts")
+# %% 5. Stacking blocks: shapes and parameter counts
+def section_5_stacking(n_layers, d_model, n_heads, d_ff, device):
+    common.section(5, f"Stacking {n_layers} blocks: shapes and parameter counts")
     encoders = {nf: TransformerEncoder(n_layers, d_model, n_heads, d_ff, norm_first=nf).to(device).eval()
                 for nf in (False, True)}
     x = torch.randn(B, T, d_model, device=device)
-    rows, h = [["input", str(tuple(x.shape)), x.std()]], x
-    with torch.no_grad():
-        for i, layer in enumerate(encoders[True].layers):
-            h = layer(h)  # (B, T, d_model) -> (B, T, d_model)
-            rows.append([f"after block {i + 1}", str(tuple(h.shape)), h.std()])
-        rows.append(["after the final LayerNorm", str(tuple(h.shape)), encoders[True].norm(h).std()])
-    common.table(rows, ["pre-LN stack", "shape", "std"])
-    stds = [r[2] for r in rows[:-1]]
-    steady = all(b > a for a, b in zip(stds, stds[1:]))
-    grows = "grew after every block" if steady else "did not grow steadily"
+    out = encoders[True](x).detach()  # every block maps (B, T, d_model) to (B, T, d_model)
     common.explain(f"""
         Every block maps (B, T, d_model) to (B, T, d_model), so blocks stack: the output of one is
-        the input of the next. In pre-LN the std {grows} ({fmt3(stds[0])} -> {fmt3(stds[-1])}); the
-        final LayerNorm brings it back to 1.""")
-
-    attention = 4 * (d_model * d_model + d_model)  # W_q, W_k, W_v, W_o: weights + biases
-    feed_forward = d_model * d_ff + d_ff + d_ff * d_model + d_model
-    norms = 2 * 2 * d_model  # two LayerNorms, each with gamma and beta
-    per_block = attention + feed_forward + norms
+        the input of the next. Here {tuple(x.shape)} in, {tuple(out.shape)} out of {n_layers} blocks.
+        The parameters, part by part:""")
     numel = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     block = encoders[False].layers[0]
-    rows = [["self-attention", "4 (d_model^2 + d_model)", attention, numel(block.self_attn)],
-            ["feed-forward", "2 d_model d_ff + d_ff + d_model", feed_forward, numel(block.feed_forward)],
-            ["two LayerNorms", "4 d_model", norms, numel(block.norm1) + numel(block.norm2)],
-            ["one block", "sum of the above", per_block, numel(block)],
-            [f"{n_layers} blocks, post-LN", "N x block", n_layers * per_block, numel(encoders[False])],
-            [f"{n_layers} blocks, pre-LN", "N x block + 2 d_model (final norm)",
-             n_layers * per_block + 2 * d_model, numel(encoders[True])]]
-    common.table(rows, ["part", "formula", "by formula", "numel()"])
-    all_match = all(r[2] == r[3] for r in rows)
-    print(f"  formula == numel() in every row: {all_match}")
+    rows = [["self-attention", "4 (d_model^2 + d_model): W_q, W_k, W_v, W_o", numel(block.self_attn)],
+            ["feed-forward", "2 d_model d_ff + d_ff + d_model", numel(block.feed_forward)],
+            ["two LayerNorms", "4 d_model: gamma and beta of each", numel(block.norm1) + numel(block.norm2)],
+            ["one block", "sum of the above", numel(block)],
+            [f"{n_layers} blocks, post-LN", "N x block", numel(encoders[False])],
+            [f"{n_layers} blocks, pre-LN", "N x block + 2 d_model (final LayerNorm)", numel(encoders[True])]]
+    common.table(rows, ["part", "formula (the tests check it)", "parameters"])
+    share = numel(block.feed_forward) / numel(block)
     common.explain(f"""
-        Attention costs 4 d_model^2 and the feed-forward 2 d_model d_ff = {common.fmt(2 * d_ff / d_model, 3)}
-        d_model^2: the feed-forward holds {common.fmt(100 * feed_forward / per_block, 3)}% of a block's
-        parameters.""")
-    return dict(per_block=per_block, all_match=all_match, ffn_share=feed_forward / per_block)
+        Attention costs 4 d_model^2 and the feed-forward 2 d_model d_ff = {fmt(2 * d_ff / d_model, 3)}
+        d_model^2: the feed-forward holds {fmt(100 * share)}% of a block's parameters.""")
+    return dict(per_block=numel(block), ffn_share=share)
 
 
-# %% 5-6. The depth study: residuals, and post-LN vs pre-LN
-def depth_study(depths, d_model, n_heads, batch, length, seeds, device):
-    """Gradients reaching each block of stacks of each depth, under a random regression loss.
+# %% 6-7. The depth study: residuals, and post-LN vs pre-LN
+def without_residual(b: TransformerEncoderBlock):
+    """A post-LN block (its very weights) with both residual connections ("x +") removed, for section 6."""
+    return lambda x: b.norm2(b.feed_forward(b.norm1(b.self_attn(x, x, x, need_weights=False)[0])))
 
-    Per seed, one stack of max(depths) blocks; the stack of depth N is its first N blocks, and the
-    three variants share these weights (only the wiring differs). Returns {variant: {"first",
-    "last", "similarity", "stream_std": a value per depth, "per_layer": the deepest stack's
-    gradient norm per block}}, averaged over the seeds, and the first block's mean largest
-    attention weight per query.
+
+def sublayer_grad_norm(block) -> float:
+    """L2 norm of the gradients of a block's attention and feed-forward parameters, as one vector.
+
+    LayerNorms are left out, so that post-LN and pre-LN are measured alike: in post-LN the last
+    block's norm2 produces the network's output, and its own gradient would swamp that block's.
     """
-    results = {v: {k: [0.0] * len(depths) for k in ("first", "last", "similarity", "stream_std")}
+    params = [*block.self_attn.parameters(), *block.feed_forward.parameters()]
+    return torch.sqrt(sum((p.grad ** 2).sum() for p in params)).item()
+
+
+def token_similarity(x) -> float:
+    """Mean cosine similarity between different tokens of the same sequence (1 = all identical)."""
+    unit = F.normalize(x, dim=-1)
+    cos = unit @ unit.transpose(1, 2)  # (B, T, d_model) @ (B, d_model, T) -> (B, T, T)
+    off_diagonal = ~torch.eye(x.size(1), dtype=torch.bool, device=x.device)
+    return cos[:, off_diagonal].mean().item()
+
+
+def measure_stack(steps, blocks, final_norm, x, target):
+    """x through `steps` and final_norm, a random regression loss, backward; what depth_study keeps."""
+    nn.ModuleList(blocks).zero_grad(set_to_none=True)
+    h = x
+    for step in steps:
+        h = step(h)  # (B, T, d_model)
+    out = final_norm(h)
+    F.mse_loss(out, target).backward()
+    norms = [sublayer_grad_norm(block) for block in blocks]
+    return dict(first=norms[0], last=norms[-1], per_layer=norms, similarity=token_similarity(out.detach()),
+                stream_std=h.std(correction=0).item())
+
+
+def depth_study(study, device):
+    """Per seed, one stack of max(depths) blocks shared by the three variants (only the wiring differs);
+    depth N is its first N blocks. Returns {variant: {"first", "last", "similarity", "stream_std": (seeds,
+    depths), "per_layer": (seeds, deepest)}} and, for the first block's attention at initialisation,
+    [mean largest weight per query, token similarity of its output, token similarity of its input]."""
+    depths, d_model, heads = study["depths"], study["d_model"], study["heads"]
+    results = {v: {k: [] for k in ("first", "last", "similarity", "stream_std", "per_layer")}
                for v in ("post-LN", "pre-LN", "no residual")}
-    attn_max = 0.0
-    for seed in seeds:
+    attention = []
+    for seed in study["seeds"]:
         torch.manual_seed(seed)
-        post = TransformerEncoder(max(depths), d_model, n_heads, 4 * d_model).to(device)
-        pre = TransformerEncoder(max(depths), d_model, n_heads, 4 * d_model, norm_first=True).to(device)
+        post = TransformerEncoder(depths[-1], d_model, heads, 4 * d_model).to(device)
+        pre = TransformerEncoder(depths[-1], d_model, heads, 4 * d_model, norm_first=True).to(device)
         pre.load_state_dict(post.state_dict(), strict=False)  # same blocks; pre-LN adds a final norm
-        stacks = {"post-LN": (post.layers, post.norm), "pre-LN": (pre.layers, pre.norm),
-                  "no residual": ([WithoutResidual(b) for b in post.layers], post.norm)}
-        x = torch.randn(batch, length, d_model, device=device)
-        target = torch.randn(batch, length, d_model, device=device)
+        stacks = {"post-LN": (post.layers, post.layers, post.norm),  # (steps to run, blocks, final norm)
+                  "pre-LN": (pre.layers, pre.layers, pre.norm),
+                  "no residual": ([without_residual(b) for b in post.layers], post.layers, post.norm)}
+        x, target = (torch.randn(study["B"], study["T"], d_model, device=device) for _ in range(2))
         with torch.no_grad():
-            weights = post.layers[0].self_attn(x, x, x)[1]  # (B, n_heads, T, T)
-            attn_max += weights.max(dim=-1).values.mean().item() / len(seeds)
-        for variant, (layers, final_norm) in stacks.items():
-            r = results[variant]
-            for i, depth in enumerate(depths):
-                post.zero_grad(set_to_none=True)
-                pre.zero_grad(set_to_none=True)
-                h = x
-                for layer in layers[:depth]:
-                    h = layer(h)  # (B, T, d_model)
-                out = final_norm(h)
-                F.mse_loss(out, target).backward()
-                norms = [grad_norm(layer) for layer in layers[:depth]]
-                r["first"][i] += norms[0] / len(seeds)
-                r["last"][i] += norms[-1] / len(seeds)
-                r["similarity"][i] += token_similarity(out.detach()) / len(seeds)
-                r["stream_std"][i] += h.std().item() / len(seeds)  # before any final norm
-            # depths are in increasing order, so `norms` is now the deepest stack's
-            r["per_layer"] = [a + n / len(seeds) for a, n in zip(r.get("per_layer", [0.0] * depth), norms)]
-    return results, attn_max
+            out, weights = post.layers[0].self_attn(x, x, x)  # (B, T, d_model), (B, n_heads, T, T)
+        attention.append([weights.max(dim=-1).values.mean().item(), token_similarity(out), token_similarity(x)])
+        for variant, (steps, blocks, final_norm) in stacks.items():
+            measured = [measure_stack(steps[:d], blocks[:d], final_norm, x, target) for d in depths]
+            for key in ("first", "last", "similarity", "stream_std"):
+                results[variant][key].append([m[key] for m in measured])
+            results[variant]["per_layer"].append(measured[-1]["per_layer"])  # the deepest stack's
+    results = {v: {k: torch.tensor(values) for k, values in r.items()} for v, r in results.items()}
+    return results, torch.tensor(attention).mean(0).tolist()
 
 
-def section_5_residuals(results, attn_max, depths, length, size_note):
-    common.section(5, "What residual connections do in a deep stack")
+def section_6_residuals(results, attention, study):
+    depths, length = study["depths"], study["T"]
+    common.section(6, "What residual connections do in a deep stack")
     common.explain(f"""
         With a residual, a block computes x + f(x), whose derivative is I + f'(x): the gradient from
         the loss reaches every block through the identity path as well as through the sublayers.
-        Without it, the gradient must pass through every sublayer in turn. (In post-LN a LayerNorm
-        sits on that identity path after every sublayer: section 6.) We stack {depths[0]} to
-        {depths[-1]} blocks ({size_note}), put a random regression loss on the output and measure the
-        gradient norm of the FIRST block's parameters. All stacks share the same weights; "no
-        residual" is post-LN with both "x +" removed (class WithoutResidual).""")
+        Without it, the gradient must pass through every sublayer in turn. We stack {depths[0]} to
+        {depths[-1]} blocks ({", ".join(f"{k} {v}" for k, v in study.items() if k != "depths")}),
+        put a random regression loss on the output and measure the gradient norm of the FIRST
+        block's attention and feed-forward weights (mean over the seeds). All stacks share the same
+        weights; "no residual" is post-LN with both "x +" removed.""")
     v = ("post-LN", "pre-LN", "no residual")
-    common.table([[d] + [results[k]["first"][i] for k in v] + [results[k]["similarity"][i] for k in v]
-                  for i, d in enumerate(depths)],
-                 ["blocks", "grad post-LN", "grad pre-LN", "grad no-res", "sim post-LN", "sim pre-LN",
-                  "sim no-res"])
-    change = {k: ratio_first(results[k]) for k in v}
-    sims = [results[k]["similarity"] for k in v]
-    if change["no residual"] < min(1.0, change["post-LN"], change["pre-LN"]):
-        kept = min(change["post-LN"], change["pre-LN"])
-        kept = "all" if kept >= 1 else "most" if kept >= 0.5 else "more"
-        verdict = ("without residuals the early blocks lose their gradient as the stack grows; with "
-                   f"residuals they keep {kept} of it")
-    else:
-        verdict = "at these sizes this measure does not show an advantage of the residuals"
-    creeps = "still creeps up with depth" if all(s[-1] > s[0] for s in sims[:2]) else "stays put"
+    first = {k: results[k]["first"].mean(0) for k in v}
+    sims = {k: results[k]["similarity"].mean(0) for k in v}
+    common.table([[d] + [first[k][i] for k in v] + [sims[k][i] for k in v] for i, d in enumerate(depths)],
+                 ["blocks"] + [f"grad {k}" for k in v] + [f"sim {k}" for k in v])
+    span = {k: f"{fmt(first[k].min())} to {fmt(first[k].max())}" for k in v}
+    versus = (first["no residual"][-1] / first["post-LN"][-1]).item()
+    peak = depths[int(first["no residual"].argmax())]
+    largest_weight, attn_sim, input_sim = attention
     common.explain(f"""
-        From {depths[0]} to {depths[-1]} blocks the first block's gradient went to
-        {fmt3(change['no residual'])}x its value without residuals, and to {fmt3(change['post-LN'])}x
-        (post-LN) and {fmt3(change['pre-LN'])}x (pre-LN) with them: {verdict}. (Compare how each column
-        changes with depth, not the columns' levels.)
+        Over these depths the first block's gradient ranges from {span['no residual']} without
+        residuals (largest at {peak} blocks), {span['post-LN']} with them in post-LN and
+        {span['pre-LN']} in pre-LN. Notice the last row: at {depths[-1]} blocks the first block's
+        gradient without residuals is {fmt(versus)}x its gradient with them (post-LN).
 
         "sim" is the mean cosine similarity between different tokens at the output (1 = identical
-        tokens): {fmt3(sims[2][0])} without residuals at {depths[0]} blocks, against {fmt3(sims[0][0])}
-        (post-LN) with them. Why: at initialisation a query's largest attention weight is
-        {fmt3(attn_max)} on average, close to uniform (1/T = {fmt3(1 / length)}), so the attention output
-        is about the average of all tokens, the same for every token. Without a residual that
-        average replaces the token; with one it is added to it. With residuals the similarity
-        {creeps} ({fmt3(sims[0][-1])} post-LN, {fmt3(sims[1][-1])} pre-LN at {depths[-1]} blocks).""")
-    return change
+        tokens). At initialisation attention's outputs are much alike for every token: similarity
+        {fmt(attn_sim)}, against {fmt(input_sim)} for its inputs, because each query spreads its
+        weight: its largest weight is {fmt(largest_weight)} on average (1/T = {fmt(1 / length)} if
+        spread evenly, 1 if it read one token). Without a residual that shared average replaces the
+        token (sim {fmt(sims['no residual'][0])} at {depths[0]} blocks); with one it is added to it
+        ({fmt(sims['post-LN'][0])} post-LN, {fmt(sims['pre-LN'][0])} pre-LN).""")
+    return dict(versus=versus, span=span)
 
 
-def section_6_norm_placement(results, depths, out_dir, show):
-    common.section(6, "Post-LN against pre-LN as the stack gets deeper")
-    post, pre = results["post-LN"], results["pre-LN"]
-    ratio_post = [f / l for f, l in zip(post["first"], post["last"])]
-    ratio_pre = [f / l for f, l in zip(pre["first"], pre["last"])]
-    common.table([[d, ratio_post[i], ratio_pre[i], post["stream_std"][i], pre["stream_std"][i]]
-                  for i, d in enumerate(depths)],
+def section_7_norm_placement(results, study, out_dir, show):
+    depths = study["depths"]
+    common.section(7, "Post-LN against pre-LN as the stack gets deeper")
+    ratio = {k: results[k]["first"] / results[k]["last"] for k in ("post-LN", "pre-LN")}  # (seeds, depths)
+    std = {k: results[k]["stream_std"].mean(0) for k in ("post-LN", "pre-LN")}
+    common.table([[d, ratio["post-LN"][:, i].mean(), ratio["pre-LN"][:, i].mean(), std["post-LN"][i],
+                   std["pre-LN"][i]] for i, d in enumerate(depths)],
                  ["blocks", "grad first/last: post-LN", "pre-LN", "stream std: post-LN", "pre-LN"])
-    if ratio_post[-1] < ratio_post[0] < 1:
-        post_verdict = ("Here the early blocks got less gradient than the late ones, the more so the "
-                        "deeper the stack. This imbalance is the usual explanation of why post-LN, the "
-                        "paper's layout, is trained with a warmup of the learning rate.")
-    else:
-        post_verdict = "Here that did not starve the early blocks."
-    pre_verdict = ("the early blocks got at least as much as the late ones" if min(ratio_pre) >= 1
-                   else "yet here some early blocks got less")
-    grows = "grows with depth" if pre["stream_std"][-1] > pre["stream_std"][0] else "did not grow here"
+    deep = {k: (r[:, -1].mean().item(), *r[:, -1].aminmax()) for k, r in ratio.items()}  # mean, min, max
+    spread = lambda k: f"{fmt(deep[k][0])} (seeds: {fmt(deep[k][1])} to {fmt(deep[k][2])})"  # noqa: E731
+    opposite = len(study["seeds"]) > 1 and deep["post-LN"][2] < 1 < deep["pre-LN"][1]  # each seed on its side
     common.explain(f"""
-        "grad first/last": gradient norm of the first block / of the last block. "stream std": std
-        of the last block's output (for pre-LN, before its final LayerNorm).
+        "grad first/last": the first block's gradient norm over the last block's, both layouts
+        measured alike (attention and feed-forward weights). "stream std": std of the last block's
+        output (for pre-LN, before its final LayerNorm). At {depths[-1]} blocks the ratio is
+        {spread('post-LN')} for post-LN and {spread('pre-LN')} for pre-LN. In post-LN every path from
+        the loss down to a block passes through the LayerNorms of every block above it; in pre-LN
+        the stream is never normalised, so the gradient reaches every block through the identity
+        path, plus what the blocks above add. {"So post-LN's early blocks get less gradient than "
+        "its late ones, pre-LN's more: the usual reason given for warming up post-LN's learning "
+        "rate." if opposite else "These seeds do not set the layouts clearly apart (that takes 2 "
+        "or more, each on its side of 1)."} The price of pre-LN: its stream's std went from
+        {fmt(std['pre-LN'][0])} to {fmt(std['pre-LN'][-1])}, hence the final LayerNorm; post-LN's
+        has std 1 by construction.""")
+    plot_gradients(results, study, out_dir, show)
+    return dict(ratio_post=deep["post-LN"][0], ratio_pre=deep["pre-LN"][0], pre_std=std["pre-LN"][-1].item())
 
-        Post-LN: at {depths[-1]} blocks the first block gets {fmt3(ratio_post[-1])}x the gradient of the
-        last ({fmt3(ratio_post[0])}x at {depths[0]} blocks). Every path from the loss down to a block
-        passes through the two LayerNorms of every block above it; nothing bypasses them.
-        {post_verdict}
 
-        Pre-LN: the ratio is {fmt3(ratio_pre[-1])} at {depths[-1]} blocks ({fmt3(ratio_pre[0])} at
-        {depths[0]}). The stream is never normalised, so the gradient at the top reaches every block
-        unchanged through the identity path, plus what the blocks above add: {pre_verdict}. The
-        price: the stream {grows} (std {fmt3(pre['stream_std'][0])} at {depths[0]} blocks,
-        {fmt3(pre['stream_std'][-1])} at {depths[-1]}), hence the final LayerNorm; post-LN's output has
-        std 1 by construction.""")
-
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter  # loaded by now
-
+def plot_gradients(results, study, out_dir, show):
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+    depths, seeds = study["depths"], study["seeds"]
     fig, axes = common.new_figure(1, 2, figsize=(11, 4.2), show=show)
     for variant, style in {"post-LN": "o-", "pre-LN": "s-", "no residual": "^--"}.items():
-        axes[0].plot(depths, results[variant]["first"], style, label=variant)
-        per_layer = results[variant]["per_layer"]
-        axes[1].plot(range(1, len(per_layer) + 1), per_layer, style, label=variant, markersize=4)
+        first, per_layer = results[variant]["first"], results[variant]["per_layer"]
+        line, = axes[0].plot(depths, first.mean(0), style, label=variant)
+        if len(seeds) > 1:  # shade the range over the random initialisations
+            axes[0].fill_between(depths, *first.aminmax(dim=0), color=line.get_color(), alpha=0.15)
+        axes[1].plot(range(1, depths[-1] + 1), per_layer.mean(0), style, label=variant, markersize=4)
     axes[0].set_xscale("log", base=2)
     axes[0].set_xticks(depths, [str(d) for d in depths])
-    axes[0].set(xlabel="number of blocks in the stack", title="gradient norm reaching the first block")
+    axes[0].set(xlabel="number of blocks in the stack", title="first block, stacks of each depth")
     axes[1].set(xlabel=f"block index (1 = first) in the {depths[-1]}-block stack",
-                title=f"gradient norm of every block, {depths[-1]} blocks")
+                title=f"every block of the {depths[-1]}-block stack")
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))  # block indices are whole numbers
     for ax in axes:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))  # ticks at 0.1, 0.2, 0.5, 1 ...
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.set(yscale="log", ylabel="gradient norm (attention + FFN weights)")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # ticks at 0.1, 0.2, 0.5, 1 ...
+        ax.yaxis.set_major_formatter("{x:g}")
         ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylabel("gradient norm of the block's parameters")
         ax.legend()
-    fig.suptitle("Without residuals the first blocks lose their gradient as depth grows"
-                 if ratio_first(results["no residual"]) < min(1.0, ratio_first(post), ratio_first(pre))
-                 else f"Gradient reaching the first blocks, {depths[0]} to {depths[-1]} blocks deep")
+    seeds_text = f"mean over {len(seeds)} seeds (shaded: their range)" if len(seeds) > 1 else "one seed"
+    fig.suptitle(f"Gradient reaching each block at initialisation, {seeds_text}")
     common.save_figure(fig, out_dir, "transformer_block_gradients.png", show=show)
-    return dict(ratio_post=ratio_post[-1], ratio_pre=ratio_pre[-1], pre_std=pre["stream_std"][-1])
 
 
-# %% main
+# %% Settings and main
+def check(ok: bool, message: str):
+    """A setting that cannot work (a flag, or a knob edited at the top): one `error:` line, exit 2."""
+    if not ok:
+        raise common.UserError(message)
+
+
+def settings(args):
+    """Block sizes (flags first, else the knobs) and the measurement sizes, each checked."""
+    sizes = [common.flag_or_knob(args, dest, knob, value) for dest, knob, value in
+             (("d_model", "D_MODEL", D_MODEL), ("heads", "N_HEADS", N_HEADS), ("d_ff", "D_FF", D_FF),
+              ("layers", "N_LAYERS", N_LAYERS))]
+    for value, label in sizes:
+        check(value > 0, f"{label}: must be a positive number")
+    (d, d_label), (heads, h_label), (d_ff, f_label), (layers, l_label) = sizes
+    check(d % heads == 0, f"{h_label} must divide {d_label} (each head gets d_model / n_heads features)")
+    needed = (2 * layers + 9) * (4 * (d * d + d) + 2 * d * d_ff + d_ff + 5 * d)
+    check(needed <= MAX_PARAMETERS, f"{d_label}, {f_label}, {l_label} need about {needed / 1e6:,.0f} million "
+          f"parameters (section 5), at most {MAX_PARAMETERS // 10**6} million: e.g. 512, 2048 and 6")
+    check(B >= 1 and T >= 2, f"B, T = {B}, {T}: the examples need sequences of at least 2 tokens")
+    q = "QUICK_" if args.quick else ""
+    lengths = sorted(set(QUICK_COST_LENGTHS if args.quick else COST_LENGTHS))
+    check(len(lengths) >= 2 and lengths[0] >= 1, f"{q}COST_LENGTHS = {lengths}: need 2 or more, all positive")
+    study = dict(QUICK_DEPTH_STUDY if args.quick else DEPTH_STUDY)
+    study["depths"] = sorted(set(study["depths"]))
+    check(min(study["depths"] + [study[k] for k in ("d_model", "heads", "B")]) >= 1 and study["T"] >= 2
+          and study["seeds"] and study["d_model"] % study["heads"] == 0, f"{q}DEPTH_STUDY = {study}: sizes "
+          "must be positive, T at least 2, seeds not empty, and heads must divide d_model")
+    return d, heads, d_ff, layers, lengths, study
+
+
+@common.entry_point
 def main(argv=None):
-    parser = common.lesson_parser(__doc__, quick_help="tiny sizes for the depth study (2 and 4 blocks)")
-    parser.add_argument("--d-model", type=int, default=D_MODEL,
-                        help="token width of the block in sections 1-4 (the depth study of sections 5-6 "
-                             "uses its own small sizes, DEPTH_* at the top of the file)")
-    parser.add_argument("--heads", type=int, default=N_HEADS, help="attention heads; must divide --d-model")
-    parser.add_argument("--d-ff", type=int, default=D_FF, help="feed-forward hidden width")
-    parser.add_argument("--layers", type=int, default=N_LAYERS, help="blocks in the stack of section 4")
+    parser = common.lesson_parser(__doc__, quick_help="tiny sizes for sections 4, 6 and 7")
+    parser.add_argument("--d-model", type=int, help=f"token width, sections 1-5 (default D_MODEL = {D_MODEL})")
+    parser.add_argument("--heads", type=int, help=f"heads, must divide d_model (default N_HEADS = {N_HEADS})")
+    parser.add_argument("--d-ff", type=int, help=f"feed-forward hidden width (default D_FF = {D_FF})")
+    parser.add_argument("--layers", type=int, help=f"blocks in section 5 (default N_LAYERS = {N_LAYERS})")
     args = common.parse_args(parser, argv)
-    for flag, default in (("d_model", D_MODEL), ("heads", N_HEADS), ("d_ff", D_FF), ("layers", N_LAYERS)):
-        try:
-            common.check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
-        except common.UserError as exc:
-            common.fail(f"{exc}; e.g. --{flag.replace('_', '-')} {default}")
-    if args.d_model % args.heads != 0:
-        valid = max(h for h in range(1, args.heads + 1) if args.d_model % h == 0)
-        common.fail(f"--d-model {args.d_model} is not divisible by --heads {args.heads} (each head gets "
-                    f"d_model / heads features); try --heads {valid}, or --d-model {args.heads * 16}")
-    # one block: 4 (d^2 + d) attention + 2 d d_ff + d_ff + d feed-forward + 4 d LayerNorms (section 4)
-    d, d_ff = args.d_model, args.d_ff
-    needed = (2 * args.layers + 7) * (4 * (d * d + d) + 2 * d * d_ff + d_ff + 5 * d)
-    if needed > MAX_PARAMETERS:
-        common.fail(f"--d-model {d} --d-ff {d_ff} --layers {args.layers} need about {needed / 1e6:,.0f} "
-                    f"million parameters ({4 * needed / 1e9:,.1f} GB) in this lesson; keep it under "
-                    f"{MAX_PARAMETERS // 1_000_000} million, e.g. --d-model 512 --d-ff 2048 --layers 6")
+    d_model, n_heads, d_ff, n_layers, lengths, study = settings(args)
     device = common.setup(args, "Lesson 04: the transformer encoder block")
     print("  reusing MultiHeadAttention from lesson 02 and causal_mask from lesson 01 (load_lesson)")
 
-    r1 = section_1_block(args.d_model, args.heads, args.d_ff, device)
-    r2 = section_2_layernorm(args.d_model, device, args.out_dir, args.show)
-    r3 = section_3_feed_forward(args.d_model, args.heads, args.d_ff, device)
-    r4 = section_4_stacking(args.layers, args.d_model, args.heads, args.d_ff, device)
-    q = QUICK if args.quick else dict(depths=DEPTHS, d_model=DEPTH_D_MODEL, heads=DEPTH_HEADS,
-                                      B=DEPTH_B, T=DEPTH_T, seeds=DEPTH_SEEDS)
-    results, attn_max = depth_study(q["depths"], q["d_model"], q["heads"], q["B"], q["T"], q["seeds"],
-                                    device)
-    plural = "s" if len(q["seeds"]) > 1 else ""
-    size_note = (f"d_model {q['d_model']}, {q['heads']} heads, d_ff {4 * q['d_model']}, B {q['B']}, "
-                 f"T {q['T']}, averaged over {len(q['seeds'])} random initialisation{plural}")
-    change = section_5_residuals(results, attn_max, q["depths"], q["T"], size_note)
-    r6 = section_6_norm_placement(results, q["depths"], args.out_dir, args.show)
-    first, last = q["depths"][0], q["depths"][-1]
+    r1 = section_1_block(d_model, n_heads, d_ff, device)
+    r2 = section_2_layernorm(d_model, device, args.out_dir, args.show)
+    r3 = section_3_feed_forward(d_model, n_heads, d_ff, device)
+    r4 = section_4_cost(d_model, n_heads, d_ff, lengths, device)
+    r5 = section_5_stacking(n_layers, d_model, n_heads, d_ff, device)
+    results, attention = depth_study(study, device)
+    r6 = section_6_residuals(results, attention, study)
+    r7 = section_7_norm_placement(results, study, args.out_dir, args.show)
     common.key_insights([
-        f"Our block equals nn.TransformerEncoderLayer after copying weights (largest difference "
-        f"{common.fmt(r1['worst'])}) in both layouts: post-LN normalises after the residual add (the "
-        f"paper), pre-LN before each sublayer (modern code); with the same weights they differ by up to "
-        f"{fmt3(r1['wiring_diff'])}.",
-        f"LayerNorm works per token: afterwards each token has |mean| <= {common.fmt(r2['max_mean'])} and "
-        f"|std - 1| <= {common.fmt(r2['max_std_err'])}, whatever its neighbours.",
-        f"The feed-forward is position-wise (differences <= {common.fmt(r3['position_wise'])}); attention "
-        f"is what mixes tokens (it moved other tokens by {fmt3(r3['attn_others'])}).",
-        f"A block keeps the shape (B, T, d_model), so blocks stack; one block has {r4['per_block']:,} "
-        f"parameters (formula == numel(): {r4['all_match']}), {fmt3(100 * r4['ffn_share'])}% of them in "
-        f"the feed-forward.",
-        f"Residuals: from {first} to {last} blocks the first block's gradient went to "
-        f"{fmt3(change['no residual'])}x without them, {fmt3(change['post-LN'])}x (post-LN) and "
-        f"{fmt3(change['pre-LN'])}x (pre-LN) with them.",
-        f"At {last} blocks the first/last gradient ratio is {fmt3(r6['ratio_post'])} for post-LN and "
-        f"{fmt3(r6['ratio_pre'])} for pre-LN, whose un-normalised stream reached std {fmt3(r6['pre_std'])}: "
-        f"hence its final LayerNorm.",
+        f"Our block equals nn.TransformerEncoderLayer with copied weights, post-LN and pre-LN, with no, causal "
+        f"or padding mask (largest difference {fmt(r1['worst'])}); dropout acts only in training mode.",
+        f"LayerNorm works per token: afterwards each token has |mean| <= {fmt(r2['max_mean'])} and "
+        f"|std - 1| <= {fmt(r2['max_std_err'])} (from eps), whatever its neighbours.",
+        f"Attention mixes tokens (changing one moved the others by {fmt(r3['attn_others'])}); the "
+        f"feed-forward does not ({fmt(r3['position_wise'])}) and holds {fmt(100 * r5['ffn_share'])}% "
+        f"of a block's {r5['per_block']:,} parameters.",
+        f"From T = {r4['lengths'][0]} to {r4['lengths'][1]} attention's weights grew "
+        f"{fmt(r4['weights_growth'])}x (T^2) and its time {fmt(r4['attn_growth'])}x; the feed-forward's hidden "
+        f"layer {fmt(r4['hidden_growth'])}x (T) and its time {fmt(r4['ffn_growth'])}x.",
+        f"At {study['depths'][-1]} blocks: first block's gradient without/with residuals {fmt(r6['versus'])}; "
+        f"first/last block {fmt(r7['ratio_post'])} in post-LN, {fmt(r7['ratio_pre'])} in pre-LN, whose stream "
+        f"grew to std {fmt(r7['pre_std'])}: hence its final LayerNorm.",
     ])
 
 

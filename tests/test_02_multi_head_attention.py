@@ -1,12 +1,18 @@
 """Lesson 02: MultiHeadAttention against nn.MultiheadAttention, the naive loop, and the lesson's claims."""
+import ast
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.testing import assert_close
 
 from common import load_lesson
-from conftest import expect_user_error
+from common.lessons import lesson_path
+from conftest import REPO_ROOT, expect_user_error
 
 L02 = load_lesson(2)
 causal_mask = load_lesson(1).causal_mask
@@ -68,14 +74,87 @@ def test_equals_nn_multihead_attention(kind):
 
 
 @pytest.mark.parametrize("kind", ["none", "causal", "padding", "cross"])
-def test_fused_path_equals_naive_path(kind):
+def test_without_weights_and_with_the_fused_opt_in_the_output_is_the_same(kind):
     ours, _ = make_pair()
+    fused = L02.MultiHeadAttention(D_MODEL, N_HEADS, fused=True).eval()
+    fused.load_state_dict(ours.state_dict())
+    assert not ours.fused  # the course's own attention is the default
     q, kv, mask, _ = case_inputs(kind)
     with torch.no_grad():
         naive, _ = ours(q, kv, kv, mask=mask, need_weights=True)
-        fused, none = ours(q, kv, kv, mask=mask, need_weights=False)
-    assert none is None
-    assert_close(fused, naive, **TOL)
+        plain, none = ours(q, kv, kv, mask=mask, need_weights=False)
+        fast, also_none = fused(q, kv, kv, mask=mask, need_weights=False)
+        fused_with_weights, weights = fused(q, kv, kv, mask=mask)  # weights asked for: lesson 01's path
+    assert none is None and also_none is None and weights is not None
+    assert torch.equal(plain, naive)  # the same code computed both
+    assert_close(fast, naive, **TOL)
+    assert torch.equal(fused_with_weights, naive)
+
+
+def test_every_call_computes_with_lesson_01s_function(monkeypatch):
+    ours, _ = make_pair()
+    calls = []
+    original = L02.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(L02, "scaled_dot_product_attention", counting)
+    x = torch.randn(B, T, D_MODEL)
+    ours(x, x, x, need_weights=False)
+    ours.train()(x, x, x, need_weights=False)
+    assert len(calls) == 2
+
+
+def test_an_edit_to_lesson_01_changes_what_lessons_02_and_04_compute(tmp_path):
+    """Copy the lessons and common/ to a temporary folder, remove the 1/sqrt(d_k) scaling from the
+    copy of lesson 01, and run the copied lesson 02 (and 04) in a fresh process with the same weights."""
+    for n in (1, 2, 4):
+        shutil.copy(lesson_path(n), tmp_path)
+    shutil.copytree(REPO_ROOT / "common", tmp_path / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    lesson_01 = tmp_path / lesson_path(1).name
+    lines = lesson_01.read_text().splitlines(keepends=True)
+    function = next(node for node in ast.parse("".join(lines)).body
+                    if getattr(node, "name", "") == "scaled_dot_product_attention")
+    body = "".join(lines[function.lineno - 1:function.end_lineno])
+    assert body.count("/ math.sqrt(d_k)") == 1, "the scaling line of lesson 01 changed: update this edit"
+    lines[function.lineno - 1:function.end_lineno] = [body.replace("/ math.sqrt(d_k)", "")]
+    lesson_01.write_text("".join(lines))
+    torch.manual_seed(0)
+    mha = L02.MultiHeadAttention(D_MODEL, N_HEADS).eval()
+    block = load_lesson(4).TransformerEncoderBlock(D_MODEL, N_HEADS, 2 * D_MODEL).eval()
+    x = 3 * torch.randn(B, T, D_MODEL)  # large enough inputs that the scaling matters
+    torch.save({"mha": mha.state_dict(), "block": block.state_dict(), "x": x}, tmp_path / "inputs.pt")
+    script = f"""
+import torch
+from common import load_lesson
+data = torch.load("inputs.pt")
+x, out = data["x"], {{}}
+for fused in (False, True):
+    mha = load_lesson(2).MultiHeadAttention({D_MODEL}, {N_HEADS}, fused=fused).eval()
+    mha.load_state_dict(data["mha"])
+    out[fused] = mha(x, x, x, need_weights=False)[0].detach()
+    out["weights", fused] = mha(x, x, x)[1].detach()
+block = load_lesson(4).TransformerEncoderBlock({D_MODEL}, {N_HEADS}, {2 * D_MODEL}).eval()
+block.load_state_dict(data["block"])
+out["block"] = block(x).detach()
+torch.save(out, "outputs.pt")
+"""
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONPATH=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    edited = torch.load(tmp_path / "outputs.pt")
+    with torch.no_grad():
+        unedited, weights = mha(x, x, x, need_weights=False)[0], mha(x, x, x)[1]
+        unedited_block = block(x)
+    # The edit reaches the default path (what lesson 05 trains with) and the weights ...
+    assert (edited[False] - unedited).abs().max() > 1e-2
+    assert (edited["weights", False] - weights).abs().max() > 1e-2
+    assert (edited["block"] - unedited_block).abs().max() > 1e-2
+    # ... but not the fused opt-in, which computes with PyTorch's kernel (a control: same weights, same x)
+    assert_close(edited[True], unedited, **TOL)
 
 
 def test_weights_are_a_distribution_and_masked_keys_get_zero():
@@ -179,13 +258,31 @@ def test_dropout_in_eval_mode_is_off_and_in_train_mode_is_on():
             assert (dropped - expected).abs().max() > 1e-3  # dropout really acts in training mode
 
 
+@pytest.mark.parametrize("kind", ["none", "padding", "cross"])
+def test_training_mode_dropout_equals_nn_multihead_attention_with_the_same_random_draws(kind):
+    ours, reference = make_pair(dropout=0.3)
+    ours.train()
+    reference.train()
+    q, kv, mask, torch_masks = case_inputs(kind)
+    torch.manual_seed(7)
+    out, weights = ours(q, kv, kv, mask=mask)
+    torch.manual_seed(7)
+    ref_out, ref_weights = reference(q, kv, kv, average_attn_weights=False, **torch_masks)
+    assert_close(out, ref_out, **TOL)
+    # the weights returned are the dropped-out ones that multiplied V, as nn.MultiheadAttention's
+    assert_close(weights, ref_weights, **TOL)
+    assert (weights == 0).float().mean() > 0.2 and not torch.allclose(weights.sum(-1), torch.ones(1))
+    v = ours.split_heads(ours.W_v(kv))
+    assert_close(out, ours.W_o(ours.merge_heads(weights @ v)), **TOL)
+
+
 def test_broken_merge_without_transpose_is_caught():
     ours, reference = make_pair()
     x = torch.randn(B, T, D_MODEL)
     with torch.no_grad():
         expected, _ = reference(x, x, x)
         good, _ = ours(x, x, x)
-        ours.merge_heads = L02.merge_heads_without_transpose  # PITFALLS #8, on this instance only
+        ours.merge_heads = L02.merge_heads_without_transpose  # the bug, on this instance only
         bad, _ = ours(x, x, x)
     assert bad.shape == good.shape  # the bug does not change any shape ...
     assert_close(good, expected, **TOL)
@@ -215,29 +312,31 @@ def test_parameter_count_formula(d_model):
         assert count == L02.attention_parameter_count(d_model) == 4 * d_model**2 + 4 * d_model
 
 
-def test_adam_matches_the_textbook_update_and_torch_optim_adam():
-    torch.manual_seed(0)
-    w = torch.randn(4, 3, requires_grad=True)
-    w_torch = w.detach().clone().requires_grad_()
-    start = w.detach().clone()
-    w_ref = w.detach().double().clone()
-    m, v = torch.zeros_like(w_ref), torch.zeros_like(w_ref)
-    optimizer = L02.Adam([w], lr=0.05)
-    torch_optimizer = torch.optim.Adam([w_torch], lr=0.05)  # the lesson avoids its import cost, not us
-    for t in range(1, 13):
-        x = torch.randn(3)
-        for opt, p in ((optimizer, w), (torch_optimizer, w_torch)):
-            opt.zero_grad()
-            (p @ x).sin().sum().backward()
-            opt.step()
-        grad = torch.autograd.functional.jacobian(lambda p: (p @ x.double()).sin().sum(), w_ref)
-        # Adam (Kingma & Ba 2015) with torch's defaults: betas (0.9, 0.999), eps 1e-8 outside the sqrt
-        m = 0.9 * m + 0.1 * grad
-        v = 0.999 * v + 0.001 * grad**2
-        w_ref = w_ref - 0.05 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
-    assert (w.detach() - start).abs().max() > 0.1  # the weights really moved
-    assert_close(w.detach().double(), w_ref, atol=1e-5, rtol=1e-5)
-    assert_close(w.detach(), w_torch.detach(), atol=1e-6, rtol=1e-5)
+def test_learning_rate_warms_up_to_its_peak_then_decays_by_a_cosine():
+    steps, warmup = 100, 20
+    factors = [L02.warmup_then_cosine(step, steps, warmup) for step in range(steps)]
+    assert_close(torch.tensor(factors[:warmup]), torch.arange(1, warmup + 1) / warmup)  # linear warmup
+    assert factors[warmup - 1] == factors[warmup] == 1.0  # the peak LR is reached, then the cosine starts
+    assert all(a > b for a, b in zip(factors[warmup:], factors[warmup + 1:]))  # strictly decreasing
+    assert_close(factors[warmup + (steps - warmup) // 2], 0.5)  # half way through the decay: half
+    assert factors[-1] < 0.01
+    assert L02.warmup_then_cosine(0, 10, warmup=0) == 1.0  # no warmup: start at the peak
+
+
+def test_training_steps_adam_at_the_scheduled_learning_rate(monkeypatch):
+    seen = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])  # the learning rate this step uses
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    steps, lr = 30, 0.01
+    L02.train_neighbour_model(16, 2, steps=steps, batch_size=8, lr=lr)
+    expected = [lr * L02.warmup_then_cosine(step, steps) for step in range(steps)]
+    assert_close(torch.tensor(seen), torch.tensor(expected))
+    assert max(seen) == lr  # the peak is reached
 
 
 def test_neighbour_task_targets_are_left_minus_right():

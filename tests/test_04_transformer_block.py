@@ -86,7 +86,6 @@ def test_post_ln_and_pre_ln_differ_with_the_same_weights():
 
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_return_weights_gives_the_same_output(norm_first):
-    # return_weights=True uses the hand-written attention, False the fused kernel: same result.
     block = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF, norm_first=norm_first).eval()
     x = torch.randn(B, T, D_MODEL)
     mask = causal_mask(T)
@@ -196,19 +195,43 @@ def test_dropout_only_in_train_mode():
         assert_close(block(x, return_weights=True)[0], no_dropout(x))
 
 
-def test_depth_study_shows_what_sections_5_and_6_say():
-    depths, length = (2, 16), 8
-    results, attn_max = L04.depth_study(depths, 16, 2, 4, length, (0,), "cpu")
+def test_depth_study_shows_what_sections_6_and_7_say():
+    study = dict(L04.DEPTH_STUDY, depths=sorted(L04.DEPTH_STUDY["depths"]))  # the lesson's default run
+    results, (largest_weight, attn_sim, input_sim) = L04.depth_study(study, "cpu")
     post, pre, no_res = results["post-LN"], results["pre-LN"], results["no residual"]
-    # section 5: without residuals the first block's gradient collapses with depth, with them it stays
-    assert L04.ratio_first(no_res) < 0.3 < 0.5 < min(L04.ratio_first(post), L04.ratio_first(pre))
-    assert no_res["similarity"][0] > 0.99 > 0.5 > max(post["similarity"][0], pre["similarity"][0])
-    assert 1 / length <= attn_max < 0.5  # attention at initialisation: spread out, close to uniform
-    # section 6: post-LN starves the first block relative to the last, pre-LN does not
-    assert post["first"][-1] / post["last"][-1] < 1 < pre["first"][-1] / pre["last"][-1]
-    assert pre["stream_std"][-1] > pre["stream_std"][0]  # pre-LN's stream grows with depth
-    assert_close(torch.tensor(post["stream_std"]), torch.ones(len(depths)), atol=2e-3, rtol=0)
-    assert len(post["per_layer"]) == depths[-1] and all(n > 0 for n in post["per_layer"])
+    n_seeds, n_depths = len(study["seeds"]), len(study["depths"])
+    assert post["first"].shape == (n_seeds, n_depths) and post["per_layer"].shape == (n_seeds, study["depths"][-1])
+    first = {k: r["first"].mean(0) for k, r in results.items()}
+    # section 6: without residuals the first block's gradient collapses with depth, with them it stays
+    assert first["no residual"][-1] < 0.3 * first["no residual"][0]
+    assert first["no residual"][-1] < 0.5 * min(first["post-LN"][-1], first["pre-LN"][-1])
+    assert min(first["post-LN"][-1] / first["post-LN"][0], first["pre-LN"][-1] / first["pre-LN"][0]) > 0.5
+    assert (no_res["similarity"][:, 0] > 0.99).all() and (post["similarity"][:, 0] < 0.5).all()
+    # at initialisation attention spreads its weight, so its outputs are alike for every token
+    assert 1 / study["T"] <= largest_weight < 0.5 and attn_sim > 0.8 > 0.2 > input_sim
+    # section 7, measured alike: post-LN's first block gets less than its last, pre-LN's more
+    assert (post["first"][:, -1] < post["last"][:, -1]).all() and (pre["first"][:, -1] > pre["last"][:, -1]).all()
+    assert (pre["stream_std"][:, -1] > pre["stream_std"][:, 0]).all()  # pre-LN's stream grows with depth
+    assert_close(post["stream_std"], torch.ones(n_seeds, n_depths), atol=2e-3, rtol=0)  # post-LN's is normalised
+
+
+def test_gradient_measure_leaves_layernorms_out():
+    block = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF)
+    block(torch.randn(B, T, D_MODEL)).square().sum().backward()
+    sublayers = [*block.self_attn.parameters(), *block.feed_forward.parameters()]
+    expected = torch.sqrt(sum((p.grad ** 2).sum() for p in sublayers))
+    assert_close(torch.tensor(L04.sublayer_grad_norm(block)), expected)
+    with torch.no_grad():
+        block.norm2.weight.grad.mul_(1000)  # a LayerNorm's gradient does not enter the measure
+    assert_close(torch.tensor(L04.sublayer_grad_norm(block)), expected)
+
+
+def test_without_residual_is_the_post_ln_block_minus_its_two_additions():
+    block = L04.TransformerEncoderBlock(D_MODEL, N_HEADS, D_FF).eval()
+    x = torch.randn(B, T, D_MODEL)
+    with torch.no_grad():
+        h = block.norm1(block.self_attn(x, x, x)[0])
+        assert_close(L04.without_residual(block)(x), block.norm2(block.feed_forward(h)))
 
 
 def test_lesson_quick_run_writes_its_figures(run_main):
