@@ -6,7 +6,7 @@ Write split_heads, merge_heads and forward, then check from the repository root:
 
     python -m exercises check multi_head_attention
 
-forward may ignore need_weights (the checker always asks for the weights).
+forward may ignore need_weights and fused (the checker always asks for the weights).
 The reference version is `MultiHeadAttention` in 02_multi_head_attention.py.
 """
 import math  # noqa: F401
@@ -26,21 +26,24 @@ scaled_dot_product_attention = load_lesson(1).scaled_dot_product_attention
 class MultiHeadAttention(nn.Module):
     """n_heads attention heads side by side, each on its own d_head = d_model // n_heads slice.
 
-    forward(query (B, T_q, d_model), key (B, T_k, d_model), value (B, T_k, d_model), mask=None)
-    -> (output (B, T_q, d_model), weights (B, n_heads, T_q, T_k)).
+    forward(query (B, T_q, d_model), key (B, T_k, d_model), value (B, T_k, d_model), mask=None,
+    need_weights=True) -> (output (B, T_q, d_model), weights (B, n_heads, T_q, T_k) or None).
     mask: boolean, True = may attend, of shape (T_q, T_k), (B, T_q, T_k), (B, 1, T_k) or
-    (B, n_heads, T_q, T_k). With need_weights=False the fused F.scaled_dot_product_attention
-    computes the same output faster and weights is None.
+    (B, n_heads, T_q, T_k). Attention is lesson 01's scaled_dot_product_attention in every call.
+    fused=True is an explicit opt-in: calls with need_weights=False then use PyTorch's fused
+    F.scaled_dot_product_attention (same result, faster on a GPU; an edit to lesson 01 does not
+    reach it).
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
+                 fused: bool = False):
         super().__init__()
         if n_heads <= 0 or d_model <= 0 or d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})")
         self.d_model = d_model
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
-        self.dropout_p = dropout
+        self.fused = fused  # the lesson's opt-in to PyTorch's kernel; your forward may ignore it
         self.W_q = nn.Linear(d_model, d_model, bias=bias)  # all heads' query projections at once
         self.W_k = nn.Linear(d_model, d_model, bias=bias)
         self.W_v = nn.Linear(d_model, d_model, bias=bias)
