@@ -567,12 +567,8 @@ class TrainingRun:
         self.stopped_because = reason
 
     def __enter__(self):
-        from tqdm import tqdm
-
         self.wall_start = time.perf_counter()
-        # disable=None: the bar shows in a terminal, not in a log file or a captured test
-        self.bar = tqdm(total=self.config.steps, initial=self.step, disable=True if self.quiet else None,
-                        desc="training", unit="step", dynamic_ncols=True, leave=False)
+        self.bar = common.progress(total=self.config.steps, initial=self.step, desc="training", quiet=self.quiet)
         return self
 
     def __exit__(self, kind, exc, traceback):

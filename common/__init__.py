@@ -24,6 +24,7 @@ from common.device import choose_device
 from common.files import atomic_write, write_bytes, write_json
 from common.lessons import load_lesson
 from common.plotting import new_figure, pyplot, save_figure
+from common.progress import progress
 from common.setup import seed_everything, set_threads, setup
 from common import checkpoints, flags, stats  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
 
@@ -44,6 +45,7 @@ __all__ = [
     "new_figure",
     "parse_args",
     "plain_parser",
+    "progress",
     "pyplot",
     "save_figure",
     "section",
