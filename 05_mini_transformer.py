@@ -8,8 +8,9 @@ What you will learn
      early stopping. The best model is saved the moment it is found.
   4. Decoding: greedy and beam search, and a cache that skips recomputing the prefix.
   5. Evaluating on the test set: exact-match with its uncertainty, teacher-forced against
-     free-running accuracy, where the answers go wrong.
-  6. What the trained attention does: for reversal, answer position i looks at input L-1-i.
+     free-running decoding, where the answers go wrong.
+  6. What the trained attention does, measured against chance: for reversal, does answer position
+     i look at input L-1-i?
   7. Loading the saved model back and predicting.
 
 Run it
@@ -33,6 +34,7 @@ Masks are boolean with True = may attend (as in lessons 01-04).
 """
 import contextlib
 import math
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -61,9 +63,9 @@ TASKS = ("reverse", "copy", "sort", "sum")
 PAD, BOS, EOS = 0, 1, 2       # special tokens; digit d is token d + FIRST_DIGIT
 FIRST_DIGIT = 3
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003   # the held-out sets: the same for every training seed
-# Per task, where --steps / --eval-every are not given (training stops earlier at --target).
-TASK_DEFAULTS = {"reverse": {"steps": 600}, "copy": {"steps": 300},
-                 "sort": {"steps": 1500, "eval_every": 50}, "sum": {"steps": 1500, "eval_every": 50}}
+# The other tasks' own step limits (training stops earlier at --target); reverse uses TrainConfig's.
+TASK_DEFAULTS = {"copy": {"steps": 300}, "sort": {"steps": 1500, "eval_every": 50},
+                 "sum": {"steps": 1500, "eval_every": 50}}
 
 
 @dataclass
@@ -82,7 +84,7 @@ class TrainConfig:
     norm_first: bool = True      # pre-LN (True) or the paper's post-LN (False)
     embed_scale: bool = False    # multiply embeddings by sqrt(d_model), as the paper does
     max_len: int = 64            # positions in the positional-encoding table
-    steps: int = 600             # maximum optimizer steps (TASK_DEFAULTS: per task in the lesson)
+    steps: int = 600             # maximum optimizer steps (copy, sort, sum: see TASK_DEFAULTS)
     batch_size: int = 64         # sequences per step
     lr: float = 5e-3             # peak learning rate of AdamW
     weight_decay: float = 0.01   # AdamW's decoupled weight decay
@@ -90,7 +92,7 @@ class TrainConfig:
     schedule: str = "cosine"     # after warmup: cosine | linear | constant
     grad_clip: float = 1.0       # clip the gradient norm to this (0 = off)
     label_smoothing: float = 0.0  # share of each target's probability spread over all tokens
-    eval_every: int = 10         # validate every this many steps
+    eval_every: int = 10         # validate every this many steps (sort, sum: see TASK_DEFAULTS)
     patience: int = 30           # stop after this many validations without a new best (0 = never)
     target: float = 0.99         # stop when validation exact-match reaches this
     val_size: int = 1000         # held-out validation sequences
@@ -182,15 +184,13 @@ def make_batch(src, config: TrainConfig) -> Batch:
 
 
 def heldout_sets(config: TrainConfig):
-    """The fixed validation and test sets (a Batch each), drawn from their own seeds. With few
-    possible inputs each is capped at a tenth of them, so most inputs remain for training."""
+    """The fixed validation and test sets (a Batch each), drawn from their own seeds: no input twice,
+    none in both. With few possible inputs each is capped at a tenth of them, so most remain for
+    training."""
     cap = max(1, support.possible_inputs(config) // 10)
-    sets = []
-    for seed, size in ((VAL_SEED, config.val_size), (TEST_SEED, config.test_size)):
-        g = torch.Generator().manual_seed(seed)
-        sets.append(make_batch(sample_inputs(min(size, cap), config.seq_len, config.resolved_min_len(),
-                                             config.n_digits, g), config))
-    return sets[0], sets[1]
+    val = support.draw_distinct(min(config.val_size, cap), config, VAL_SEED)
+    test = support.draw_distinct(min(config.test_size, cap), config, TEST_SEED, exclude=val)
+    return make_batch(val, config), make_batch(test, config)
 
 
 class TrainingData:
@@ -343,10 +343,13 @@ class Seq2SeqTransformer(nn.Module):
                            n_layers=n_layers, d_ff=d_ff, dropout=dropout, norm_first=norm_first,
                            embed_scale=embed_scale, max_len=max_len)
         self.vocab_size, self.max_len = vocab_size(n_digits), max_len
-        self.embed = nn.Embedding(self.vocab_size, d_model)
-        # The paper multiplies embeddings by sqrt(d_model); section 2 prints what that does to the
-        # balance of tokens and positions with PyTorch's N(0, 1) initialisation.
+        self.embed = nn.Embedding(self.vocab_size, d_model)              # initialised N(0, 1)
+        # The paper multiplies embeddings by sqrt(d_model). That assumes embeddings initialised
+        # N(0, 1/d_model): scaled, a token vector is then about as long as a positional encoding.
+        # (With PyTorch's N(0, 1) the tokens would drown the positions; section 2 prints the lengths.)
         self.scale = math.sqrt(d_model) if embed_scale else 1.0
+        if embed_scale:
+            nn.init.normal_(self.embed.weight, std=d_model ** -0.5)
         self.positions = PositionalEncoding(d_model, max_len=max_len, dropout=dropout)       # lesson 03
         self.encoder = TransformerEncoder(n_layers, d_model, n_heads, d_ff, dropout, norm_first)  # lesson 04
         self.decoder = TransformerDecoder(n_layers, d_model, n_heads, d_ff, dropout, norm_first)
@@ -356,14 +359,15 @@ class Seq2SeqTransformer(nn.Module):
         return self.positions(self.embed(tokens) * self.scale)            # (B, T, d_model)
 
     def encode(self, src, return_weights=False):
-        """src (B, T_src) -> (memory (B, T_src, d_model), src_mask (B, 1, T_src) or None[, weights])."""
+        """src (B, T_src) -> (memory (B, T_src, d_model), src_mask (B, 1, T_src) or None);
+        with return_weights=True -> (memory, weights of each layer, src_mask)."""
         src_mask = padding_mask(src)
         result = self.encoder(self.embed_tokens(src), src_mask, return_weights=return_weights)
         return (*result, src_mask) if return_weights else (result, src_mask)
 
     def decode(self, tgt_in, memory, src_mask, return_weights=False):
         """tgt_in (B, T_tgt) -> logits (B, T_tgt, vocab_size), attending to memory."""
-        # Causal mask only: PAD in tgt_in comes after EOS, so a real position never sees one;
+        # Causal mask only: PAD in tgt_in comes after the answer, so a real position never sees one;
         # the PAD positions themselves compute junk that the loss ignores.
         self_mask = causal_mask(tgt_in.size(1), device=tgt_in.device)     # (T_tgt, T_tgt), lesson 01
         result = self.decoder(self.embed_tokens(tgt_in), memory, self_mask, src_mask, return_weights)
@@ -409,15 +413,19 @@ def section_2_model(config: TrainConfig, val: Batch, device):
         changed = batch.tgt_in.clone()
         changed[:, k:] = FIRST_DIGIT + (changed[:, k:] - FIRST_DIGIT + 1) % config.n_digits
         moved = (model.decode(changed, memory, src_mask) - logits).abs()  # (4, T_tgt, V)
-        embed_norm = float(model.embed.weight.norm(dim=1).mean())       # average length of a token vector
+        token_norm = float((model.embed.weight * model.scale).norm(dim=1).mean())   # a token vector's length
         pe_norm = float(model.positions.pe[:config.seq_len].norm(dim=1).mean())
+
     print(f"\n  shapes for B=4: src {tuple(batch.src.shape)} -> memory {tuple(memory.shape)}; "
           f"tgt_in {tuple(batch.tgt_in.shape)} -> logits {tuple(logits.shape)}")
     before, after = float(moved[:, :k].max()), float(moved[:, k:].max())
     support.say(f"causality: decoder inputs changed from position {k} on; the outputs at positions 0..{k - 1} "
                 f"moved by {before:.3g}, those from {k} on by {after:.3g}")
-    support.say(f"average vector length: token embedding {embed_norm:.2f}, positional encoding {pe_norm:.2f}; "
-                f"times sqrt(d_model) the tokens would be {embed_norm * math.sqrt(config.d_model):.1f}")
+    # A vector of d_model N(0, 1) entries has length about sqrt(d_model); times sqrt(d_model): d_model.
+    support.say(f"average vector length: token embedding {token_norm:.2f}, positional encoding {pe_norm:.2f} added "
+                f"to it. PyTorch's N(0, 1) embeddings times sqrt(d_model) would be about d_model = {config.d_model}, "
+                f"{config.d_model / pe_norm:.1f} times the positions: that is why --embed-scale also starts the "
+                "embeddings at N(0, 1/d_model), as the paper's scaling assumes")
     return {"parameters": count(model), "causal_change_before": before, "causal_change_after": after}
 
 
@@ -483,6 +491,13 @@ class AdamW:
         self.t = int(state["t"])
         self.m.copy_(state["m"])
         self.v.copy_(state["v"])
+
+
+def restrict_logits(logits):
+    """The model never needs to produce PAD or BOS: rule them out (in evaluation and decoding)."""
+    logits = logits.clone()
+    logits[..., [PAD, BOS]] = float("-inf")
+    return logits
 
 
 @torch.no_grad()
@@ -558,14 +573,16 @@ def train(config: TrainConfig, device="cpu", quiet=False, resume=None, data=None
 def section_3_train(config: TrainConfig, data, device, resume, args):
     common.section(3, "Training: AdamW, warmup and cosine decay, gradient clipping, validation, early stopping")
     patience = f"after {config.patience} validations without a new best, " if config.patience else ""
+    clip = (f"scale the gradient down if its norm exceeds {config.grad_clip:g} (clipping)" if config.grad_clip
+            else "leave the gradient as it is (clipping is off)")
+    warmup = (f"rises linearly for {config.warmup} steps to {config.lr:g} (warmup keeps the first updates "
+              "small while AdamW's running averages rest on few batches), then follows" if config.warmup
+              else f"starts at {config.lr:g} (no warmup) and follows")
     common.explain(f"""Each step: draw a fresh batch, run the model with teacher forcing, take the
         cross-entropy of the {vocab_size(config.n_digits)}-way prediction at every answer position
-        (PAD ignored), backpropagate, scale the gradient down if its norm exceeds
-        {config.grad_clip:g} (clipping; 0 = off), and let AdamW update the weights. The learning
-        rate rises linearly for {config.warmup} steps to {config.lr:g} (warmup keeps the first
-        updates small while AdamW's running averages rest on few batches), then follows the
-        {config.schedule} schedule over {config.steps} steps. Whether this task needs warmup or
-        clipping is measured by python -m challenges.ablations. Every {config.eval_every} steps the
+        (PAD ignored), backpropagate, {clip}, and let AdamW update the weights. The learning rate
+        {warmup} the {config.schedule} schedule over {config.steps} steps. Whether this task needs
+        warmup or clipping is measured by python -m challenges.ablations. Every {config.eval_every} steps the
         validation set is scored; training stops when its exact-match reaches {config.target:.0%},
         {patience}or at the last step. The best model is saved to {CHECKPOINT_NAME} whenever it
         improves; Ctrl-C stops training and keeps it.""")
@@ -575,13 +592,6 @@ def section_3_train(config: TrainConfig, data, device, resume, args):
 
 
 # %% 4. Decoding: greedy and beam search
-def restrict_logits(logits):
-    """The model never needs to produce PAD or BOS: rule them out (used by every decoder below)."""
-    logits = logits.clone()
-    logits[..., [PAD, BOS]] = float("-inf")
-    return logits
-
-
 def next_token_logits(model, ys, memory, src_mask, cache=None):
     """(B, vocab_size) scores for the token after the prefix ys (B, t). Simplest: run the decoder
     on the whole prefix again. With a PrefixCache (section 4b) only the newest position runs."""
@@ -718,16 +728,17 @@ def section_4_decoding(config: TrainConfig, model, test: Batch, device):
         self-attention saw at the earlier positions and run only the newest one (section 4b of
         the code). Beam search keeps the K most likely partial answers instead of one.""")
     src = test.src[:200].to(device)
-    seconds, tokens = {}, {}
-    for cache in (False, True):
-        start = time.perf_counter()
-        tokens[cache] = greedy_decode(model, src, max_out, cache=cache)
-        seconds[cache] = time.perf_counter() - start
+    seconds, tokens = {False: [], True: []}, {}
+    for _ in range(3):                                   # alternating, 3 times each: the median
+        for cache in (False, True):
+            start = time.perf_counter()
+            tokens[cache] = greedy_decode(model, src, max_out, cache=cache)
+            seconds[cache].append(time.perf_counter() - start)
     same = int((tokens[False] == tokens[True]).all(dim=1).sum())
-    support.say(f"greedy decoding of {len(src)} test inputs ({max_out} steps at most): recomputing the prefix "
-                f"{seconds[False]:.3f} s, with the cache {seconds[True]:.3f} s ({seconds[False] / seconds[True]:.1f}x "
-                f"faster); identical answers: {same} of {len(src)}")
-    return {"recompute_seconds": seconds[False], "cached_seconds": seconds[True], "identical": same}
+    found = {"recompute_seconds": statistics.median(seconds[False]), "cached_seconds": statistics.median(seconds[True]),
+             "identical": same, "decoded": len(src), "max_tokens": max_out}
+    support.report_cache(found)
+    return found
 
 
 # %% 5. Evaluating on the test set
@@ -744,8 +755,8 @@ def section_5_evaluate(config: TrainConfig, model, test: Batch, args, device):
     common.section(5, "Evaluating on the test set: greedy and beam search, teacher-forced and free-running")
     max_out = output_len(config.task, config.seq_len, config.n_digits) + 1
     common.explain(f"""The test set ({len(test)} sequences) was never trained on and never used to
-        pick the model. Exact-match counts whole answers; the interval beside it is the 95% range
-        that a count out of {len(test)} can be told apart within (Wilson). "Teacher-forced" scores
+        pick the model. Exact-match counts whole answers; beside it, the 95% interval of the true
+        accuracy that such a count does not rule out (Wilson). "Teacher-forced" scores
         each position given the correct prefix (what validation measured); "free-running" is
         greedy decoding, where every position reads the model's own earlier tokens.""")
     greedy = support.compare_decoded(decode(model, test.src.to(device), max_out).cpu(), test.tgt_out)
@@ -758,7 +769,8 @@ def section_5_evaluate(config: TrainConfig, model, test: Batch, args, device):
     lp = (sequence_log_prob(model, test.src.to(device), greedy["tokens"].to(device)).mean(),
           sequence_log_prob(model, test.src.to(device), beam["tokens"].to(device)).mean()) if beam else None
     if lp is not None:
-        print(f"  mean log-probability of the answers: greedy {lp[0]:.4f}, beam {lp[1]:.4f}")
+        support.say(f"mean log-probability the model gives its answers: greedy {lp[0]:.4f}, beam {lp[1]:.4f}: beam "
+                    "search looks for answers the model rates more likely, which are not always the right ones")
     support.report_where_wrong(config, test, greedy)
     return {"greedy": greedy, "teacher_forced": forced, "beam": beam, **found}
 

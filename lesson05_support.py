@@ -85,6 +85,13 @@ def estimated_parameters(c) -> int:
     return V * d + c.n_layers * (encoder_block + decoder_block) + final_norms + d * V + V
 
 
+def decode_memory(c, rows: int) -> int:
+    """Rough bytes to decode `rows` hypotheses without gradients: the prefix cache (every decoder
+    layer's inputs), the encoder output, and one layer's working tensors at a time."""
+    T = positions_needed(c.task, c.seq_len, c.n_digits)
+    return 4 * rows * T * (c.n_layers * c.d_model + 8 * c.d_model + c.d_ff + 3 * c.n_heads * T)
+
+
 def step_memory(c, rows: int) -> int:
     """Rough bytes of activations for `rows` sequences through the model (training keeps them all
     for backward): per layer and position, a few d_model-wide tensors, the feed-forward's hidden
@@ -180,6 +187,21 @@ class HeldOut:
         return keep
 
 
+def draw_distinct(n, config, seed, exclude=None):
+    """n different inputs (n, seq_len) from a generator seeded with `seed`, none equal to a row of
+    `exclude`: the held-out sets. (With many possible inputs the first draw has no repeats at all.)"""
+    L = lesson()
+    generator = torch.Generator().manual_seed(seed)
+    taken = set() if exclude is None else {tuple(row) for row in exclude.tolist()}
+    rows = []
+    while len(rows) < n:
+        for row in L.sample_inputs(n, config.seq_len, config.resolved_min_len(), config.n_digits, generator).tolist():
+            if tuple(row) not in taken and len(rows) < n:
+                taken.add(tuple(row))
+                rows.append(row)
+    return torch.tensor(rows, dtype=torch.long).view(n, config.seq_len)
+
+
 # ---------------------------------------------------------------- flags
 # --quick: a tiny version for smoke tests (flags typed still win).
 QUICK = dict(seq_len=6, steps=100, warmup=10, val_size=200, test_size=200)
@@ -209,6 +231,8 @@ FLAGS = {
     "--target": ("target", "stop when validation exact-match reaches this"),
 }
 CHOICES = {"task": None, "schedule": ("cosine", "linear", "constant"), "sum_order": ("msd", "lsd")}
+# Fields that decide the validation set: a resume that changes one starts a new history.
+DATA_FIELDS = ("seq_len", "min_len", "n_digits", "sum_order", "val_size")
 # Fields that fix what a checkpoint's model is: a --resume run may not contradict them.
 ARCHITECTURE_FIELDS = ("task", "n_digits", "d_model", "n_heads", "n_layers", "d_ff", "norm_first",
                        "embed_scale", "max_len")
@@ -271,8 +295,8 @@ def config_from_args(args, config_class, task_defaults, model_class):
     values.update(given)
     config = config_class(**values)
     if checkpoint is not None:
-        check_positions(config, "--seq-len", config.seq_len, fixed_by=repr(args.resume))
-    validate_config(config)
+        check_positions(config, set(given), fixed_by=repr(args.resume))
+    validate_config(config, typed=set(given) | (set(QUICK) if args.quick else set()))
     if checkpoint is not None:
         model = model_from_checkpoint(checkpoint, args.resume, config_class, model_class)
         check_resumable(checkpoint, args.resume, model)
@@ -283,89 +307,101 @@ def config_from_args(args, config_class, task_defaults, model_class):
     return config, checkpoint
 
 
-def validate_config(c):
-    """Raise UserError, naming the value and what would work, for settings that cannot run."""
-    L = lesson()
-    for flag, value in (("--lr", c.lr), ("--weight-decay", c.weight_decay), ("--grad-clip", c.grad_clip),
-                        ("--dropout", c.dropout), ("--target", c.target), ("--label-smoothing", c.label_smoothing)):
-        if not math.isfinite(value):             # nan slips through every comparison below
-            raise UserError(f"{flag} must be a finite number, got {value}")
-    for flag, value, zero_ok in (("--seq-len", c.seq_len, False), ("--digits", c.n_digits, False),
-                                 ("--d-model", c.d_model, False), ("--heads", c.n_heads, False),
-                                 ("--layers", c.n_layers, False), ("--d-ff", c.d_ff, False),
-                                 ("--max-len", c.max_len, False), ("--steps", c.steps, False),
-                                 ("--batch-size", c.batch_size, False), ("--eval-every", c.eval_every, False),
-                                 ("--lr", c.lr, False), ("--min-len", c.min_len, True), ("--warmup", c.warmup, True),
-                                 ("--patience", c.patience, True), ("--grad-clip", c.grad_clip, True),
-                                 ("--weight-decay", c.weight_decay, True)):
-        common.check_positive(flag, value, allow_zero=zero_ok)
-    if c.task not in L.TASKS:
-        raise UserError(f"task {c.task!r} is not one of {', '.join(L.TASKS)}")
+FLAG_OF = {**{field: flag for flag, (field, _) in FLAGS.items()}, "norm_first": "--norm", "embed_scale": "--embed-scale"}
+
+
+def namer(c, typed):
+    """name(field): how a message names a setting: the flag and its value when it was typed (or
+    typed is None), else where the value comes from, the knob (TrainConfig.n_heads = 3).
+    fix(field, value): a flag that sets it, which always works."""
+    def name(field):
+        value = getattr(c, field)
+        if typed is not None and field not in typed:
+            return f"TrainConfig.{field} = {value!r}"
+        return f"{FLAG_OF[field]} {value}"
+
+    def fix(field, value):
+        return f"{FLAG_OF[field]} {value}"
+    return name, fix
+
+
+def validate_config(c, typed=None):
+    """Raise UserError, naming the value and what would work, for settings that cannot run.
+    typed: the fields set by flags (they are named as flags; the others as TrainConfig knobs)."""
+    name, fix = namer(c, typed)
+    for field in ("lr", "weight_decay", "grad_clip", "dropout", "target", "label_smoothing"):
+        if not math.isfinite(getattr(c, field)):      # nan slips through every comparison below
+            raise UserError(f"{name(field)}: must be a finite number")
+    for field, zero_ok in (("seq_len", False), ("n_digits", False), ("d_model", False), ("n_heads", False),
+                           ("n_layers", False), ("d_ff", False), ("max_len", False), ("steps", False),
+                           ("batch_size", False), ("eval_every", False), ("lr", False), ("min_len", True),
+                           ("warmup", True), ("patience", True), ("grad_clip", True), ("weight_decay", True)):
+        value = getattr(c, field)
+        if value < 0 or (value == 0 and not zero_ok):
+            raise UserError(f"{name(field)}: must be {'0 or more' if zero_ok else 'a positive number'}")
+    if c.task not in lesson().TASKS or c.sum_order not in CHOICES["sum_order"] or c.schedule not in CHOICES["schedule"]:
+        raise UserError(f"{name('task')}, {name('sum_order')}, {name('schedule')}: expected a task from "
+                        f"{lesson().TASKS}, a sum order from {CHOICES['sum_order']}, a schedule from {CHOICES['schedule']}")
     if c.d_model % c.n_heads:
         options = [h for h in range(1, min(c.d_model, 16) + 1) if c.d_model % h == 0]
-        raise UserError(f"--d-model {c.d_model} is not divisible by --heads {c.n_heads} (each head gets "
-                        f"d_model / heads dimensions); use --heads in {options} or e.g. "
-                        f"--d-model {c.n_heads * max(1, round(c.d_model / c.n_heads))}")
+        raise UserError(f"{name('d_model')} is not divisible by {name('n_heads')} (each head gets d_model / heads "
+                        f"dimensions); use heads from {options}, e.g. {fix('n_heads', options[-1])}")
     if not 2 <= c.n_digits <= MAX_DIGITS:
-        raise UserError(f"--digits must be from 2 to {MAX_DIGITS}, got {c.n_digits}")
+        raise UserError(f"{name('n_digits')}: use from 2 to {MAX_DIGITS} digits")
     if c.min_len > c.seq_len:
-        raise UserError(f"--min-len {c.min_len} is longer than --seq-len {c.seq_len}; use --min-len <= {c.seq_len}")
+        raise UserError(f"{name('min_len')} is longer than {name('seq_len')}; use {fix('min_len', c.seq_len)} or less")
     if c.max_len > MAX_POSITIONS:
-        raise UserError(f"--max-len {c.max_len} is too many positions for this lesson: use at most {MAX_POSITIONS}; "
+        raise UserError(f"{name('max_len')} is too many positions for this lesson: use at most {MAX_POSITIONS}; "
                         "the default 64 fits inputs of up to 63 digits")
-    check_positions(c, "--seq-len", c.seq_len)
+    check_positions(c, typed)
     parameters = estimated_parameters(c)
     if parameters > MAX_PARAMETERS:
-        raise UserError(f"--d-model {c.d_model} --d-ff {c.d_ff} --layers {c.n_layers} make a model far too big "
-                        f"for this lesson (about {parameters / 1e6:,.0f} million parameters, limit "
-                        f"{MAX_PARAMETERS / 1e6:.0f} million); e.g. --d-model 128 --d-ff 512 --layers 2")
+        raise UserError(f"{name('d_model')}, {name('d_ff')}, {name('n_layers')} make a model far too big for this "
+                        f"lesson (about {parameters / 1e6:,.0f} million parameters, limit {MAX_PARAMETERS / 1e6:.0f} "
+                        f"million); e.g. {fix('d_model', 128)}, {fix('d_ff', 512)}, {fix('n_layers', 2)}")
     if step_memory(c, c.batch_size) > MAX_MEMORY:
         fits = max(1, c.batch_size * MAX_MEMORY // step_memory(c, c.batch_size))
-        raise UserError(f"--batch-size {c.batch_size} would need about {step_memory(c, c.batch_size) / 1024 ** 3:,.0f} "
-                        f"GB for one training step with this model; use --batch-size {min(fits, 4096)} or less")
-    if not 0.0 <= c.dropout < 1.0:
-        raise UserError(f"--dropout must be in [0, 1), got {c.dropout}")
-    if not 0.0 <= c.label_smoothing < 1.0:
-        raise UserError(f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
+        raise UserError(f"{name('batch_size')} would need about {step_memory(c, c.batch_size) / 1024 ** 3:,.0f} GB "
+                        f"for one training step with this model; use {fix('batch_size', min(fits, 4096))} or less")
+    for field, low, high in (("dropout", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
+        if not low <= getattr(c, field) < high:
+            raise UserError(f"{name(field)}: must be in [{low:g}, {high:g})")
     if not 0.0 < c.target <= 1.0:
-        raise UserError(f"--target is an exact-match share in (0, 1], got {c.target}")
+        raise UserError(f"{name('target')}: the target is an exact-match share in (0, 1]")
     if c.lr * c.weight_decay >= 1.0:
-        raise UserError(f"--weight-decay {c.weight_decay:g} with --lr {c.lr:g} shrinks every weight by lr * "
-                        f"weight_decay = {c.lr * c.weight_decay:g} of itself per step (1 or more wipes it out); "
-                        f"use --weight-decay below {1 / c.lr:g}, e.g. 0.01")
-    if c.sum_order not in CHOICES["sum_order"] or c.schedule not in CHOICES["schedule"]:
-        raise UserError(f"sum_order {c.sum_order!r} / schedule {c.schedule!r}: expected one of "
-                        f"{CHOICES['sum_order']} / {CHOICES['schedule']}")
+        raise UserError(f"{name('weight_decay')} with {name('lr')} shrinks every weight by lr * weight_decay = "
+                        f"{c.lr * c.weight_decay:g} of itself per step (1 or more wipes it out); use a weight "
+                        f"decay below {1 / c.lr:g}, e.g. {fix('weight_decay', 0.01)}")
     if possible_inputs(c) < 100:
-        raise UserError(f"--seq-len {c.seq_len} with --digits {c.n_digits} allows only {possible_inputs(c)} "
-                        "different inputs, too few to hold some out for testing; use a longer --seq-len or "
-                        "more --digits")
+        raise UserError(f"{name('seq_len')} with {name('n_digits')} allows only {possible_inputs(c)} different "
+                        "inputs, too few to hold some out for testing; use longer sequences or more digits")
 
 
-def check_positions(c, what: str, length: int, fixed_by=None):
-    """UserError unless inputs of `length` fit the positional-encoding table (--max-len); fixed_by:
+def check_positions(c, typed=None, fixed_by=None):
+    """UserError unless inputs of c.seq_len fit the positional-encoding table (max_len); fixed_by:
     the checkpoint whose model fixes max_len (then only shorter inputs can help)."""
-    needed = positions_needed(c.task, length, c.n_digits)
+    needed = positions_needed(c.task, c.seq_len, c.n_digits)
     if needed <= c.max_len:
         return
+    name, fix = namer(c, typed)
     fits = max((L for L in range(1, c.max_len + 1) if positions_needed(c.task, L, c.n_digits) <= c.max_len),
                default=None)
-    shorter = f"use {what} {fits} or less, or " if fits else ""
+    shorter = f"use {fix('seq_len', fits)} or less, or " if fits else ""
     longer = (f"train a new model with --max-len {needed} or more (max_len is fixed by {fixed_by})" if fixed_by
-              else f"raise --max-len to at least {needed}" if needed <= MAX_POSITIONS else
-              f"--max-len cannot go beyond {MAX_POSITIONS}")
-    raise UserError(f"{what} {length} needs {needed} positions (the input, and the answer plus EOS) but the "
-                    f"positional encoding has --max-len {c.max_len}; {shorter}{longer}")
+              else f"raise it to {fix('max_len', needed)} or more" if needed <= MAX_POSITIONS else
+              f"max_len cannot go beyond {MAX_POSITIONS}")
+    raise UserError(f"{name('seq_len')} needs {needed} positions (the input, and the answer plus EOS) but the "
+                    f"positional encoding has {name('max_len')}; {shorter}{longer}")
 
 
 def check_decoding_flags(args, config):
     """--beam-size, --length-penalty and --eval-lengths, checked before anything is trained."""
     common.check_positive("--beam-size", args.beam_size)
-    rows = min(1000, config.test_size) * args.beam_size
-    if config.n_layers * step_memory(config, rows) / 3 > MAX_MEMORY:     # no backward: about a third
-        fits = max(1, int(args.beam_size * MAX_MEMORY / (config.n_layers * step_memory(config, rows) / 3)))
+    rows = min(1000, config.test_size) * args.beam_size                 # decoded 1000 inputs at a time
+    if decode_memory(config, rows) > MAX_MEMORY:
+        fits = max(1, int(args.beam_size * MAX_MEMORY / decode_memory(config, rows)))
         raise UserError(f"--beam-size {args.beam_size} keeps {rows:,} hypotheses per chunk of the test set, "
-                        f"about {config.n_layers * step_memory(config, rows) / 3 / 1024 ** 3:,.0f} GB here; "
+                        f"about {decode_memory(config, rows) / 1024 ** 3:,.0f} GB with this model; "
                         f"use --beam-size {fits} or less")
     if not math.isfinite(args.length_penalty):
         raise UserError(f"--length-penalty must be a finite number, got {args.length_penalty}")
@@ -515,6 +551,7 @@ class TrainResult:
     stopped_because: str             # "target reached", "patience", "max steps", "interrupted (Ctrl-C)"
     heldout_removed: int = 0         # generated training rows dropped for matching a held-out input
     resumed_at: int | None = None    # the step training resumed from (--resume), else None
+    data_changed: list = field(default_factory=list)  # settings changed at the resume (new history)
     best_train_seconds: float = 0.0  # train_seconds at the best step (saved for --resume)
     best_wall_seconds: float = 0.0   # wall_seconds at the best step (saved for --resume)
     optimizer_state: dict = field(repr=False, default_factory=dict)  # at the best step (for --resume)
@@ -546,10 +583,15 @@ class TrainingRun:
         self.quiet, self.checkpoint_path, self.callback, self.print_every = quiet, checkpoint_path, callback, print_every
         self.history, self.step, self.train_seconds, self.wall_before = new_history(), 0, 0.0, 0.0
         self.resumed_at = None
+        self.data_changed = []
         if resume is not None:
             model.load_state_dict(resume["state_dict"])
             optimizer.load_state_dict(resume["optimizer"])
-            self.history.update({k: list(v) for k, v in resume["history"].items() if k in self.history})
+            saved = resume["config"]
+            self.data_changed = [f"{k} {saved[k]} -> {getattr(config, k)}" for k in DATA_FIELDS
+                                 if saved.get(k) != getattr(config, k)]
+            if not self.data_changed:            # the same validation set: the history carries on
+                self.history.update({k: list(v) for k, v in resume["history"].items() if k in self.history})
             if len(self.history["val_train_seconds"]) != len(self.history["val_step"]):   # older checkpoints
                 self.history["val_train_seconds"] = [None] * len(self.history["val_step"])
             self.step = self.resumed_at = int(resume["step"])
@@ -639,7 +681,10 @@ class TrainingRun:
             self.saved_step = b["step"]
 
     def result(self, heldout_removed=0) -> TrainResult:
-        """The TrainResult with the best model loaded (eval mode); the checkpoint is current."""
+        """The TrainResult with the best model loaded (eval mode); the checkpoint is current.
+        Ctrl-C before the first validation ends: there is no model worth keeping yet."""
+        if self.best is None and self.stopped_because == "interrupted (Ctrl-C)":
+            raise KeyboardInterrupt
         best = self.best or dict(step=self.step, val={}, state=None, opt={}, seconds=0.0, wall=0.0)
         if best["state"] is not None:
             self.model.load_state_dict(best["state"])
@@ -648,14 +693,18 @@ class TrainingRun:
                            train_seconds=self.train_seconds, wall_seconds=self.wall_seconds(),
                            target=self.config.target, best_step=best["step"], best_val=best["val"],
                            stopped_because=self.stopped_because or "max steps", heldout_removed=heldout_removed,
-                           resumed_at=self.resumed_at, best_train_seconds=best["seconds"],
-                           best_wall_seconds=best["wall"], optimizer_state=best["opt"])
+                           resumed_at=self.resumed_at, data_changed=self.data_changed,
+                           best_train_seconds=best["seconds"], best_wall_seconds=best["wall"],
+                           optimizer_state=best["opt"])
 
 
 # ---------------------------------------------------------------- reports: training
 def report_training(config, result, resume):
     if result.resumed_at is not None:
-        say(f"resumed at step {result.resumed_at} of the checkpoint")
+        say(f"resumed at step {result.resumed_at} of the checkpoint; times below count both runs together")
+        if result.data_changed:
+            say(f"the data changed ({', '.join(result.data_changed)}): the checkpoint's validation history "
+                "was measured on another set, so this run's history starts at the resume")
         if result.steps_run == result.resumed_at and result.stopped_because == "target reached":
             say(f"the checkpoint already meets the target ({config.target:.0%}): nothing to train; raise "
                 "--target (e.g. --target 1.0) to train further")
@@ -666,7 +715,7 @@ def report_training(config, result, resume):
         say(f"validation exact-match first reached {config.target:.0%} at step {result.target_step}{seconds}")
     else:
         say(f"validation exact-match did not reach {config.target:.0%} (best "
-            f"{result.best_val.get('exact_match', 0):.4f}); try more --steps or a larger model")
+            f"{result.best_val.get('exact_match', 0):.4f})")
     bv = result.best_val
     say(f"best model: step {result.best_step}, validation loss {bv['loss']:.4f}, token accuracy "
         f"{bv['token_accuracy']:.4f}, exact-match {bv['exact_match']:.4f}")
@@ -704,10 +753,25 @@ def plot_training(config, result, learning_rate, out_dir, show):
     if result.resumed_at is not None:
         ax.axvline(result.resumed_at, color="tab:red", ls=":", lw=1.5,
                    label=f"resumed at step {result.resumed_at}: this run's schedule from here")
-    ax.set(xlabel="optimizer step", ylabel="learning rate", title=f"Warmup ({config.warmup} steps), then {config.schedule}")
+    ax.set(xlabel="optimizer step", ylabel="learning rate",
+           title=f"Warmup ({config.warmup} steps), then {config.schedule}" if config.warmup else
+           f"No warmup: {config.schedule} from the start")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     fig.suptitle(f"Training the mini transformer on '{config.task}' (length {config.seq_len})")
     common.save_figure(fig, out_dir, "training_progress.png", show=show)
+
+
+def report_cache(found):
+    """Section 4's measurement: recomputing the prefix against the cache, and whether they agree."""
+    n, ratio = found["decoded"], found["recompute_seconds"] / found["cached_seconds"]
+    say(f"greedy decoding of {n} test inputs ({found['max_tokens']} steps at most), median of 3: recomputing the "
+        f"prefix {found['recompute_seconds']:.3f} s, with the cache {found['cached_seconds']:.3f} s "
+        f"({ratio:.1f}x); identical answers: {found['identical']} of {n}")
+    if found["identical"] < n:
+        say("the two disagree: the cache assumes that earlier positions never change, which holds only when the "
+            "decoder's mask is causal (section 2's causality check says whether it is)")
+    elif ratio < 1.2:
+        say(f"no faster here: answers of at most {found['max_tokens']} tokens leave little prefix to skip")
 
 
 # ---------------------------------------------------------------- reports: the test set
@@ -740,15 +804,18 @@ def report_test_set(config, test, greedy, forced, beam, args):
     common.table(rows, ["", "exact-match (95% interval)", "token accuracy"])
     same = forced_exact == greedy["exact_count"]
     say(f"one teacher-forced pass gets {forced_exact} answers right, greedy decoding {greedy['exact_count']}: "
-        + ("the same, so validation can use the cheap pass." if same else "NOT the same: investigate."))
+        + ("the same, so validation can use the cheap pass." if same else "NOT the same: the decoder sees "
+           "something in training that it lacks when it decodes; section 2's causality check is the first suspect."))
     tokens = greedy["token_count"]
     forced_wrong = round((1 - forced["token_accuracy"]) * tokens)
-    free_wrong = tokens - greedy["token_right"]
-    say(f"wrong tokens: teacher-forced {forced_wrong} of {tokens}, free-running {free_wrong} of {tokens}"
-        + (": after its first mistake, a free-running answer reads its own wrong tokens (exposure bias)."
-           if free_wrong > forced_wrong else ": no gap here."))
+    free_wrong, wrong_answers = tokens - greedy["token_right"], n - greedy["exact_count"]
+    say(f"wrong tokens: teacher-forced {forced_wrong} of {tokens}; free-running {free_wrong}, in {wrong_answers} "
+        f"wrong answers: {wrong_answers} first mistakes and {free_wrong - wrong_answers} more after them"
+        + (", where the decoder reads its own earlier mistakes (a skipped digit shifts the rest)."
+           if same and free_wrong > wrong_answers else "."))
     found = {"teacher_forced_exact_count": forced_exact, "teacher_forced_wrong_tokens": forced_wrong,
-             "free_running_wrong_tokens": free_wrong, "cheap_equals_greedy": same}
+             "free_running_wrong_tokens": free_wrong, "free_running_wrong_after_first_mistake": free_wrong - wrong_answers,
+             "cheap_equals_greedy": same}
     if beam is not None:
         fixed = int((beam["exact"] & ~greedy["exact"]).sum())
         broke = int((greedy["exact"] & ~beam["exact"]).sum())
@@ -767,14 +834,13 @@ def report_where_wrong(config, test, greedy):
     answers = [tokens_to_digits(row) for row in greedy["tokens"]]
     if config.task == "sum":
         report_sum_lengths(config, test, expected, answers)
-    else:
-        wrong, count = greedy["position_wrong"], greedy["position_count"]
-        print("\n  wrong tokens by answer position (greedy; the last position of each answer is its EOS):")
-        for start in range(0, len(wrong), 16):
-            chunk = range(start, min(start + 16, len(wrong)))
-            print("   position " + " ".join(f"{i + 1:>4}" for i in chunk))
-            print("   wrong    " + " ".join(f"{wrong[i]:>4}" for i in chunk))
-            print("   of       " + " ".join(f"{count[i]:>4}" for i in chunk))
+    wrong, count = greedy["position_wrong"], greedy["position_count"]
+    print("\n  wrong tokens by answer position (greedy; the last position of each answer is its EOS):")
+    for start in range(0, len(wrong), 16):
+        chunk = range(start, min(start + 16, len(wrong)))
+        print("   position " + " ".join(f"{i + 1:>4}" for i in chunk))
+        print("   wrong    " + " ".join(f"{wrong[i]:>4}" for i in chunk))
+        print("   of       " + " ".join(f"{count[i]:>4}" for i in chunk))
     wrong_rows = [i for i in range(len(expected)) if answers[i] != expected[i]]
     print("\n  examples (input -> greedy answer (expected)):")
     for i in list(range(4)) + [i for i in wrong_rows if i >= 4][:2]:
@@ -806,10 +872,12 @@ def report_sum_lengths(config, test, expected, answers):
 
 
 # ---------------------------------------------------------------- reports: attention
-def focus(weights, real_rows):
-    """The largest weight of each real query row, averaged: weights (B, n_heads, T_q, T_k), real_rows (B, T_q)."""
+def focus(weights, real_rows, keys):
+    """The largest weight of each real query row, averaged over those rows, and the same average if
+    every row spread its weight evenly over its keys: weights (B, n_heads, T_q, T_k), real_rows
+    (B, T_q), keys (B, T_q) how many keys each row may attend to."""
     rows = real_rows[:, None, :].expand(-1, weights.size(1), -1)
-    return float(weights.max(-1).values[rows].mean())
+    return float(weights.max(-1).values[rows].mean()), float((1 / keys.float())[real_rows].mean())
 
 
 def alignment(task, cross, src, tgt_in, tgt_out):
@@ -842,16 +910,16 @@ def alignment(task, cross, src, tgt_in, tgt_out):
 def report_attention(config, weights, test):
     L = lesson()
     src_real, tgt_real = test.src != L.PAD, test.tgt_out != L.PAD
-    lengths = src_real.sum(1).float()
-    T_tgt = test.tgt_out.size(1)
-    even = {"encoder self": float((1 / lengths).mean()),
-            "decoder self (masked)": float((1 / torch.arange(1, T_tgt + 1).float()).expand_as(tgt_real)[tgt_real].mean()),
-            "cross": float((1 / lengths).mean())}
-    rows = []
+    n_src = src_real.sum(1, keepdim=True)                               # (B, 1) keys of every source row
+    parts = (("encoder_self", src_real, n_src.expand_as(src_real)),
+             ("decoder_self", tgt_real, torch.arange(1, tgt_real.size(1) + 1).expand_as(tgt_real)),  # causal
+             ("cross", tgt_real, n_src.expand_as(tgt_real)))
+    rows, even = [], []
     for layer in range(len(weights["cross"])):
-        rows.append([f"layer {layer + 1}", focus(weights["encoder_self"][layer], src_real),
-                     focus(weights["decoder_self"][layer], tgt_real), focus(weights["cross"][layer], tgt_real)])
-    rows.append(["spread evenly", *even.values()])
+        measured = [focus(weights[name][layer], real, keys) for name, real, keys in parts]
+        rows.append([f"layer {layer + 1}", *(m[0] for m in measured)])
+        even = [m[1] for m in measured]
+    rows.append(["spread evenly", *even])
     common.table(rows, ["focus (heads averaged)", "encoder self", "decoder self (masked)", "cross"])
     found = {"focus": {"encoder_self": [r[1] for r in rows[:-1]], "decoder_self": [r[2] for r in rows[:-1]],
                        "cross": [r[3] for r in rows[:-1]], "spread_evenly": even}, "alignment": None}
@@ -964,9 +1032,13 @@ def evaluate_lengths(args, config, model, device, checkpoint):
 def insights(config, model_info, result, data, reloaded):
     test = data["test"]
     greedy, n = test["greedy"], test["greedy"]["n"]
-    items = [f"Teacher forcing trains every answer position in one pass, and the causal mask keeps it honest: "
-             f"changing later decoder inputs moved earlier outputs by {model_info['causal_change_before']:.3g} "
-             f"(later ones by {model_info['causal_change_after']:.3g})."]
+    leak = model_info["causal_change_before"] > 1e-5
+    items = [(f"The decoder's mask LEAKS: changing later decoder inputs moved earlier outputs by "
+              f"{model_info['causal_change_before']:.3g}, so teacher forcing shows each position the answer."
+              if leak else
+              f"Teacher forcing trains every answer position in one pass, and the causal mask keeps it honest: "
+              f"changing later decoder inputs moved earlier outputs by {model_info['causal_change_before']:.3g} "
+              f"(later ones by {model_info['causal_change_after']:.3g}).")]
     if result.target_step is not None:
         items.append(f"{model_info['parameters']:,} parameters reached {config.target:.0%} validation exact-match "
                      f"on '{config.task}' (length {config.seq_len}) at step {result.target_step}"
@@ -979,7 +1051,8 @@ def insights(config, model_info, result, data, reloaded):
                  f"pass found {test['teacher_forced_exact_count']} right answers"
                  + (", the same: validation needs no decoding loop." if test["cheap_equals_greedy"] else "."))
     items.append(f"Wrong tokens: {test['teacher_forced_wrong_tokens']} teacher-forced, "
-                 f"{test['free_running_wrong_tokens']} free-running (greedy reads its own mistakes).")
+                 f"{test['free_running_wrong_tokens']} free-running, {test['free_running_wrong_after_first_mistake']} "
+                 "of them after an answer's first mistake.")
     if test.get("beam") is not None:
         items.append(f"Beam search fixed {test['beam_fixed']} answers and broke {test['beam_broke']} "
                      f"(sign test p = {test['beam_p']:.2g}" + ("): a real difference." if test["beam_p"] < 0.05
@@ -990,9 +1063,12 @@ def insights(config, model_info, result, data, reloaded):
         items.append(f"Cross-attention ({head}) looks at {name} for {share:.1%} of answer positions "
                      f"(chance {chance:.1%}).")
     cache = data.get("cache") or {}
-    if cache:
-        items.append(f"The prefix cache decoded {cache['recompute_seconds'] / cache['cached_seconds']:.1f}x faster "
-                     f"with identical answers ({cache['identical']} of 200).")
+    if cache and cache["identical"] == cache["decoded"]:
+        items.append(f"The prefix cache gave identical answers ({cache['identical']} of {cache['decoded']}) in "
+                     f"{cache['cached_seconds'] / cache['recompute_seconds']:.0%} of the time of recomputing the prefix.")
+    elif cache:
+        items.append(f"The prefix cache and recomputing disagreed on {cache['decoded'] - cache['identical']} of "
+                     f"{cache['decoded']} answers: the cache is exact only with a causal mask.")
     items.append(f"The checkpoint reloads with weights_only=True and predicts the same answers ({reloaded} of 8).")
     items.extend((data.get("length_generalization") or {}).get("sentences", []))
     return items

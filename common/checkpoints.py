@@ -42,6 +42,8 @@ def load(path, formats, required, error):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or not plain data
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "weights_only" in first or "invalid load key" in first:   # torch's long story for "not its format"
+            first = "not a file torch.save wrote"
         reason = f"{exc.__class__.__name__}: {shorten(first, 120)}" if first else exc.__class__.__name__
         raise error(f"checkpoint {name} is corrupt or not a checkpoint ({reason}); retrain to write a new one") \
             from None
@@ -75,7 +77,8 @@ def config_from_dict(values, config_class, required, where, error):
         if kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok:
-            raise error(f"{where} has {key} = {value!r} in its config, not a {kind.__name__}; "
+            what = {int: "a whole number", float: "a number", str: "a text", bool: "True or False"}[kind]
+            raise error(f"{where} has {key} = {value!r} in its config where {what} belongs; "
                         "retrain to write a new one")
     return config_class(**{k: float(v) if type(getattr(defaults, k)) is float else v for k, v in values.items()})
 

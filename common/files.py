@@ -20,6 +20,12 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or exc.__class__.__name__
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write) -> Path:
     """Call write(tmp_path) to fill a unique temporary file next to `path`, then rename it to `path`.
 
@@ -37,6 +43,7 @@ def atomic_write(path, write) -> Path:
         raise UserError(f"cannot write {str(path)!r} ({_reason(exc)}); pass a writable --out-dir") from None
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes it private; outputs are ordinary files
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"could not write {str(path)!r} ({_reason(exc)}); the earlier file, if any, is "

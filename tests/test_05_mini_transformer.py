@@ -410,9 +410,9 @@ def checkpoint_file(trained, tmp_path_factory):
     (["--min-len", "20"], "--min-len"),
     (["--task", "multiply"], "multiply"),
     (["--target", "1.5"], "--target"),
-    (["--lr", "nan"], "--lr must be a finite number"),                    # nan passes every < and ==
-    (["--grad-clip", "inf"], "--grad-clip must be a finite number"),
-    (["--quick", "--max-len", "1"], "raise --max-len to at least 7"),
+    (["--lr", "nan"], "--lr nan: must be a finite number"),                    # nan passes every < and ==
+    (["--grad-clip", "inf"], "--grad-clip inf: must be a finite number"),
+    (["--quick", "--max-len", "1"], "raise it to --max-len 7 or more"),
     (["--resume", "no_such_file.pt"], "not found"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(capsys, flags, contains):
@@ -521,3 +521,43 @@ def test_estimated_parameters_equal_numel(changes):
 def test_absurd_sizes_are_one_line_before_anything_is_built(capsys, monkeypatch, flags, contains):
     monkeypatch.setattr(L, "Seq2SeqTransformer", lambda *a, **k: pytest.fail("built a model"))
     expect_user_error(capsys, 5, *flags, contains=contains)
+
+
+# ---------------------------------------------------------------- held-out sets, resumes, edge cases
+def test_heldout_sets_never_repeat_an_input_and_never_share_one():
+    for config in (L.TrainConfig(seq_len=3), L.TrainConfig(n_digits=2, seq_len=7), L.TrainConfig(min_len=2, seq_len=4)):
+        val, test = L.heldout_sets(config)
+        v, t = {tuple(r) for r in val.src.tolist()}, {tuple(r) for r in test.src.tolist()}
+        assert len(v) == len(val) and len(t) == len(test) and not v & t
+
+
+def test_ctrl_c_before_the_first_validation_is_a_plain_interrupt(capsys, monkeypatch, tmp_path):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(L, "evaluate_teacher_forced", interrupt)
+    with pytest.raises(SystemExit) as exc:
+        L.main(["--quick", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted (Ctrl-C)")
+
+
+def test_a_resume_on_other_data_starts_a_new_history(tmp_path):
+    config = L.TrainConfig(**SMALL, steps=60, target=0.9)
+    first = L.train(config, quiet=True)
+    checkpoint = L.read_checkpoint(L.save_checkpoint(tmp_path / "m.pt", first, config))
+    other = L.TrainConfig(**{**SMALL, "min_len": 2, "steps": 80, "target": 1.0})
+    second = L.train(other, quiet=True, resume=checkpoint)
+    assert second.data_changed == ["min_len 0 -> 2"]
+    assert second.history["val_step"][0] == checkpoint["step"]           # nothing from the other validation set
+    assert second.target_step is None or second.target_step > checkpoint["step"]
+
+
+def test_embed_scale_starts_from_the_initialisation_the_paper_assumes():
+    torch.manual_seed(0)
+    scaled = L.Seq2SeqTransformer(d_model=64, embed_scale=True)
+    plain = L.Seq2SeqTransformer(d_model=64)
+    tokens = torch.arange(L.FIRST_DIGIT, 13)[None]
+    with torch.no_grad():
+        length = lambda m: float((m.embed(tokens) * m.scale).norm(dim=-1).mean())   # noqa: E731
+        assert length(scaled) == pytest.approx(length(plain), rel=0.25)   # both about sqrt(d_model) = 8
