@@ -145,7 +145,8 @@ def plot(config, results, trained, reference, out_dir, show):
     ax.set(xlabel="answer position (1 = first token; the last one is EOS)", ylabel="token accuracy (greedy)",
            ylim=(-0.02, 1.02), title="Where the answers go wrong: accuracy by answer position")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
-    fig.suptitle(f"Length generalization on '{config.task}': trained on lengths {min(trained)}..{max(trained)}")
+    span = f"length {trained[0]}" if len(trained) == 1 else f"lengths {min(trained)}..{max(trained)}"
+    fig.suptitle(f"Length generalization on '{config.task}': trained on {span}")
     common.save_figure(fig, out_dir, "length_generalization.png", show=show)
 
 
@@ -160,9 +161,9 @@ def main(argv=None):
     lengths = parse_lengths(args.lengths, config)
     device = common.setup(args, "Challenge: length generalization")
     model = lesson05().load_checkpoint(args.checkpoint).to(device)
-    print(f"  model: {args.checkpoint} (task {config.task}, trained on lengths {config.resolved_min_len()}.."
-          f"{config.seq_len})")
-    found = evaluate(config, model, lengths, trained_lengths(config), device, args.out_dir, args.show)
+    trained = trained_lengths(config)
+    print(f"  model: {args.checkpoint} (task {config.task}, trained on lengths {trained[0]}..{trained[-1]})")
+    found = evaluate(config, model, lengths, trained, device, args.out_dir, args.show)
     common.write_json(args.out_dir / "length_generalization.json", found)
 
 
