@@ -79,6 +79,9 @@ def measure(config, model, length, device):
 def verdict(results, trained, reference) -> list:
     """Sentences built from the measured exact-match of each length and of the trained lengths."""
     lo, hi = min(trained), max(trained)
+    if reference < 0.5:
+        return [f"The model did not learn the trained lengths (exact-match {reference:.1%} there), so other "
+                "lengths say nothing about the positional encoding: train it to the target first."]
     sentences = []
     longer, shorter = [L for L in results if L > hi], [L for L in results if L < lo]
     if longer:
