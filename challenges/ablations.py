@@ -143,60 +143,83 @@ def decoder_only(model, config):
     return components.DecoderOnlyTransformer(**{**kwargs, "d_ff": d_ff})
 
 
+def row(name, question, change, reference="default", hint="", task=None, **variant):
+    """A Row: name, question, change in words, reference; config=, patches=, edit= make the Variant."""
+    return Row(Variant(name, question, change, **variant), reference, hint, task)
+
+
 def make_rows(base, wide_head=WIDE_HEAD, deep_layers=DEEP_LAYERS):
     """The rows for `base` (lesson 05's settings for the task), in the order they are run and shown."""
-    d_head, wide = base.d_model // base.n_heads, dict(d_model=wide_head, n_heads=1)
-    deep, high_lr = dict(n_layers=deep_layers), dict(lr=base.lr * HIGH_LR_FACTOR)
-    stack = f"{base.n_layers}+{base.n_layers}"
+    return [row("default", "the reference for most rows", "nothing: lesson 05's model and training", None),
+            *model_rows(base, wide_head, deep_layers), *training_rows(base), *modern_rows(base)]
 
-    def row(name, question, change, reference="default", hint="", task=None, **variant):
-        return Row(Variant(name, question, change, **variant), reference, hint, task)
 
+def model_rows(base, wide_head, deep_layers):
+    """The questions about the 2017 model: attention scale, embedding scale, positions, norm placement."""
+    d_head, wide, deep = base.d_model // base.n_heads, dict(d_model=wide_head, n_heads=1), dict(n_layers=deep_layers)
     return [
-        row("default", "the reference for most rows", "nothing: lesson 05's model and training", None),
         row("no_attention_scale", "Why divide the attention scores by sqrt(d_k)?",
             f"scores = Q K^T, without / sqrt(d_head) (d_head {d_head})", patches=NO_SCALE,
             hint="wider heads (see wide_no_attention_scale)"),
-        row("wide_heads", "the reference for the wider head", f"one head of width {wide_head} "
-            f"(d_model {wide_head}) instead of {base.n_heads} of {d_head}", None, config=wide),
+        row("wide_heads", "the reference for the wider head",
+            f"one head of width {wide_head} (d_model {wide_head}) instead of {base.n_heads} of {d_head}", None,
+            config=wide),
         row("wide_no_attention_scale", "Why divide by sqrt(d_k), at a wider head?",
             f"scores = Q K^T at d_head {wide_head}", "wide_heads", config=wide, patches=NO_SCALE,
             hint="still wider heads, or larger initial weights"),
         row("embed_scale", "Why multiply the embeddings by sqrt(d_model)?",
-            f"token embeddings x sqrt({base.d_model}), PyTorch's N(0, 1) initialisation", config=dict(embed_scale=True),
-            hint="a larger d_model (the scaled tokens grow further against the positions)"),
+            f"token embeddings x sqrt({base.d_model}), PyTorch's N(0, 1) initialisation",
+            config=dict(embed_scale=True), hint="a larger d_model (the scaled tokens grow further against the "
+                                                "positions)"),
         row("embed_scale_small_init", "... with the initialisation the paper's scaling assumes?",
             f"token embeddings x sqrt({base.d_model}), initialised N(0, 1/{base.d_model})",
             config=dict(embed_scale=True), edit=small_embedding_init,
-            hint="longer training (at initialisation the scaled tokens are N(0, 1) as in the default; "
-                 "only how fast they move differs)"),
-        row("no_positions", "Why positional encodings at all?", "no positional encoding: nothing tells the tokens where they are", edit=without_positions,
-            hint="a task whose answer depends on the order of the input (reverse, copy)"),
-        row("learned_positions", "Learned or sinusoidal positions?", "a trained table of position vectors (BERT, GPT-2)",
-            edit=learned_positions, hint="input lengths never trained on (see challenges.length_generalization)"),
+            hint="longer training (at initialisation the scaled tokens are N(0, 1) as in the default; only how "
+                 "fast they move differs)"),
+        row("no_positions", "Why positional encodings at all?", "no positional encoding added to the tokens",
+            edit=without_positions, hint="a task whose answer depends on the order of the input (reverse, copy)"),
+        row("learned_positions", "Learned or sinusoidal positions?",
+            "a trained table of position vectors (BERT, GPT-2)", edit=learned_positions,
+            hint="input lengths never trained on (see challenges.length_generalization)"),
         row("rope", "Rotary position embeddings (RoPE, as in LLaMA)?",
             "queries and keys rotated by position in every self-attention; nothing added to the tokens; "
             "cross-attention without positions", edit=rotary_positions,
             hint="a task that needs offsets between positions more than absolute positions"),
-        row("post_ln", "Why pre-LN rather than the paper's post-LN?", f"post-LN, {stack} layers",
-            config=dict(norm_first=False), hint="depth (see deep_post_ln)"),
-        row("deep", "the reference for the deeper stack", f"{deep_layers}+{deep_layers} layers, pre-LN", None, config=deep),
-        row("deep_post_ln", "Why pre-LN, in a deeper stack?", f"post-LN, {deep_layers}+{deep_layers} layers", "deep",
-            config=dict(**deep, norm_first=False), hint="a still deeper stack, a higher learning rate or no warmup"),
+        row("post_ln", "Why pre-LN rather than the paper's post-LN?", f"post-LN, {base.n_layers}+{base.n_layers} "
+            "layers", config=dict(norm_first=False), hint="depth (see deep_post_ln)"),
+        row("deep", "the reference for the deeper stack", f"{deep_layers}+{deep_layers} layers, pre-LN", None,
+            config=deep),
+        row("deep_post_ln", "Why pre-LN, in a deeper stack?", f"post-LN, {deep_layers}+{deep_layers} layers",
+            "deep", config=dict(**deep, norm_first=False),
+            hint="a still deeper stack, a higher learning rate or no warmup"),
+    ]
+
+
+def training_rows(base):
+    """The questions about the training recipe: warmup, clipping, learning rate, regularisers, tying."""
+    high_lr = base.lr * HIGH_LR_FACTOR
+    return [
         row("no_warmup", "Why warm the learning rate up?", f"no warmup (lesson 05: {base.warmup} steps)",
             config=dict(warmup=0), hint="a higher learning rate (see lr_10x_no_warmup)"),
         row("no_clipping", "Why clip the gradient norm?", f"no clipping (lesson 05: norm {base.grad_clip:g})",
             config=dict(grad_clip=0.0), hint="a higher learning rate, a deeper stack or longer training"),
-        row("lr_10x", "Why not a much larger learning rate?", f"lr {base.lr * HIGH_LR_FACTOR:g} (10x), with warmup",
-            config=high_lr, hint="a still higher learning rate"),
-        row("lr_10x_no_warmup", "Does warmup matter at a high learning rate?", f"lr {base.lr * HIGH_LR_FACTOR:g}, "
-            "no warmup", "lr_10x", config=dict(**high_lr, warmup=0), hint="a still higher learning rate"),
+        row("lr_10x", "Why not a much larger learning rate?", f"lr {high_lr:g} ({HIGH_LR_FACTOR}x), with warmup",
+            config=dict(lr=high_lr), hint="a still higher learning rate"),
+        row("lr_10x_no_warmup", "Does warmup matter at a high learning rate?", f"lr {high_lr:g}, no warmup",
+            "lr_10x", config=dict(lr=high_lr, warmup=0), hint="a still higher learning rate"),
         row("dropout", "Why (not) dropout?", "dropout 0.1 everywhere (lesson 05: 0)", config=dict(dropout=0.1),
             hint="a small fixed training set that can be memorised (here every batch is new)"),
         row("label_smoothing", "Why (not) label smoothing?", "label smoothing 0.1 (lesson 05: 0)",
             config=dict(label_smoothing=0.1), hint="noisy labels or a fixed training set"),
-        row("tied_embeddings", "Why tie the input and output embeddings?", "the output layer's weight is the "
-            "embedding table", edit=tied_embeddings, hint="a large vocabulary, where the shared table saves many parameters"),
+        row("tied_embeddings", "Why tie the input and output embeddings?",
+            "the output layer's weight is the embedding table", edit=tied_embeddings,
+            hint="a large vocabulary, where the shared table saves many parameters"),
+    ]
+
+
+def modern_rows(base):
+    """The building blocks of LLaMA-style models, and the order of a sum's digits."""
+    return [
         row("rmsnorm", "RMSNorm instead of LayerNorm (LLaMA)?", "every LayerNorm replaced by RMSNorm",
             edit=rms_norms, hint="larger models, where its cheaper computation shows in seconds"),
         row("swiglu", "SwiGLU instead of the ReLU feed-forward (LLaMA)?",
@@ -314,8 +337,9 @@ def train_one(row, base, seed, budget, data, device):
 
 @torch.no_grad()
 def place_accuracy(model, test, config):
-    """Sum task: teacher-forced accuracy of the units, tens, hundreds ... digit of the answers,
-    wherever the order puts them (msd: units last; lsd: units first). {"units": 0.97, ...}."""
+    """Sum task: how often the units, tens, hundreds ... digit of the test answers is right
+    (teacher-forced), wherever the order puts it (msd: units last; lsd: units first).
+    Returns {"units": [right, of], "tens": [right, of], ...}."""
     logits = model(test.src, test.tgt_in)                                   # (B, T_tgt, V)
     right = lesson05.restrict_logits(logits).argmax(-1) == test.tgt_out     # (B, T_tgt)
     digits = test.tgt_out >= lesson05.FIRST_DIGIT                           # answer digits, not EOS or PAD
@@ -323,8 +347,24 @@ def place_accuracy(model, test, config):
     j = torch.arange(test.tgt_out.size(1), device=right.device)            # answer position
     place = j.expand_as(right) if config.sum_order == "lsd" else n - 1 - j  # 0 = units, 1 = tens, ...
     names = ("units", "tens", "hundreds", "thousands")
-    return {names[p] if p < len(names) else f"10^{p}": float(right[digits & (place == p)].float().mean())
-            for p in range(int(n.max())) if bool((digits & (place == p)).any())}
+    found = {}
+    for p in range(int(n.max())):
+        here = digits & (place == p)                                        # (B, T_tgt) the digits of place p
+        found[names[p] if p < len(names) else f"10^{p}"] = [int(right[here].sum()), int(here.sum())]
+    return found
+
+
+def place_text(runs, base):
+    """'. Digits right ...: units 11.0% of 3000, ...' for the sum task (all seeds together), else ''."""
+    places = [r["place_accuracy"] for r in runs if r.get("place_accuracy")]
+    if not places:
+        return ""
+    parts = []
+    for name in places[0]:
+        right, of = (sum(p[name][i] for p in places if name in p) for i in (0, 1))
+        parts.append(f"{name} {right / of:.1%} of {of:,}" if of else f"{name} -")
+    return (f". Test digits right (teacher-forced, seeds together; guessing: {1 / base.n_digits:.0%}): "
+            + ", ".join(parts))
 
 
 def baselines(data, config):
@@ -527,12 +567,7 @@ def section_3_table(rows, runs_by_row, base):
         lines.append([row.variant.name, row.reference or "-", str(s["budget"]), f"{s['reached']}/{s['seeds_run']}",
                       cell(s["steps_to_target"], "{:.0f}"), cell(s["seconds_to_target"], "{:.1f}"),
                       cell(s["test_exact_match"], "{:.1%}"), f"{s['parameters']:,}" if s["parameters"] else "-"])
-        place = [r.get("place_accuracy") for r in runs if r.get("place_accuracy")]
-        if place:
-            digits = ", ".join(f"{name} {statistics.fmean(p[name] for p in place if name in p):.0%}"
-                               for name in place[0])
-            s["sentence"] += f". Test digits right (teacher-forced, mean of the seeds): {digits}"
-        notes.append(s["sentence"])
+        notes.append(s["sentence"] + place_text(runs, base))
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *lines)]
     print("  " + "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
     print("  " + "  ".join("-" * w for w in widths))
@@ -613,7 +648,7 @@ def observations(rows, runs_by_row, base, seeds, seconds):
     if len(seeds) > 1 and compared:
         chance = separated_by_chance(len(seeds), len(seeds))
         items.append(f"With {len(seeds)} seeds per row, two identical recipes land fully apart {chance:.0%} of the "
-                     f"time: among {len(compared)} comparisons about {chance * len(compared):.1f} such 'findings' are "
+                     f"time: among {len(compared)} comparison{'s' if len(compared) > 1 else ''} about {chance * len(compared):.1f} such 'findings' are "
                      f"expected by luck. Rerun a finding with --only NAME --seeds {len(seeds) + 2} (then "
                      f"{separated_by_chance(len(seeds) + 2, len(seeds) + 2):.1%}).")
     spreads = [(max(s) - min(s), name) for name, x in summaries.items()

@@ -208,7 +208,9 @@ def test_place_accuracy_finds_the_units_digit_in_either_order():
         model = FirstDigitOnly()
         model.target = test.tgt_out
         found = ablations.place_accuracy(model, test, config)
-        assert found[right] == 1.0 and all(v < 0.5 for k, v in found.items() if k != right), (order, found)
+        share = {name: k / n for name, (k, n) in found.items()}
+        assert found["units"][1] == found["tens"][1] + (test.tgt_out[:, 1] == L5.EOS).sum()    # 1-digit sums
+        assert share[right] == 1.0 and all(v < 0.5 for k, v in share.items() if k != right), (order, found)
 
 
 def test_baselines_count_the_most_common_answer():
