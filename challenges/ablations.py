@@ -21,7 +21,7 @@ Run it (from the repository root)
   python -m challenges.ablations --list                # the rows and the questions they answer
   python -m challenges.ablations --only no_warmup,no_clipping --seeds 5
   python -m challenges.ablations --task sum --only lsd_first    # sum: which digit to write first
-  python -m challenges.ablations --task sort           # every row on another task (longer)
+  python -m challenges.ablations --task copy           # every row on another task
   python -m challenges.ablations --quick               # tiny sizes, end to end in well under a minute
 Writes ablations.json (after every finished run) and ablations.png to --out-dir.
 """
@@ -57,7 +57,7 @@ TrainingDiverged = lesson05.TrainingDiverged
 # %% Knobs (learners: edit these, or use the flags)
 SEEDS = 3              # seeds per row: the spread of the same recipe is what a difference must beat
 BUDGET_FACTOR = 3      # a row's step budget: this many times its reference's median steps to the target
-VAL_SIZE = 500         # validation sequences (lesson 05: 1000); validating is a quarter of each run here
+VAL_SIZE = 500         # validation sequences (lesson 05: 1000): half the time spent validating
 WIDE_HEAD = 64         # the wider head of the sqrt(d_k) question: one head of this width (d_model = d_head)
 DEEP_LAYERS = 4        # the deeper stack of the pre-LN question: this many encoder and decoder blocks
 HIGH_LR_FACTOR = 10    # the high learning rate: this many times lesson 05's
@@ -197,16 +197,16 @@ def model_rows(base, wide_head, deep_layers):
 
 def training_rows(base):
     """The questions about the training recipe: warmup, clipping, learning rate, regularisers, tying."""
-    high_lr = base.lr * HIGH_LR_FACTOR
+    high_lr, high = base.lr * HIGH_LR_FACTOR, f"lr_{HIGH_LR_FACTOR:g}x"    # lr_10x
     return [
         row("no_warmup", "Why warm the learning rate up?", f"no warmup (lesson 05: {base.warmup} steps)",
-            config=dict(warmup=0), hint="a higher learning rate (see lr_10x_no_warmup)"),
+            config=dict(warmup=0), hint=f"a higher learning rate (see {high}_no_warmup)"),
         row("no_clipping", "Why clip the gradient norm?", f"no clipping (lesson 05: norm {base.grad_clip:g})",
             config=dict(grad_clip=0.0), hint="a higher learning rate, a deeper stack or longer training"),
-        row("lr_10x", "Why not a much larger learning rate?", f"lr {high_lr:g} ({HIGH_LR_FACTOR}x), with warmup",
+        row(high, "Why not a much larger learning rate?", f"lr {high_lr:g} ({HIGH_LR_FACTOR:g}x), with warmup",
             config=dict(lr=high_lr), hint="a still higher learning rate"),
-        row("lr_10x_no_warmup", "Does warmup matter at a high learning rate?", f"lr {high_lr:g}, no warmup",
-            "lr_10x", config=dict(lr=high_lr, warmup=0), hint="a still higher learning rate"),
+        row(f"{high}_no_warmup", "Does warmup matter at a high learning rate?", f"lr {high_lr:g}, no warmup",
+            high, config=dict(lr=high_lr, warmup=0), hint="a still higher learning rate"),
         row("dropout", "Why (not) dropout?", "dropout 0.1 everywhere (lesson 05: 0)", config=dict(dropout=0.1),
             hint="a small fixed training set that can be memorised (here every batch is new)"),
         row("label_smoothing", "Why (not) label smoothing?", "label smoothing 0.1 (lesson 05: 0)",
@@ -306,7 +306,7 @@ def train_one(row, base, seed, budget, data, device):
     """
     variant = replace(row.variant, config={**row.variant.config, "steps": budget},
                       patches=row.variant.patches + ((5, "learning_rate", same_schedule(base.steps)),))
-    val, test = data
+    test = data[1]
     best = {"exact_match": 0.0}
 
     def keep_best(step, metrics):                 # after every validation
@@ -434,9 +434,15 @@ def verdict(row, runs, reference_runs):
     outcome = compare(runs, reference_runs)
     if outcome == "one seed":
         return outcome, f"{numbers}; one seed shows no spread, so no verdict (use --seeds 3 or more)"
+    reached = [sum(r["target_step"] is not None for r in x) for x in (runs, reference_runs)]
+    if outcome == "same" and reached[0] != reached[1]:    # the ranges overlap, but how often did each reach it?
+        p = fisher_exact(reached[0], len(runs), reached[1], len(reference_runs))
+        if p < 0.05:
+            word = "better" if reached[0] > reached[1] else "worse"
+            return word, (f"{word}: {numbers}; {reached[0]} of {len(runs)} seeds reached it against {reached[1]} of "
+                          f"{len(reference_runs)}, a difference seed luck gives {p:.1%} of the time (Fisher's test)")
     if outcome == "same":
-        reached = [sum(r["target_step"] is not None for r in x) for x in (runs, reference_runs)]
-        hint = row.hint if reached[0] == reached[1] else f"more seeds (--only {row.variant.name} --seeds 5)"
+        hint = row.hint if reached[0] == reached[1] else f"more seeds (--only {row.variant.name} --seeds {len(runs) + 2})"
         return "no measurable difference", (f"no measurable difference at this size: {numbers}, inside the seed "
                                             f"spread; what might change that: {hint}")
     all_reached = all(r["target_step"] is not None for r in runs + reference_runs)
@@ -462,6 +468,19 @@ def summarize(row, runs, reference_runs):
             "test_exact_match": [r["test_exact_match"] for r in runs],
             "parameters": next((r["parameters"] for r in runs if r["parameters"]), None),
             "verdict": word, "sentence": sentence}
+
+
+def fisher_exact(a, n, b, m):
+    """Two-sided p-value that a of n seeds against b of m reached the target by luck alone, the
+    chance of reaching being the same for both (Fisher's exact test: every split of the a + b
+    successes among the n + m seeds as likely as it is under that assumption)."""
+    k = a + b
+
+    def p(x):                                          # x of the k successes among the first n seeds
+        return math.comb(n, x) * math.comb(m, k - x) / math.comb(n + m, k)
+
+    observed = p(a)
+    return min(1.0, sum(p(x) for x in range(max(0, k - m), min(n, k) + 1) if p(x) <= observed * (1 + 1e-9)))
 
 
 def separated_by_chance(n, m):
@@ -514,19 +533,21 @@ def section_1_plan(base, rows, seeds, data, quick):
     print(f"  {len(rows)} rows x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}) = "
           f"{len(rows) * len(seeds)} trainings")
     if len(seeds) > 1:
-        print(f"  a difference counts only when the seed ranges do not overlap; two identical recipes with "
-              f"{len(seeds)} seeds\n  each land fully apart {separated_by_chance(len(seeds), len(seeds)):.0%} of the "
-              "time by luck alone")
+        common.explain(f"""A difference counts only when the seed ranges do not overlap (two identical
+            recipes with {len(seeds)} seeds each land fully apart {separated_by_chance(len(seeds), len(seeds)):.0%}
+            of the time by luck alone), or when the numbers of seeds that reached the target differ
+            more than luck explains (Fisher's exact test, under 5%).""", indent=2)
     return found
 
 
 # %% 2. Training
 def section_2_train(rows, base, seeds, device, data_cache, save):
     """Train every row once per seed, references first; returns {row name: [run, ...]}.
-    save(runs_by_row, interrupted) is called after every finished run: the json is always current.
-    Ctrl-C: the json is marked interrupted (the cut-short run is left out), then KeyboardInterrupt."""
+    save(runs_by_row, interrupted_run) is called after every finished run: the json is always current.
+    Ctrl-C: the json is marked interrupted and names the cut-short run, which is left out of the
+    results; then KeyboardInterrupt."""
     common.section(2, "Training every row (Ctrl-C stops; the finished runs stay in the json)")
-    runs_by_row, budgets = {}, {}
+    runs_by_row, budgets, current = {}, {}, None
     bar = common.progress(total=len(rows) * len(seeds), desc="ablations", unit="run")
     try:
         for row in rows:
@@ -535,14 +556,16 @@ def section_2_train(rows, base, seeds, device, data_cache, save):
             runs = runs_by_row.setdefault(row.variant.name, [])
             for seed in seeds:
                 bar.set_postfix_str(f"{row.variant.name}, seed {seed}")
+                current = {"row": row.variant.name, "seed": seed, "budget": budget}
                 runs.append(train_one(row, base, seed, budget, data, device))
-                save(runs_by_row, interrupted=False)
+                current = None
+                save(runs_by_row, interrupted_run=None)
                 bar.update(1)
             bar.write(f"  {row.variant.name:<24} {runs_text(runs)}"
                       + (f" (budget {budget})" if row.reference else ""))
     except KeyboardInterrupt:
         bar.close()
-        save({name: runs for name, runs in runs_by_row.items() if runs}, interrupted=True)
+        save(runs_by_row, interrupted_run=current)
         raise
     bar.close()
     return runs_by_row
@@ -647,10 +670,11 @@ def observations(rows, runs_by_row, base, seeds, seconds):
         items.append(f"{len(names)} showed no measurable difference at this size: {', '.join(names)}.")
     if len(seeds) > 1 and compared:
         chance = separated_by_chance(len(seeds), len(seeds))
+        n, more = len(compared), len(seeds) + 2
         items.append(f"With {len(seeds)} seeds per row, two identical recipes land fully apart {chance:.0%} of the "
-                     f"time: among {len(compared)} comparison{'s' if len(compared) > 1 else ''} about {chance * len(compared):.1f} such 'findings' are "
-                     f"expected by luck. Rerun a finding with --only NAME --seeds {len(seeds) + 2} (then "
-                     f"{separated_by_chance(len(seeds) + 2, len(seeds) + 2):.1%}).")
+                     f"time: among {n} comparison{'s' if n > 1 else ''} about {chance * n:.1f} such 'findings' are "
+                     "expected by luck (the test on how many seeds reached the target adds at most 5% each). Rerun a "
+                     f"finding with --only NAME --seeds {more} (then {separated_by_chance(more, more):.1%}).")
     spreads = [(max(s) - min(s), name) for name, x in summaries.items()
                if len(s := [v for v in x["steps_to_target"] if v is not None]) == len(x["steps_to_target"]) > 1]
     if spreads:
@@ -723,14 +747,16 @@ def main(argv=None):
     load_before, wall, cpu = load_average(), time.perf_counter(), os.times()
     section_1_plan(base, rows, seeds, data_for(base, data_cache), args.quick)
 
-    def save(runs_by_row, interrupted):
-        write_json(path, base, rows, runs_by_row, seeds, {"interrupted": interrupted, "complete": False})
+    def save(runs_by_row, interrupted_run):
+        write_json(path, base, rows, runs_by_row, seeds, {"interrupted": interrupted_run is not None,
+                                                          "interrupted_run": interrupted_run, "complete": False})
 
     runs_by_row = section_2_train(rows, base, seeds, device, data_cache, save)
     now = os.times()
     seconds = {"wall": time.perf_counter() - wall, "cpu_user": now.user - cpu.user,
                "cpu_system": now.system - cpu.system, "load_before": load_before, "load_after": load_average()}
-    write_json(path, base, rows, runs_by_row, seeds, {"interrupted": False, "complete": True, "time": seconds})
+    write_json(path, base, rows, runs_by_row, seeds, {"interrupted": False, "interrupted_run": None, "complete": True,
+                                                      "time": seconds})
     print(f"  saved the measurements: {path}")
     section_3_table(rows, runs_by_row, base)
     section_4_plot(rows, runs_by_row, base, seeds, args.out_dir, args.show)

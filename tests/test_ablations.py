@@ -185,9 +185,23 @@ def test_verdicts_follow_the_numbers():
     word, _ = ablations.verdict(rows["lsd_first"], [run(s, None, 0.1 + s / 100) for s in range(3)],
                                 [run(s, None, 0.96 + s / 100) for s in range(3)])
     assert word == "worse"
+    # overlapping ranges, but 0 of 5 against 4 of 5 seeds reaching the target is more than luck (p = 0.048)
+    reference = [run(0, 130), run(1, 160), run(2, None), run(3, 200), run(4, 230)]
+    word, text = ablations.verdict(rows["lr_10x_no_warmup"], [run(s, None) for s in range(5)], reference)
+    assert word == "worse" and "0 of 5 seeds reached it against 4 of 5" in text and "4.8%" in text
+    word, text = ablations.verdict(rows["lr_10x_no_warmup"], [run(s, None) for s in range(3)], reference[1:4])
+    assert word == "no measurable difference" and "more seeds (--only lr_10x_no_warmup --seeds 5)" in text
     word, text = ablations.verdict(rows["no_warmup"], [run(0, 60)], [run(0, 110)])
     assert word == "one seed" and "no verdict" in text
     assert ablations.separated_by_chance(3, 3) == pytest.approx(0.1)
+
+
+def test_fisher_exact_matches_hand_computed_values():
+    # 0 of 3 against 3 of 3: only the two most extreme splits of 3 successes among 6, 2 / C(6, 3)
+    assert ablations.fisher_exact(0, 3, 3, 3) == pytest.approx(0.1)
+    assert ablations.fisher_exact(0, 5, 4, 5) == pytest.approx(10 / 210)        # splits 0+4 and 4+0: (5 + 5) / C(10, 4)
+    assert ablations.fisher_exact(2, 3, 2, 3) == pytest.approx(1.0)
+    assert ablations.fisher_exact(1, 4, 3, 4) == pytest.approx(ablations.fisher_exact(3, 4, 1, 4))
 
 
 def test_place_accuracy_finds_the_units_digit_in_either_order():
@@ -271,6 +285,7 @@ def test_ctrl_c_marks_the_json_interrupted_and_keeps_only_finished_runs(tmp_path
     assert len(err.splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
     data = json.loads((tmp_path / ablations.JSON_NAME).read_text())
     assert data["interrupted"] is True and data["complete"] is False
+    assert data["interrupted_run"]["row"] == "no_warmup" and data["interrupted_run"]["seed"] == 0
     assert [(r["name"], len(r["runs"])) for r in data["rows"]] == [("default", 2)]     # the cut run is left out
     assert not (tmp_path / ablations.PNG_NAME).exists()
 
