@@ -483,6 +483,11 @@ def fisher_exact(a, n, b, m):
     return min(1.0, sum(p(x) for x in range(max(0, k - m), min(n, k) + 1) if p(x) <= observed * (1 + 1e-9)))
 
 
+def percent(share):
+    """0.1 -> '10%', 0.00794 -> '0.79%': two significant digits."""
+    return f"{100 * share:.2g}%"
+
+
 def separated_by_chance(n, m):
     """How often n seeds of one recipe and m of an identical one land fully apart (either side),
     with every ordering of the n + m results equally likely: 2 / C(n + m, n)."""
@@ -534,7 +539,7 @@ def section_1_plan(base, rows, seeds, data, quick):
           f"{len(rows) * len(seeds)} trainings")
     if len(seeds) > 1:
         common.explain(f"""A difference counts only when the seed ranges do not overlap (two identical
-            recipes with {len(seeds)} seeds each land fully apart {separated_by_chance(len(seeds), len(seeds)):.0%}
+            recipes with {len(seeds)} seeds each land fully apart {percent(separated_by_chance(len(seeds), len(seeds)))}
             of the time by luck alone), or when the numbers of seeds that reached the target differ
             more than luck explains (Fisher's exact test, under 5%).""", indent=2)
     return found
@@ -671,10 +676,10 @@ def observations(rows, runs_by_row, base, seeds, seconds):
     if len(seeds) > 1 and compared:
         chance = separated_by_chance(len(seeds), len(seeds))
         n, more = len(compared), len(seeds) + 2
-        items.append(f"With {len(seeds)} seeds per row, two identical recipes land fully apart {chance:.0%} of the "
-                     f"time: among {n} comparison{'s' if n > 1 else ''} about {chance * n:.1f} such 'findings' are "
+        items.append(f"With {len(seeds)} seeds per row, two identical recipes land fully apart {percent(chance)} of "
+                     f"the time: among {n} comparison{'s' if n > 1 else ''} about {chance * n:.2g} such 'findings' are "
                      "expected by luck (the test on how many seeds reached the target adds at most 5% each). Rerun a "
-                     f"finding with --only NAME --seeds {more} (then {separated_by_chance(more, more):.1%}).")
+                     f"finding with --only NAME --seeds {more} (then {percent(separated_by_chance(more, more))}).")
     spreads = [(max(s) - min(s), name) for name, x in summaries.items()
                if len(s := [v for v in x["steps_to_target"] if v is not None]) == len(x["steps_to_target"]) > 1]
     if spreads:

@@ -56,7 +56,7 @@ class NoPositions(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(x)                                            # (B, T, d_model)
+        return self.dropout(x)                                                # (B, T, d_model)
 
 
 class LearnedPositions(nn.Module):
@@ -70,15 +70,15 @@ class LearnedPositions(nn.Module):
     def __init__(self, d_model: int, max_len: int = 512, dropout: float = 0.0):
         super().__init__()
         self.max_len = max_len
-        self.table = nn.Embedding(max_len, d_model)                       # (max_len, d_model) weights
+        self.table = nn.Embedding(max_len, d_model)                           # (max_len, d_model) weights
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
         T = x.size(1)
         if T > self.max_len:
             raise ValueError(f"sequence length {T} exceeds the learned table's max_len {self.max_len}")
-        positions = torch.arange(T, device=x.device)                      # (T,)
-        return self.dropout(x + self.table(positions))                    # (B, T, d_model) + (T, d_model)
+        positions = torch.arange(T, device=x.device)                          # (T,)
+        return self.dropout(x + self.table(positions))                        # (B, T, d_model) + (T, d_model)
 
 
 def apply_rope(x, positions):
@@ -94,12 +94,13 @@ def apply_rope(x, positions):
     d_head = x.size(-1)
     if d_head % 2:
         raise ValueError(f"RoPE rotates pairs: d_head must be even, got {d_head}")
-    w = load_lesson(3).pair_frequencies(d_head).to(x.device)                 # (d_head/2,) float64
-    angle = (positions.to(torch.float64)[:, None] * w).to(x.dtype)      # (T, d_head/2)
+    w = load_lesson(3).pair_frequencies(d_head)                               # (d_head/2,) float64, on the CPU
+    # angles in float64 on the CPU (exact for long sequences; MPS has no float64), then x's device and dtype
+    angle = (positions.cpu().double()[:, None] * w).to(device=x.device, dtype=x.dtype)  # (T, d_head/2)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    even, odd = x[..., 0::2], x[..., 1::2]                              # (..., T, d_head/2) each
+    even, odd = x[..., 0::2], x[..., 1::2]                                    # (..., T, d_head/2) each
     rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)  # (..., T, d_head/2, 2)
-    return rotated.flatten(-2)                                            # (..., T, d_head), pairs interleaved
+    return rotated.flatten(-2)                                                # (..., T, d_head), pairs interleaved
 
 
 class RotarySelfAttention(nn.Module):
@@ -112,23 +113,23 @@ class RotarySelfAttention(nn.Module):
 
     def __init__(self, attention):
         super().__init__()
-        self.attention = attention                                        # lesson 02's module, reused
+        self.attention = attention                                            # lesson 02's module, reused
 
     def forward(self, query, key, value, mask=None, need_weights: bool = True):
         a = self.attention
         T_q, T_k = query.size(1), key.size(1)
-        q = a.split_heads(a.W_q(query))                                   # (B, n_heads, T_q, d_head)
-        k = a.split_heads(a.W_k(key))                                     # (B, n_heads, T_k, d_head)
-        v = a.split_heads(a.W_v(value))                                   # (B, n_heads, T_k, d_head)
-        positions = torch.arange(T_k, device=key.device)                  # (T_k,)
-        q, k = apply_rope(q, positions[T_k - T_q:]), apply_rope(k, positions)   # NEW: rotate by position
+        q = a.split_heads(a.W_q(query))                                       # (B, n_heads, T_q, d_head)
+        k = a.split_heads(a.W_k(key))                                         # (B, n_heads, T_k, d_head)
+        v = a.split_heads(a.W_v(value))                                       # (B, n_heads, T_k, d_head)
+        positions = torch.arange(T_k, device=key.device)                      # (T_k,)
+        q, k = apply_rope(q, positions[T_k - T_q:]), apply_rope(k, positions)  # NEW: rotate by position
         if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)                                      # (B, 1, T_q or 1, T_k)
+            mask = mask.unsqueeze(1)                                          # (B, 1, T_q or 1, T_k)
         heads, weights = load_lesson(2).scaled_dot_product_attention(q, k, v, mask)  # (B, n_heads, T_q, d_head)
-        if self.training and a.dropout.p > 0:                             # as lesson 02 does
+        if self.training and a.dropout.p > 0:                                 # as lesson 02 does
             weights = a.dropout(weights)
             heads = weights @ v
-        return a.W_o(a.merge_heads(heads)), (weights if need_weights else None)   # (B, T_q, d_model)
+        return a.W_o(a.merge_heads(heads)), (weights if need_weights else None)  # (B, T_q, d_model)
 
 
 # %% Modern building blocks (LLaMA, Mistral): RMSNorm, SwiGLU
@@ -145,8 +146,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # rms = sqrt(mean over the last dimension of x^2 + eps)
-        rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)   # (B, T, 1)
-        return x / rms * self.weight                                      # (B, T, d_model)
+        rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)      # (B, T, 1)
+        return x / rms * self.weight                                          # (B, T, d_model)
 
 
 class SwiGLU(nn.Module):
@@ -163,8 +164,8 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        hidden = F.silu(self.W_gate(x)) * self.W_up(x)                   # (B, T, d_hidden)
-        return self.W_down(self.dropout(hidden))                          # (B, T, d_model)
+        hidden = F.silu(self.W_gate(x)) * self.W_up(x)                        # (B, T, d_hidden)
+        return self.W_down(self.dropout(hidden))                              # (B, T, d_model)
 
 
 def swiglu_width(d_ff: int) -> int:
@@ -181,11 +182,11 @@ def label_smoothed_cross_entropy(logits, target, smoothing: float, ignore_index:
       loss = (1 - smoothing) * (-log p[target]) + smoothing * mean over tokens c of (-log p[c])
     averaged over the positions whose target is not ignore_index.
     """
-    log_p = F.log_softmax(logits, dim=1)                                 # (B, V, T)
-    keep = target != ignore_index                                         # (B, T)
-    picked = log_p.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)   # (B, T) log p[target]
-    uniform = log_p.mean(dim=1)                                           # (B, T) mean over V of log p
-    loss = -(1 - smoothing) * picked - smoothing * uniform                # (B, T)
+    log_p = F.log_softmax(logits, dim=1)                                      # (B, V, T)
+    keep = target != ignore_index                                             # (B, T)
+    picked = log_p.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)     # (B, T) log p[target]
+    uniform = log_p.mean(dim=1)                                               # (B, T) mean over V of log p
+    loss = -(1 - smoothing) * picked - smoothing * uniform                    # (B, T)
     return loss[keep].mean()
 
 
@@ -216,9 +217,9 @@ class DecoderOnlyTransformer(nn.Module):
     def forward(self, src, tgt_in):
         L5 = load_lesson(5)
         T_src = src.size(1)
-        x = torch.cat([src, tgt_in], dim=1)                               # (B, T) with T = T_src + T_tgt
+        x = torch.cat([src, tgt_in], dim=1)                                   # (B, T) with T = T_src + T_tgt
         T = x.size(1)
         # True = may attend: earlier positions (causal) that are not PAD (inputs shorter than T_src)
-        mask = L5.causal_mask(T, device=x.device) & (x != L5.PAD).unsqueeze(1)   # (T, T) & (B, 1, T) -> (B, T, T)
-        h = self.stack(self.positions(self.embed(x) * self.scale), mask)  # (B, T, d_model)
-        return self.out(h[:, T_src:])                                     # (B, T_tgt, V): the answer positions
+        mask = L5.causal_mask(T, device=x.device) & (x != L5.PAD).unsqueeze(1)  # (T, T) & (B, 1, T) -> (B, T, T)
+        h = self.stack(self.positions(self.embed(x) * self.scale), mask)      # (B, T, d_model)
+        return self.out(h[:, T_src:])                                         # (B, T_tgt, V): the answer positions
