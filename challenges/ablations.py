@@ -442,7 +442,8 @@ def verdict(row, runs, reference_runs):
             return word, (f"{word}: {numbers}; {reached[0]} of {len(runs)} seeds reached it against {reached[1]} of "
                           f"{len(reference_runs)}, a difference seed luck gives {p:.1%} of the time (Fisher's test)")
     if outcome == "same":
-        hint = row.hint if reached[0] == reached[1] else f"more seeds (--only {row.variant.name} --seeds {len(runs) + 2})"
+        more = f"more seeds (--only {row.variant.name} --seeds {len(runs) + 2})"
+        hint = row.hint if reached[0] == reached[1] else more
         return "no measurable difference", (f"no measurable difference at this size: {numbers}, inside the seed "
                                             f"spread; what might change that: {hint}")
     all_reached = all(r["target_step"] is not None for r in runs + reference_runs)
@@ -648,7 +649,7 @@ def section_4_plot(rows, runs_by_row, base, seeds, out_dir, show):
     ax.set_title(f"Task '{base.task}': steps each change needs to reach {base.target:.0%}, one mark per seed "
                  f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''})\nx = not reached within the row's budget "
                  "(vertical bar); right: seeds that reached it, median test exact-match", fontsize=10)
-    words = sorted({w for w in verdicts}, key=list(COLORS).index)
+    words = sorted(set(verdicts) & set(COLORS), key=list(COLORS).index)
     handles = [Line2D([], [], marker="o", ls="", color=COLORS[w], label=w) for w in words]
     handles += [Line2D([], [], marker="x", ls="", color="0.3", mew=2, label="not reached"),
                 Line2D([], [], color="0.4", label="budget"), Patch(color="0.85", label="the reference's seeds")]
@@ -669,7 +670,7 @@ def observations(rows, runs_by_row, base, seeds, seconds):
     found = [w for w in ("faster", "better", "slower", "worse", "fails") if w in by_word]
     if found:
         items.append(f"{sum(len(by_word[w]) for w in found)} of {len(compared)} changes differed from their reference "
-                     "outside the seed spread: " + "; ".join(f"{w}: {', '.join(by_word[w])}" for w in found) + ".")
+                     "by more than seed luck: " + "; ".join(f"{w}: {', '.join(by_word[w])}" for w in found) + ".")
     if "no measurable difference" in by_word:
         names = by_word["no measurable difference"]
         items.append(f"{len(names)} showed no measurable difference at this size: {', '.join(names)}.")
