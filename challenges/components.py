@@ -1,0 +1,225 @@
+"""Building blocks the ablations swap into lesson 05's model, each small and tested against a reference.
+
+What is here (each next to the question it helps answer in challenges/ablations.py):
+  attention_without_scale   lesson 01's attention without the 1/sqrt(d_k)       (why divide?)
+  NoPositions               no positional encoding at all                        (why positions?)
+  LearnedPositions          a trained table of position vectors (BERT, GPT-2)
+  apply_rope, RotarySelfAttention   rotary position embeddings (RoPE: LLaMA, Mistral)
+  RMSNorm                   LayerNorm without the mean and the bias (LLaMA, Mistral)
+  SwiGLU                    a gated feed-forward (LLaMA, Mistral)
+  label_smoothed_cross_entropy   label smoothing written out
+  DecoderOnlyTransformer    one causal stack reading input, separator, answer (GPT, LLaMA)
+
+Everything else is the lessons' own code, reused through common.load_lesson: lesson 01's attention
+function and causal mask, lesson 02's MultiHeadAttention, lesson 03's pair frequencies and
+positional encoding, lesson 04's encoder stack. Nothing here prints, plots or seeds.
+
+Shapes: B batch, T sequence length (T_q, T_k when they differ), d_model model width,
+n_heads heads, d_head = d_model // n_heads, d_ff feed-forward width, V vocab_size.
+Masks are boolean with True = may attend (as in every lesson).
+"""
+import math
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):     # run as a file: common/ is one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common import load_lesson  # noqa: E402
+
+# The lessons' names are looked up when a block runs (load_lesson(2).scaled_dot_product_attention),
+# not copied here, so a patch or an edit to a lesson reaches these blocks too.
+
+
+# %% Why divide by sqrt(d_k)?
+def attention_without_scale(query, key, value, mask=None):
+    """Lesson 01's scaled_dot_product_attention without its 1/sqrt(d_k): weights = softmax(Q K^T).
+
+    The queries are multiplied by sqrt(d_k) before lesson 01's function divides by it again, so
+    the masking and the softmax are still lesson 01's code. Same arguments and returns.
+    """
+    d_k = query.size(-1)
+    return load_lesson(1).scaled_dot_product_attention(query * math.sqrt(d_k), key, value, mask)
+
+
+# %% Why positional encodings? Three alternatives to lesson 03's sinusoidal table
+class NoPositions(nn.Module):
+    """No position information: x -> dropout(x). Self-attention without positions treats its
+    input as a set: permute the tokens and the outputs are permuted the same way."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(x)                                                # (B, T, d_model)
+
+
+class LearnedPositions(nn.Module):
+    """A trained vector per position added to each token (BERT, GPT-2): x + P[:T].
+
+    The table starts as nn.Embedding's N(0, 1), the initialisation lesson 05's token embedding has,
+    and is trained with everything else. Unlike lesson 03's formula it knows no position it never
+    trained on.
+    """
+
+    def __init__(self, d_model: int, max_len: int = 512, dropout: float = 0.0):
+        super().__init__()
+        self.max_len = max_len
+        self.table = nn.Embedding(max_len, d_model)                           # (max_len, d_model) weights
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        T = x.size(1)
+        if T > self.max_len:
+            raise ValueError(f"sequence length {T} exceeds the learned table's max_len {self.max_len}")
+        positions = torch.arange(T, device=x.device)                          # (T,)
+        return self.dropout(x + self.table(positions))                        # (B, T, d_model) + (T, d_model)
+
+
+def apply_rope(x, positions):
+    """Rotary position embedding: rotate each pair (2i, 2i+1) of x by the angle p * w_i.
+
+    x (..., T, d_head) with d_head even; positions (T,) the position p of each row. The frequencies
+    w_i are lesson 03's pair_frequencies, the same as the sinusoidal table's:
+      x'[2i]   = x[2i] cos(p w_i) - x[2i+1] sin(p w_i)
+      x'[2i+1] = x[2i] sin(p w_i) + x[2i+1] cos(p w_i)
+    A rotation by p_q w for the query and p_k w for the key leaves q'.k' depending on the offset
+    p_k - p_q only (lesson 03's relative_position_matrix is the same block of 2x2 rotations).
+    """
+    d_head = x.size(-1)
+    if d_head % 2:
+        raise ValueError(f"RoPE rotates pairs: d_head must be even, got {d_head}")
+    w = load_lesson(3).pair_frequencies(d_head)                               # (d_head/2,) float64, on the CPU
+    # angles in float64 on the CPU (exact for long sequences; MPS has no float64), then x's device and dtype
+    angle = (positions.cpu().double()[:, None] * w).to(device=x.device, dtype=x.dtype)  # (T, d_head/2)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    even, odd = x[..., 0::2], x[..., 1::2]                                    # (..., T, d_head/2) each
+    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)  # (..., T, d_head/2, 2)
+    return rotated.flatten(-2)                                                # (..., T, d_head), pairs interleaved
+
+
+class RotarySelfAttention(nn.Module):
+    """Lesson 02's MultiHeadAttention (its weights and heads) with RoPE on the queries and keys.
+
+    Used for self-attention, where queries and keys come from one sequence: key t sits at position
+    t, and the T_q queries are the last T_q positions (T_q = T_k in training; the newest position
+    only when decoding with lesson 05's prefix cache). forward has MultiHeadAttention's signature.
+    """
+
+    def __init__(self, attention):
+        super().__init__()
+        self.attention = attention                                            # lesson 02's module, reused
+
+    def forward(self, query, key, value, mask=None, need_weights: bool = True):
+        a = self.attention
+        T_q, T_k = query.size(1), key.size(1)
+        q = a.split_heads(a.W_q(query))                                       # (B, n_heads, T_q, d_head)
+        k = a.split_heads(a.W_k(key))                                         # (B, n_heads, T_k, d_head)
+        v = a.split_heads(a.W_v(value))                                       # (B, n_heads, T_k, d_head)
+        positions = torch.arange(T_k, device=key.device)                      # (T_k,)
+        q, k = apply_rope(q, positions[T_k - T_q:]), apply_rope(k, positions)  # NEW: rotate by position
+        if mask is not None and mask.dim() == 3:
+            mask = mask.unsqueeze(1)                                          # (B, 1, T_q or 1, T_k)
+        heads, weights = load_lesson(2).scaled_dot_product_attention(q, k, v, mask)  # (B, n_heads, T_q, d_head)
+        if self.training and a.dropout.p > 0:                                 # as lesson 02 does
+            weights = a.dropout(weights)
+            heads = weights @ v
+        return a.W_o(a.merge_heads(heads)), (weights if need_weights else None)  # (B, T_q, d_model)
+
+
+# %% Modern building blocks (LLaMA, Mistral): RMSNorm, SwiGLU
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation: x / sqrt(mean(x^2) + eps) * weight.
+
+    LayerNorm also subtracts the mean and adds a bias; RMSNorm keeps only the rescaling, which is
+    one reduction fewer. Equals nn.RMSNorm(d_model, eps) (tested)."""
+
+    def __init__(self, d_model: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x):
+        # rms = sqrt(mean over the last dimension of x^2 + eps)
+        rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)      # (B, T, 1)
+        return x / rms * self.weight                                          # (B, T, d_model)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: W_down( silu(W_gate x) * (W_up x) ), silu(z) = z * sigmoid(z).
+
+    Three matrices instead of lesson 04's two, no biases (as in LLaMA); swiglu_width(d_ff) gives
+    the hidden width with about the parameters of a ReLU feed-forward of width d_ff."""
+
+    def __init__(self, d_model: int, d_hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.W_gate = nn.Linear(d_model, d_hidden, bias=False)
+        self.W_up = nn.Linear(d_model, d_hidden, bias=False)
+        self.W_down = nn.Linear(d_hidden, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        hidden = F.silu(self.W_gate(x)) * self.W_up(x)                        # (B, T, d_hidden)
+        return self.W_down(self.dropout(hidden))                              # (B, T, d_model)
+
+
+def swiglu_width(d_ff: int) -> int:
+    """2/3 of d_ff: three d_model x (2/3 d_ff) matrices hold as many weights as two d_model x d_ff."""
+    return max(1, round(2 * d_ff / 3))
+
+
+# %% Label smoothing, written out
+def label_smoothed_cross_entropy(logits, target, smoothing: float, ignore_index: int):
+    """What F.cross_entropy(logits, target, label_smoothing=smoothing, ignore_index=...) computes.
+
+    logits (B, V, T) (classes second, as F.cross_entropy takes them), target (B, T). The target
+    distribution puts 1 - smoothing on the right token and spreads smoothing evenly over all V:
+      loss = (1 - smoothing) * (-log p[target]) + smoothing * mean over tokens c of (-log p[c])
+    averaged over the positions whose target is not ignore_index.
+    """
+    log_p = F.log_softmax(logits, dim=1)                                      # (B, V, T)
+    keep = target != ignore_index                                             # (B, T)
+    picked = log_p.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)     # (B, T) log p[target]
+    uniform = log_p.mean(dim=1)                                               # (B, T) mean over V of log p
+    loss = -(1 - smoothing) * picked - smoothing * uniform                    # (B, T)
+    return loss[keep].mean()
+
+
+# %% Decoder-only: one stack instead of encoder + decoder
+class DecoderOnlyTransformer(nn.Module):
+    """One causal stack reading  input digits, BOS, answer  and predicting each next answer token.
+
+    The stack is lesson 04's TransformerEncoder given a causal mask: a decoder-only block is an
+    encoder block whose queries see only earlier positions (GPT, LLaMA). BOS, the first token of
+    tgt_in, separates input from answer. The logits of the answer positions are returned, so
+    forward(src (B, T_src), tgt_in (B, T_tgt)) -> (B, T_tgt, V), like Seq2SeqTransformer, and
+    lesson 05's train() and evaluation work unchanged.
+    """
+
+    def __init__(self, task="reverse", n_digits=10, d_model=32, n_heads=2, n_layers=2, d_ff=128,
+                 dropout=0.0, norm_first=True, embed_scale=False, max_len=64):
+        super().__init__()
+        self.config = dict(task=task, n_digits=n_digits, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                           d_ff=d_ff, dropout=dropout, norm_first=norm_first, embed_scale=embed_scale,
+                           max_len=max_len)
+        self.vocab_size, self.max_len = load_lesson(5).vocab_size(n_digits), max_len
+        self.embed = nn.Embedding(self.vocab_size, d_model)
+        self.scale = math.sqrt(d_model) if embed_scale else 1.0
+        self.positions = load_lesson(3).PositionalEncoding(d_model, max_len=max_len, dropout=dropout)
+        self.stack = load_lesson(4).TransformerEncoder(n_layers, d_model, n_heads, d_ff, dropout, norm_first)
+        self.out = nn.Linear(d_model, self.vocab_size)
+
+    def forward(self, src, tgt_in):
+        L5 = load_lesson(5)
+        T_src = src.size(1)
+        x = torch.cat([src, tgt_in], dim=1)                                   # (B, T) with T = T_src + T_tgt
+        T = x.size(1)
+        # True = may attend: earlier positions (causal) that are not PAD (inputs shorter than T_src)
+        mask = L5.causal_mask(T, device=x.device) & (x != L5.PAD).unsqueeze(1)  # (T, T) & (B, 1, T) -> (B, T, T)
+        h = self.stack(self.positions(self.embed(x) * self.scale), mask)      # (B, T, d_model)
+        return self.out(h[:, T_src:])                                         # (B, T_tgt, V): the answer positions
