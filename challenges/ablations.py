@@ -80,9 +80,10 @@ class Row:
 NO_SCALE = ((2, "scaled_dot_product_attention", components.attention_without_scale),)   # lesson 02's name
 
 
-def small_embedding_init(model, config):
-    """Token embeddings drawn from N(0, 1/d_model): times sqrt(d_model) they are N(0, 1) again."""
-    nn.init.normal_(model.embed.weight, std=config.d_model ** -0.5)
+def pytorch_embedding_init(model, config):
+    """Token embeddings drawn from N(0, 1), nn.Embedding's own initialisation (lesson 05's
+    --embed-scale starts them at N(0, 1/d_model), the size its sqrt(d_model) scale assumes)."""
+    nn.init.normal_(model.embed.weight, std=1.0)
     return model
 
 
@@ -169,11 +170,11 @@ def model_rows(base, wide_head, deep_layers):
             hint="still wider heads, or larger initial weights"),
         row("embed_scale", "Why multiply the embeddings by sqrt(d_model)?",
             f"token embeddings x sqrt({base.d_model}), PyTorch's N(0, 1) initialisation",
-            config=dict(embed_scale=True), hint="a larger d_model (the scaled tokens grow further against the "
-                                                "positions)"),
+            config=dict(embed_scale=True), edit=pytorch_embedding_init,
+            hint="a larger d_model (the scaled tokens grow further against the positions)"),
         row("embed_scale_small_init", "... with the initialisation the paper's scaling assumes?",
             f"token embeddings x sqrt({base.d_model}), initialised N(0, 1/{base.d_model})",
-            config=dict(embed_scale=True), edit=small_embedding_init,
+            config=dict(embed_scale=True),                     # lesson 05's --embed-scale: N(0, 1/d_model)
             hint="longer training (at initialisation the scaled tokens are N(0, 1) as in the default; only how "
                  "fast they move differs)"),
         row("no_positions", "Why positional encodings at all?", "no positional encoding added to the tokens",
