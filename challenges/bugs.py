@@ -88,7 +88,7 @@ def attention_without_scaling(query, key, value, mask=None):
 
 def merge_heads_without_transpose(self, x):
     """MultiHeadAttention.merge_heads replaced by lesson 02's own bug: a reshape with no transpose."""
-    return L2.merge_heads_without_transpose(x)                           # (B, n_heads, T, d_head) -> (B, T, d_model), scrambled
+    return L2.merge_heads_without_transpose(x)     # (B, n_heads, T, d_head) -> (B, T, d_model), rows scrambled
 
 
 def padding_mask_forgotten(tokens):
@@ -141,6 +141,11 @@ def gap(s):
     return f"validation exact-match teacher-forced {s['tf_exact']:.0%}, free-running {s['free_exact']:.0%}"
 
 
+def span(pair):
+    """[low, high] as '0.25-3.10', or '1.00' when both are the same."""
+    return f"{pair[0]:.2f}" if abs(pair[1] - pair[0]) < 5e-3 else f"{pair[0]:.2f}-{pair[1]:.2f}"
+
+
 def reached(record):
     step = record.get("target_step")
     return f"reached the target at step {step}" if step is not None else f"ran all {record.get('steps_run')} steps"
@@ -167,7 +172,7 @@ CATALOGUE = {b.name: b for b in (
         "of its weight right of the diagonal (the next position) and its rows still sum to 1.",
         lambda s, ref, r: f"{gap(s)}; {reached(r)}; decoder self-attention: {s['dec_later']:.0%} of the "
                           f"weight on later positions (reference {ref['dec_later']:.0%}), row sums "
-                          f"{s['dec_rows'][0]:.2f} to {s['dec_rows'][1]:.2f}",
+                          f"{span(s['dec_rows'])}",
         patches=((5, "causal_mask", causal_mask_forgotten),)),
     bug("unshifted_targets",
         "teacher_forcing_pair without the shift: the decoder reads y1 ... yn, not BOS y1 ... yn",
@@ -203,7 +208,9 @@ CATALOGUE = {b.name: b for b in (
         "no anti-diagonal.",
         lambda s, ref, r: f"validation loss {s['val_loss']:.2f} after {r.get('steps_run')} steps (reference "
                           f"{ref['val_loss']:.3f}); teacher-forced token accuracy {s['tf_token_accuracy']:.0%}, "
-                          f"exact-match {s['tf_exact']:.0%}",
+                          f"exact-match {s['tf_exact']:.0%}; two keys holding the same digit get cross-attention "
+                          f"weights {s['cross_same_digit']:.4f} apart on average (reference "
+                          f"{ref['cross_same_digit']:.2f})",
         edit=remove_positions),
     bug("softmax_wrong_axis",
         "the attention softmax over the queries (dim=-2) instead of over the keys (dim=-1)",
@@ -212,9 +219,8 @@ CATALOGUE = {b.name: b for b in (
         "leaks into earlier ones, so teacher forcing can peek at the answer too.",
         "attention row sums far from 1 (some near 0, some several) in all three kinds of map; "
         "teacher-forced exact-match high, free-running near 0.",
-        lambda s, ref, r: f"row sums {s['enc_rows'][0]:.2f}-{s['enc_rows'][1]:.2f} (encoder), "
-                          f"{s['dec_rows'][0]:.2f}-{s['dec_rows'][1]:.2f} (decoder), {s['cross_rows'][0]:.2f}-"
-                          f"{s['cross_rows'][1]:.2f} (cross), where a softmax over the keys gives 1; {gap(s)}",
+        lambda s, ref, r: f"row sums {span(s['enc_rows'])} (encoder), {span(s['dec_rows'])} (decoder), "
+                          f"{span(s['cross_rows'])} (cross), where a softmax over the keys gives 1; {gap(s)}",
         patches=((2, "scaled_dot_product_attention", attention_softmax_over_queries),)),
     bug("merge_without_transpose",
         "heads merged with a reshape and no transpose (lesson 02's merge_heads_without_transpose)",
@@ -225,8 +231,8 @@ CATALOGUE = {b.name: b for b in (
         "teacher-forced exact-match high, free-running near 0, yet every attention map looks like the "
         "reference's: causal, rows summing to 1. The leak is invisible in the weights.",
         lambda s, ref, r: f"{gap(s)}; {reached(r)}; the decoder self-attention puts {s['dec_later']:.0%} "
-                          f"of its weight on later positions and its rows sum to {s['dec_rows'][0]:.2f}-"
-                          f"{s['dec_rows'][1]:.2f}, as the reference's",
+                          f"of its weight on later positions and its rows sum to {span(s['dec_rows'])}, as the "
+                          "reference's",
         patches=((2, "MultiHeadAttention.merge_heads", merge_heads_without_transpose),)),
     bug("no_scaling_wide",
         "no division by sqrt(d_k) in the attention scores, with heads of d_head = 32",
@@ -261,8 +267,7 @@ CATALOGUE = {b.name: b for b in (
         "attention rows that sum to anything from 0 to 1.11 (1/0.9).",
         lambda s, ref, r: f"validation loss {s['val_loss']:.3f} against a training loss of {s['train_loss']:.3f} "
                           f"(reference {ref['val_loss']:.3f} against {ref['train_loss']:.3f}); {s['changed']:.0%} "
-                          f"of the test answers changed when decoded again; row sums {s['dec_rows'][0]:.2f}-"
-                          f"{s['dec_rows'][1]:.2f} (decoder)",
+                          f"of the test answers changed when decoded again; decoder row sums {span(s['dec_rows'])}",
         edit=keep_dropout_on),
     bug("padding_not_masked",
         "no padding mask (padding_mask returns None) while the inputs have different lengths",

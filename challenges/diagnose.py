@@ -104,7 +104,7 @@ def train_model(variant, base, device, bar=None):
         def after_validation(step, metrics):   # lesson 05's train() calls this after each validation
             tokens = lesson05.greedy_decode(model, checks[0], answer_len(config) + 1).cpu()
             curves["free_step"].append(step)
-            curves["free_exact_match"].append(support.compare_decoded(tokens, checks[1])["exact_match"])
+            curves["free_exact_match"].append(exact_share(support.compare_decoded(tokens, checks[1])))
             if bar is not None:
                 bar.set_postfix(step=step, refresh=True)
 
@@ -134,6 +134,11 @@ def train_model(variant, base, device, bar=None):
     return record
 
 
+def exact_share(compared):
+    """Exact-match of support.compare_decoded's counts, as a plain float (the same as the teacher-forced one)."""
+    return compared["exact_count"] / compared["n"]
+
+
 def answer_len(config):
     return support.output_len(config.task, config.seq_len, config.n_digits)
 
@@ -151,7 +156,7 @@ def symptoms(model, config, test, device):
     weights = model.attention_weights(src, test.tgt_in.to(device))
     weights = {k: torch.cat(v, dim=1).cpu() for k, v in weights.items() if k != "logits"}  # layers as heads
     return {"tf_exact": forced["exact_match"], "tf_token_accuracy": forced["token_accuracy"],
-            "free_exact": free["exact_match"], "free_token_accuracy": free["token_accuracy"],
+            "free_exact": exact_share(free), "free_token_accuracy": free["token_accuracy"],
             "changed": float((first != again).any(dim=1).float().mean()),
             **attention_numbers(weights, test.src, test.tgt_out)}, first
 
@@ -179,6 +184,13 @@ def attention_numbers(weights, src, tgt_out):
     found["dec_later"] = float((w * later).sum(-1)[rows].mean())
     found["dec_own"] = float(w.diagonal(dim1=-2, dim2=-1)[rows].mean())  # key = the query's position
     found["dec_first"] = float(w[..., 0][rows].mean())                   # key = position 0 (BOS)
+    # Keys that hold the same digit: how differently does the cross-attention weigh them?
+    w, rows = weights["cross"], real["cross"][:, None, :, None, None].expand(-1, weights["cross"].size(1), -1, -1, -1)
+    same = (src[:, :, None] == src[:, None, :]) & (src != lesson05.PAD)[:, :, None]
+    same &= ~torch.eye(src.size(1), dtype=torch.bool)                    # (B, T_src, T_src) pairs j != k
+    pairs = (rows & same[:, None, None]).expand(*w.shape, w.size(-1))    # (B, heads, T_tgt, T_src, T_src)
+    gaps = (w[..., :, None] - w[..., None, :]).abs()[pairs]
+    found["cross_same_digit"] = float(gaps.mean()) if gaps.numel() else 0.0
     return found
 
 
@@ -240,6 +252,18 @@ def read_state(out_dir, seed, count_flag):
     return state, {letter: drawn[letter] for letter in trained}
 
 
+def note_earlier_game(path, drawn):
+    """A new game replaces the state of an earlier one in the same folder; say which of its figures stay."""
+    try:
+        earlier = json.loads(path.read_text())
+        left = [f"mystery_{letter}.png" for letter in earlier["letters"] if letter not in drawn]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if left and (path.parent / left[0]).exists():
+        print(f"  note: {', '.join(left)} in {path.parent} are from the earlier game (seed {earlier.get('seed')}), "
+              "not this one")
+
+
 # %% 1. The game
 def section_1_game(base, count, seed, quick):
     common.section(1, f"The game: {count} mystery models and a reference, seed {seed}")
@@ -264,7 +288,7 @@ def section_1_game(base, count, seed, quick):
 
 
 # %% 2. Training
-def section_2_train(labels, base, device, state, save, out_dir, show):
+def section_2_train(labels, base, device, state, save, out_dir):
     """Train the reference and the mystery models in turn; after each one, its numbers go to the state
     file and its figure is drawn. Returns True when every model finished, False after Ctrl-C."""
     common.section(2, "Training the models (Ctrl-C stops and keeps what finished)")
@@ -275,7 +299,8 @@ def section_2_train(labels, base, device, state, save, out_dir, show):
             record = train_model(variant, base, device, bar)
             state["models"][label] = record
             save()                                              # the numbers first, then the figure
-            record["figure"] = plot_model(label, record, base, out_dir, show)
+            with bar.external_write_mode():                   # "saved figure: ..." above the bar
+                record["figure"] = plot_model(label, record, base, out_dir, show=False)
             save()
             bar.update(1)
             bar.write(f"  {name_of(label)}: {stopped_text(record, base)}; {record['wall_seconds']:.1f} s "
@@ -290,8 +315,7 @@ def section_2_train(labels, base, device, state, save, out_dir, show):
         save()
     done = len(state["models"])
     print(f"  {done} of {len(labels)} models in {state['wall_seconds']:.0f} s of wall time "
-          f"({state['cpu_seconds']:.0f} s of CPU time); figures: "
-          + ", ".join(state["models"][label]["figure"] for label in state["models"] if "figure" in state["models"][label]))
+          f"({state['cpu_seconds']:.0f} s of CPU time); their numbers: {STATE_NAME}")
     return not state["interrupted"]
 
 
@@ -310,46 +334,41 @@ def stopped_text(record, base):
 # %% 3. The symptoms in numbers
 def section_3_summary(state, base):
     common.section(3, "The symptoms in numbers (test set; compare each line with the reference)")
-    models = state["models"]
-    rows, attention = [], []
-    for label, record in models.items():
-        s = record["symptoms"]
-        if not s:
-            rows.append([name_of(label), stopped_text(record, base)] + ["-"] * 5)
+    training, rows, where = [], [], []
+    for label, record in state["models"].items():
+        s, name = record["symptoms"], name_of(label)
+        if not s:                                        # diverged: no finite weights to measure
+            training.append([name, stopped_text(record, base)] + ["-"] * 5)
             continue
-        rows.append([name_of(label), stopped_text(record, base), loss_text(s.get("train_loss")),
-                     loss_text(s.get("val_loss")), f"{s['tf_exact']:.1%}", f"{s['free_exact']:.1%}",
-                     f"{s['changed']:.0%}"])
-        attention.append([name_of(label), range_text(s["enc_rows"]), range_text(s["dec_rows"]),
-                          range_text(s["cross_rows"]), f"{s['enc_pad']:.2f}", f"{s['cross_pad']:.2f}",
-                          f"{s['dec_later']:.2f}", f"{s['dec_own']:.2f}", f"{s['dec_first']:.2f}"])
-    common.table(rows, ["", "training", "train loss", "val loss", "exact: forced", "exact: free",
-                        "changed"])
-    n = base.test_size
+        training.append([name, stopped_text(record, base), loss_text(s.get("train_loss")),
+                         loss_text(s.get("val_loss")), f"{s['tf_exact']:.1%}", f"{s['free_exact']:.1%}",
+                         f"{s['changed']:.0%}"])
+        rows.append([name] + [bugs.span(s[f"{kind}_rows"]) for kind in ("enc", "dec", "cross")]
+                    + [f"{s[f'{kind}_focus']:.2f}" for kind in ("enc", "dec", "cross")])
+        where.append([name] + [f"{s[key]:.2f}" for key in ("enc_pad", "cross_pad", "dec_later", "dec_own",
+                                                            "dec_first")])
+    common.table(training, ["", "training", "train loss", "val loss", "exact: forced", "exact: free", "changed"])
     common.explain(f"""
         train loss: the last 20 training batches (dropout on); val loss: the last validation
-        (dropout off). Exact-match on the {n} test inputs: teacher-forced (one pass, the decoder
-        reads the right answer) and free-running (greedy decoding). changed: the share of test
-        answers that differ when the same inputs are decoded a second time. A digit guessed at
-        random costs a loss of ln {base.n_digits} = {math.log(base.n_digits):.2f}.""")
-    if attention:
-        common.table(attention, ["", "rows: encoder", "rows: decoder", "rows: cross", "PAD: enc", "PAD: cross",
-                                 "dec: later", "dec: own", "dec: first"])
+        (dropout off). Exact-match on the {base.test_size} test inputs: teacher-forced (one pass,
+        the decoder reads the right answer) and free-running (greedy decoding). changed: the share
+        of test answers that differ when the same inputs are decoded a second time. A digit
+        guessed at random costs a loss of ln {base.n_digits} = {math.log(base.n_digits):.2f}.""")
+    if rows:
+        common.table(rows, ["", "row sums: enc", "dec", "cross", "focus: enc", "dec", "cross"])
         common.explain("""
-            Attention on the test set, every head: the smallest and largest row sum over the real
-            query rows (a softmax over the keys gives exactly 1); the average weight on PAD keys
-            (encoder, cross); and in the decoder's self-attention the average weight on later
-            positions, on a position's own, and on position 0 (BOS).""")
-    return rows
+            Attention on the test set, every head, real query rows only: the smallest and largest
+            row sum (a softmax over the keys gives exactly 1), and the focus, the largest weight of
+            a row averaged (1: one key takes all the weight).""")
+        common.table(where, ["", "on PAD: enc", "on PAD: cross", "dec: on later", "dec: on own", "dec: on first"])
+        common.explain("""
+            Where the weight goes, on average: on PAD keys (encoder, cross-attention); and in the
+            decoder's self-attention on later positions, on a position's own, on position 0 (BOS).""")
+    return training
 
 
 def loss_text(value):
     return "-" if value is None else f"{value:.3f}"
-
-
-def range_text(pair):
-    low, high = pair
-    return f"{low:.2f}" if abs(high - low) < 5e-3 else f"{low:.2f}-{high:.2f}"
 
 
 # %% 4. Your diagnosis
@@ -395,6 +414,7 @@ def grade(args, count_flag):
         raise common.UserError(f"--answer: there is no model {missing[0]} in the game of seed {args.seed}; its "
                                f"models are {', '.join(drawn)}{why}")
     reference = state["models"][REFERENCE]["symptoms"]
+    print(f"Seed {args.seed}: {len(drawn)} mystery model{'s' if len(drawn) > 1 else ''} trained in {args.out_dir}")
     right = 0
     for letter, truth in drawn.items():
         guess, record = answers.get(letter), state["models"][letter]
@@ -408,11 +428,12 @@ def grade(args, count_flag):
                                                  if guess != truth else ""))
             explain_bug(bug, record, reference)
         else:
-            print(f"{letter}: {guess}: not that. {guess} would show: {bugs.CATALOGUE[guess].symptom}")
-            print(f"   look at {record.get('figure', f'mystery_{letter}.png')} again.")
-    total = len(drawn)
+            support.say(f"{letter}: {guess}: not that. {guess} would show: {bugs.CATALOGUE[guess].symptom} "
+                        f"Look at {record.get('figure', f'mystery_{letter}.png')} again.")
+    total, unfinished = len(drawn), [letter for letter in state["letters"] if letter not in drawn]
     print(f"\n{right} of {total} right" + (" - every bug found." if right == total else
-                                          "; --reveal prints the answers."))
+                                          "; --reveal prints the answers.")
+          + (f" ({', '.join(unfinished)}: training did not finish, nothing to grade)" if unfinished else ""))
     if right < total:
         raise SystemExit(1)
 
@@ -434,10 +455,10 @@ def reveal(args, count_flag):
 
 
 def list_bugs():
-    common.section("", "The bugs a mystery model may have")
+    print("The bugs a mystery model may have (use these names in --answer):")
     for name, bug in bugs.CATALOGUE.items():
         support.say(f"{name}: {bug.change}" + ("" if bug.drawn else f" [never drawn: {bug.not_drawn}]"))
-    print(f"\n  {len(drawable())} of {len(bugs.CATALOGUE)} can be drawn; a game hides at most {len(drawable())}.")
+    print(f"{len(drawable())} of the {len(bugs.CATALOGUE)} can be drawn; each model of a game has a different one.")
 
 
 # %% The figure of one model
@@ -577,9 +598,15 @@ def main(argv=None):
     def save():
         common.write_json(path, state)
 
+    if args.show:
+        common.pyplot(show=True)                 # the window backend, before the first figure is drawn
+    note_earlier_game(path, drawn)
     section_1_game(base, count, args.seed, args.quick)
-    finished = section_2_train(labels, base, device, state, save, args.out_dir, args.show)
+    finished = section_2_train(labels, base, device, state, save, args.out_dir)
     section_3_summary(state, base)
+    if args.show:                                # the windows now, not one by one between trainings
+        for label, record in state["models"].items():
+            plot_model(label, record, base, args.out_dir, show=True)
     if not finished:
         print(f"  interrupted (Ctrl-C): {len(state['models'])} of {len(labels)} models finished; kept in {path}")
         raise KeyboardInterrupt
