@@ -8,6 +8,7 @@
 """
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -238,6 +239,8 @@ def test_the_draw_depends_on_seed_and_count_only():
         assert set(drawn.values()) <= set(diagnose.drawable())
     everything = diagnose.draw(0, len(diagnose.drawable()))
     assert sorted(everything.values()) == sorted(diagnose.drawable())
+    never = {name for name, bug in bugs.CATALOGUE.items() if not bug.drawn}
+    assert never == {"no_scaling_narrow"} and not never & set(diagnose.drawable())   # no symptom: never hidden
 
 
 def test_bad_count_is_one_line(capsys):
@@ -338,6 +341,7 @@ def test_reveal_and_list(quick_game, capsys):
     diagnose.main(["--list"])
     text = capsys.readouterr().out
     assert all(name in text for name in bugs.CATALOGUE)
+    assert re.search(r"no_scaling_narrow: [^\[]*\[never drawn: no symptom", " ".join(text.split()))
 
 
 def test_ctrl_c_keeps_the_models_that_finished(tmp_path, monkeypatch, capsys):
@@ -364,3 +368,13 @@ def test_ctrl_c_keeps_the_models_that_finished(tmp_path, monkeypatch, capsys):
     assert grade(tmp_path, f"A={drawn['A']}") == 0                        # what finished can be graded
     assert "B: training did not finish" in capsys.readouterr().out
     assert grade(tmp_path, f"B={drawn['B']}") == 2                        # what did not, cannot
+
+
+def test_a_diverged_training_is_recorded_and_drawn(tmp_path):
+    """A learner who edits the settings into divergence gets a record and a figure, not a traceback."""
+    config = small_config(steps=20)
+    record = diagnose.train_model(variants.Variant("huge_lr", config={"lr": 1e3, "warmup": 0}), config, "cpu")
+    assert record["stopped"].startswith("diverged: the training loss became nan") and record["steps_run"] is None
+    assert record["history"]["val_step"] == [0]                       # the validation before it diverged
+    assert diagnose.plot_model("A", record, config, tmp_path, show=False) == "mystery_A.png"
+    assert diagnose.stopped_text(record, config).startswith("diverged")
