@@ -180,10 +180,12 @@ CATALOGUE = {b.name: b for b in (
         "position see itself: the model learns to copy its own input, the easiest task of all. "
         "Decoding starts from BOS, a token it never read in training, and copies its own guesses.",
         "teacher-forced exact-match 100% after one or two validations (the fastest of all), free-running "
-        "near 0; the decoder self-attention sits on the diagonal; the decoder input (the 'reads' axis) "
-        "starts with the first answer digit, not BOS.",
-        lambda s, ref, r: f"{gap(s)}; {reached(r)}; decoder self-attention: {s['dec_own']:.0%} of the "
-                          f"weight on a position's own token (reference {ref['dec_own']:.0%})",
+        "near 0, its answers one digit repeated to the length limit; the decoder self-attention sits on "
+        "the diagonal; the decoder input (the 'reads' axis) starts with the first answer digit, not BOS.",
+        lambda s, ref, r: f"{gap(s)}; {reached(r)}; {s['one_digit']:.0%} of the free-running answers are one "
+                          f"digit repeated (reference {ref['one_digit']:.0%}); decoder self-attention: "
+                          f"{s['dec_own']:.0%} of the weight on a position's own token (reference "
+                          f"{ref['dec_own']:.0%})",
         patches=((5, "teacher_forcing_pair", teacher_forcing_unshifted),)),
     bug("bos_is_pad",
         "the start token equals the padding token (BOS = PAD = 0), with the padding mask a learner adds "
@@ -262,11 +264,13 @@ CATALOGUE = {b.name: b for b in (
         "AdamW moves every weight by about the learning rate at each step, whatever the gradient's size: "
         "steps ten times too large overshoot, and the model falls back to what needs no input at all, "
         "guessing a digit.",
-        "the training loss stays near ln 10 = 2.30, the loss of a digit guessed at random, from the "
-        "first steps to the last; nothing is learned; attention collapsed onto single keys.",
+        "after a few spikes in the first steps, the training loss sits at ln 10 = 2.30 (the dashed line), "
+        "the loss of a digit guessed at random, to the last step: nothing is learned; in the encoder and "
+        "the decoder's self-attention every row puts all its weight on one key.",
         lambda s, ref, r: f"training loss {s['train_loss']:.2f} at the end (ln 10 = 2.30; reference "
                           f"{ref['train_loss']:.2f}); teacher-forced token accuracy {s['tf_token_accuracy']:.0%}; "
-                          f"encoder focus {s['enc_focus']:.2f} (reference {ref['enc_focus']:.2f})",
+                          f"focus {s['enc_focus']:.2f} in the encoder, {s['dec_focus']:.2f} in the decoder "
+                          f"(reference {ref['enc_focus']:.2f}, {ref['dec_focus']:.2f})",
         config={"lr": 0.1, "warmup": 0}),
     bug("eval_with_dropout",
         "evaluation without model.eval(): dropout stays on while validating, decoding and plotting",

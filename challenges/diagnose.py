@@ -157,12 +157,14 @@ def symptoms(model, config, test, device):
     first = lesson05.greedy_decode(model, src, answer_len(config) + 1).cpu()
     again = lesson05.greedy_decode(model, src, answer_len(config) + 1).cpu()   # the same inputs once more
     free = support.compare_decoded(first, test.tgt_out)
+    answers = [support.tokens_to_digits(row) for row in first]
     model.eval()                   # as lesson 05 plots attention (a bug may stop eval() from working)
     weights = model.attention_weights(src, test.tgt_in.to(device))
     weights = {k: torch.cat(v, dim=1).cpu() for k, v in weights.items() if k != "logits"}  # layers as heads
     return {"tf_exact": forced["exact_match"], "tf_token_accuracy": forced["token_accuracy"],
             "free_exact": exact_share(free), "free_token_accuracy": free["token_accuracy"],
             "changed": float((first != again).any(dim=1).float().mean()),
+            "one_digit": sum(len(a) > 1 and len(set(a)) == 1 for a in answers) / len(answers),
             **attention_numbers(weights, test.src, test.tgt_out)}, first
 
 
@@ -190,11 +192,11 @@ def attention_numbers(weights, src, tgt_out):
     found["dec_own"] = float(w.diagonal(dim1=-2, dim2=-1)[rows].mean())  # key = the query's position
     found["dec_first"] = float(w[..., 0][rows].mean())                   # key = position 0 (BOS)
     # Keys that hold the same digit: how differently does the cross-attention weigh them?
-    w, rows = weights["cross"], real["cross"][:, None, :, None, None].expand(-1, weights["cross"].size(1), -1, -1, -1)
+    w = weights["cross"]                                                  # (B, heads, T_tgt, T_src)
     same = (src[:, :, None] == src[:, None, :]) & (src != lesson05.PAD)[:, :, None]
     same &= ~torch.eye(src.size(1), dtype=torch.bool)                    # (B, T_src, T_src) pairs j != k
-    pairs = (rows & same[:, None, None]).expand(*w.shape, w.size(-1))    # (B, heads, T_tgt, T_src, T_src)
-    gaps = (w[..., :, None] - w[..., None, :]).abs()[pairs]
+    pairs = real["cross"][:, None, :, None, None] & same[:, None, None]   # (B, 1, T_tgt, T_src, T_src)
+    gaps = (w[..., :, None] - w[..., None, :]).abs()[pairs.expand(*w.shape, w.size(-1))]
     found["cross_same_digit"] = float(gaps.mean()) if gaps.numel() else 0.0
     return found
 
@@ -508,7 +510,8 @@ def plot_curves(loss_ax, exact_ax, record, base):
     h = record["history"]
     if h.get("step"):                                     # (none when the training diverged)
         loss_ax.plot(h["step"], h["loss"], color="tab:blue", alpha=0.45, lw=1, label="training batch (dropout on)")
-    loss_ax.plot(h["val_step"], h["val_loss"], "o-", color="tab:orange", ms=2.5, lw=1, label="validation (dropout off)")
+    loss_ax.plot(h["val_step"], h["val_loss"], "o-", color="tab:orange", ms=2.5, lw=1,
+                 label="validation (dropout off)")
     exact_ax.plot(h["val_step"], h["val_exact_match"], "-", color="tab:green", lw=1.6,
                   label=f"teacher-forced ({base.val_size} inputs)")
     loss_ax.axhline(math.log(base.n_digits), color="gray", ls="--", lw=1,
