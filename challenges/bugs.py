@@ -12,8 +12,8 @@ mechanism) and the symptom that gives it away in the mystery figures and numbers
 import math
 import sys
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 if __package__ in (None, ""):     # run as a file: common/ is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,7 +26,6 @@ from common import load_lesson  # noqa: E402
 
 L1, L2, L5 = load_lesson(1), load_lesson(2), load_lesson(5)
 LESSON_TEACHER_FORCING_PAIR = L5.teacher_forcing_pair     # lesson 05's own, kept before any patch
-LESSON_DECODE = L5.Seq2SeqTransformer.decode
 
 
 # %% The buggy pieces (each differs from the lesson's code where it says BUG)
@@ -138,7 +137,7 @@ def bug(name, change, mechanism, symptom, evidence, not_drawn="", accept=(), **h
 
 
 def gap(s):
-    return f"validation exact-match teacher-forced {s['tf_exact']:.0%}, free-running {s['free_exact']:.0%}"
+    return f"test exact-match teacher-forced {s['tf_exact']:.0%}, free-running {s['free_exact']:.0%}"
 
 
 def span(pair):

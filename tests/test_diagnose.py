@@ -6,6 +6,7 @@
 3. The draw follows from --seed and --count alone.
 4. The game end to end (--quick, two mystery models), its grading and its errors, and Ctrl-C.
 """
+import dataclasses
 import json
 import math
 import re
@@ -305,6 +306,15 @@ def test_wrong_or_missing_answers_exit_1(quick_game, capsys):
     assert bugs.CATALOGUE[drawn["A"]].mechanism[:40] not in " ".join(text.split())   # no spoiler
     assert grade(out, f"b={drawn['B']}") == 1                                     # A not answered
     assert "A: no answer" in capsys.readouterr().out
+
+
+def test_a_bug_with_the_same_symptoms_as_another_is_accepted_for_it(quick_game, monkeypatch, capsys):
+    out, _, drawn = quick_game
+    other = next(name for name in bugs.CATALOGUE if name not in drawn.values())
+    truth = bugs.CATALOGUE[drawn["A"]]
+    monkeypatch.setitem(bugs.CATALOGUE, drawn["A"], dataclasses.replace(truth, accept=(other,)))
+    assert grade(out, f"A={other},B={drawn['B']}") == 0
+    assert "their symptoms are the same here" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("answer, flags, contains", [
