@@ -259,6 +259,13 @@ def padding_mask(tokens):
     return (tokens != PAD).unsqueeze(1) if bool((tokens == PAD).any()) else None
 
 
+def decoder_mask(tgt_in):
+    """The decoder's self-attention mask, (T_tgt, T_tgt), True = may attend: causal only (lesson 01).
+    No padding mask: PAD in tgt_in comes after the answer, so a real position never sees one; the
+    PAD positions themselves compute junk that the loss ignores."""
+    return causal_mask(tgt_in.size(1), device=tgt_in.device)
+
+
 class TransformerDecoderBlock(nn.Module):
     """Masked self-attention, cross-attention to the encoder, feed-forward; each with a residual.
 
@@ -367,10 +374,7 @@ class Seq2SeqTransformer(nn.Module):
 
     def decode(self, tgt_in, memory, src_mask, return_weights=False):
         """tgt_in (B, T_tgt) -> logits (B, T_tgt, vocab_size), attending to memory."""
-        # Causal mask only: PAD in tgt_in comes after the answer, so a real position never sees one;
-        # the PAD positions themselves compute junk that the loss ignores.
-        self_mask = causal_mask(tgt_in.size(1), device=tgt_in.device)     # (T_tgt, T_tgt), lesson 01
-        result = self.decoder(self.embed_tokens(tgt_in), memory, self_mask, src_mask, return_weights)
+        result = self.decoder(self.embed_tokens(tgt_in), memory, decoder_mask(tgt_in), src_mask, return_weights)
         if return_weights:
             x, self_ws, cross_ws = result
             return self.out(x), self_ws, cross_ws

@@ -48,18 +48,13 @@ def teacher_forcing_unshifted(out):
     return tgt_in, tgt_out
 
 
-def decode_with_target_padding_mask(self, tgt_in, memory, src_mask, return_weights=False):
-    """Lesson 05's Seq2SeqTransformer.decode plus a padding mask on the decoder's input, the mask a
-    learner adds "because the answers have padding too". On its own it changes nothing (PAD comes
-    after EOS, where the causal mask already hides it); with BOS = PAD it hides BOS from every query."""
+def causal_and_target_padding_mask(tgt_in):
+    """Lesson 05's decoder_mask plus a padding mask on the decoder's input, the mask a learner adds
+    "because the answers have padding too". On its own it changes nothing (PAD comes after the
+    answer, where the causal mask already hides it); with BOS = PAD it hides BOS from every query."""
     causal = L5.causal_mask(tgt_in.size(1), device=tgt_in.device)        # (T_tgt, T_tgt)
     keys = L5.padding_mask(tgt_in)                                       # (B, 1, T_tgt) or None
-    self_mask = causal if keys is None else causal & keys                # (B, T_tgt, T_tgt)
-    result = self.decoder(self.embed_tokens(tgt_in), memory, self_mask, src_mask, return_weights)
-    if return_weights:
-        x, self_ws, cross_ws = result
-        return self.out(x), self_ws, cross_ws
-    return self.out(result)
+    return causal if keys is None else causal & keys                     # (B, T_tgt, T_tgt)
 
 
 def attention_softmax_over_queries(query, key, value, mask=None):
@@ -198,7 +193,7 @@ CATALOGUE = {b.name: b for b in (
         lambda s, ref, r: f"decoder self-attention: {s['dec_first']:.0%} of the weight on position 0 "
                           f"(reference {ref['dec_first']:.0%}), row sums down to {s['dec_rows'][0]:.2f}; "
                           f"free-running exact-match {s['free_exact']:.0%} (reference {ref['free_exact']:.0%})",
-        patches=((5, "BOS", L5.PAD), (5, "Seq2SeqTransformer.decode", decode_with_target_padding_mask))),
+        patches=((5, "BOS", L5.PAD), (5, "decoder_mask", causal_and_target_padding_mask))),
     bug("no_positions",
         "no positional encoding: the embeddings go into the encoder and the decoder without positions",
         "Attention without positions sees the input as a bag of digits: a digit's encoder output is the "
