@@ -75,6 +75,11 @@ def test_lesson_02_quick_uses_the_edited_quick_sizes(tmp_path, capsys):
     (dict(VOCAB_SIZE=1), (), "VOCAB_SIZE = 1"),
     (dict(STEPS=0), (), "STEPS = 0"),
     (dict(QUICK="dict(steps=0, batch_size=8, n_eval=50)"), ("--quick",), "QUICK['steps'] = 0"),
+    (dict(D_MODEL=32.0), (), "D_MODEL = 32.0"),  # wrong types: one line, not a TypeError
+    (dict(N_HEADS=True), (), "N_HEADS = True"),
+    (dict(LR='"fast"'), (), "LR = 'fast'"),
+    (dict(HEAD_COUNTS=(1, 2.0)), (), "HEAD_COUNTS = (1, 2.0)"),
+    (dict(QUICK="dict(steps=1.5, batch_size=8, n_eval=50)"), ("--quick",), "QUICK['steps'] = 1.5"),
 ])
 def test_lesson_02_impossible_knobs_give_one_line_naming_them(capsys, knobs, flags, named):
     assert named in one_error_line(edited_lesson(2, **knobs), capsys, *flags)
