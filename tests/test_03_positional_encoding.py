@@ -244,3 +244,15 @@ def test_wavelength_section_works_at_the_smallest_d_model(tmp_path, capsys):
     wavelengths = L3.section_3_wavelengths(pe, 4, 16, args)
     torch.testing.assert_close(wavelengths, L3.pair_wavelengths(4))
     assert (tmp_path / "positional_encoding_wavelengths.png").exists()
+
+
+def test_the_smallest_d_model_prints_what_it_has(run_main, capsys):
+    run_main(3, "--quick", "--d-model", "4")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "PE[:4, :4] (first 4 positions, first 4 dimensions) shape=(4, 4)" in out
+    assert "the same columns in the order [0, 2, 1, 3]." in out  # the whole order, when it is short
+
+
+def test_docstring_names_the_base_knob_not_a_fixed_number():
+    doc = L3.sinusoidal_positional_encoding.__doc__
+    assert "sin(p / BASE^(2i / d_model))" in doc and "10000^" not in doc

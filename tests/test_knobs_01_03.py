@@ -151,6 +151,9 @@ def test_03_base_reaches_every_function(tmp_path, capsys):
     torch.testing.assert_close(moved, pe[3:], atol=1e-6, rtol=0)
     out = run_edited(3, {"BASE": 100.0}, tmp_path, capsys, "--quick")
     assert "BASE=100" in out and "10000" not in out
+    assert "zigzag" not in out  # the last cosine moves at a third of its sine's pace here: no zigzag
+    assert "float32 rounding of the table" in out
+    assert "zigzag" in run_edited(3, {}, tmp_path, capsys, "--quick")  # with BASE = 10000 it does zigzag
 
 
 def test_03_other_sizes_without_quick(tmp_path, capsys):
@@ -179,6 +182,11 @@ def test_03_three_heads_name_the_knobs_and_suggest_a_size_that_works(tmp_path, c
     ({"OFFSETS": "(0, 2)"}, (), "OFFSETS = (0, 2)"),
     ({"QUICK_MAX_LEN": 8}, ("--quick",), "QUICK_MAX_LEN = 8"),
     ({"N_HEADS": 0}, (), "N_HEADS = 0"),
+    ({"VOCAB_SIZE": 20.0}, (), "VOCAB_SIZE = 20.0"),  # wrong types: one line, not a TypeError
+    ({"BASE": '"100"'}, (), "BASE = '100'"),
+    ({"N_HEADS": 4.0}, (), "N_HEADS = 4.0"),
+    ({"OFFSETS": "(1, 2.5)"}, (), "OFFSETS = (1, 2.5)"),
+    ({"LOOK_BACK_SCALES": "(1, -4)"}, (), "LOOK_BACK_SCALES = (1, -4)"),
 ])
 def test_03_impossible_knobs_give_one_line_naming_them(capsys, edits, flags, names):
     assert names in error_line(3, edits, capsys, *flags)
