@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from common.shares import differ, percent  # a share with its 95% interval; two shares apart beyond it
+from common.report import differ, percent  # a share with its 95% interval; two shares apart beyond it
 
 # Reused from lesson 01 (one source for each component): attention for one head. Every
 # MultiHeadAttention below computes with it, so an edit to lesson 01 changes lessons 02-05.

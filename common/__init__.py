@@ -26,9 +26,9 @@ from common.lessons import load_lesson
 from common.plotting import new_figure, pyplot, save_figure
 from common.progress import progress
 from common.setup import seed_everything, set_threads, setup
-from common.knobs import number, require, whole, whole_numbers
+from common.knobs import number, require, whole, whole_fields, whole_numbers
 from common.timing import best_time
-from common import checkpoints, flags, knobs, stats, timing  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
+from common import checkpoints, flags, knobs, report, stats, timing  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
 
 __all__ = [
     "UserError",
@@ -61,6 +61,7 @@ __all__ = [
     "table",
     "write_bytes",
     "whole",
+    "whole_fields",
     "whole_numbers",
     "write_json",
 ]

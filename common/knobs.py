@@ -9,6 +9,7 @@ common.flag_or_knob ("--d-model 8" or "D_MODEL = 8"), used as it is.
     d_model = whole(D_MODEL, "D_MODEL", low=1, high=1024)      # an int, not 8.0 and not True
     p = number(DROPOUT, "DROPOUT", low=0, high=1, high_open=True)
     lengths = whole_numbers(COST_LENGTHS, "COST_LENGTHS", low=1, distinct=2)
+    study = whole_fields(DEPTH_STUDY, "DEPTH_STUDY", d_model=1, T=2)  # a dict with those whole numbers
 """
 import numbers
 
@@ -71,3 +72,13 @@ def whole_numbers(values, name: str, low=None, high=None, distinct: int = 1, hin
         raise UserError(f"{_label(values, name)} must hold {need} whole numbers {_range_text(low, high)}"
                         .rstrip() + (f"; {hint}" if hint else ""))
     return list(values)
+
+
+def whole_fields(mapping, name: str, **lows):
+    """`mapping` if it is a dict whose keys (the names in `lows`) hold whole numbers of at least their
+    low, e.g. whole_fields(STUDY, "STUDY", d_model=1, T=2); else UserError naming STUDY['T']."""
+    example = ", ".join(f"{key}={low}" for key, low in lows.items())
+    require(isinstance(mapping, dict), f"{_label(mapping, name)} must be a dict, e.g. dict({example})")
+    for key, low in lows.items():
+        whole(mapping.get(key), f"{name}[{key!r}]", low=low)
+    return mapping

@@ -1,4 +1,5 @@
 """Lesson 01: scaled dot-product attention and the causal mask, checked against PyTorch."""
+import argparse
 import math
 import re
 
@@ -261,3 +262,14 @@ def test_lesson_quick_run_writes_its_figures(run_main, capsys):
         assert data[:8] == PNG_SIGNATURE and len(data) > 5000, name
     out = capsys.readouterr().out
     assert "Key insights" in out and not re.search(r"\bnan\b", out)  # no number printed as nan
+
+
+@pytest.mark.parametrize("attention_ms, shown", [((1.0, 1.0, 1.0), False), ((1.0, 4.0, 16.0), True)])
+def test_cost_section_says_when_the_lengths_are_too_short_to_show_t_squared(monkeypatch, capsys, attention_ms,
+                                                                              shown):
+    times = iter([t for a in attention_ms for t in (a / 1000, 0.001)])  # attention, then the linear layer, per T
+    monkeypatch.setattr(L01.common, "best_time", lambda fn, device, repeats=5: next(times))
+    slope = L01.section_8_cost(torch.device("cpu"), argparse.Namespace(quick=True))
+    out = " ".join(capsys.readouterr().out.split())
+    assert (slope["attention"] >= 1.8) is shown and ("too short to show it" in out) is not shown
+    assert "computed, not measured" in out and "memory" not in slope
