@@ -235,6 +235,7 @@ def test_quick_run_writes_its_figures(run_main, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
     text = capsys.readouterr().out
     assert "Key insights" in text and not re.search(r"\bnan\b", text)
+    assert "zigzag" in text  # with BASE = 10000 the last cosine barely moves next to its sine
 
 
 def test_wavelength_section_works_at_the_smallest_d_model(tmp_path, capsys):

@@ -83,6 +83,7 @@ def test_01_other_sizes_and_masks(tmp_path, capsys):
                      tmp_path, capsys, "--quick")
     assert "Left padding with a causal mask left 8 queries without keys" in out  # 3 + 5 padding queries
     assert "0 NaN rows in ours" in out
+    assert "weight on padding, sequence 1" in out and "has both tokens and padding" not in out  # length 2 of 5
 
 
 def test_01_no_padding_at_all(tmp_path, capsys):
@@ -116,8 +117,6 @@ def test_01_without_its_nan_guard_the_lesson_says_so(tmp_path, capsys):
 def test_01_lengths_without_a_padded_sequence_say_so(tmp_path, capsys):
     out = " ".join(run_edited(1, {"LENGTHS": "[6, 0]"}, tmp_path, capsys, "--quick").split())
     assert "No sequence in LENGTHS = [6, 0] has both tokens and padding" in out
-    out = " ".join(run_edited(1, {"LENGTHS": "[6, 2, 5]"}, tmp_path, capsys, "--quick").split())
-    assert "weight on padding, sequence 1" in out and "has both tokens and padding" not in out
 
 
 @pytest.mark.parametrize("edits, flags, names", [
@@ -151,9 +150,8 @@ def test_03_base_reaches_every_function(tmp_path, capsys):
     torch.testing.assert_close(moved, pe[3:], atol=1e-6, rtol=0)
     out = run_edited(3, {"BASE": 100.0}, tmp_path, capsys, "--quick")
     assert "BASE=100" in out and "10000" not in out
-    assert "zigzag" not in out  # the last cosine moves at a third of its sine's pace here: no zigzag
+    assert "zigzag" not in out  # the last cosine moves at a third of its sine's pace here (test_03: 10000 does)
     assert "float32 rounding of the table" in out
-    assert "zigzag" in run_edited(3, {}, tmp_path, capsys, "--quick")  # with BASE = 10000 it does zigzag
 
 
 def test_03_other_sizes_without_quick(tmp_path, capsys):
