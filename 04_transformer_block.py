@@ -297,8 +297,9 @@ def section_3_feed_forward(d_model, n_heads, d_ff, device):
     common.table([[name, change[0], change[1:].max()] for name, change in moved.items()],
                  ["sublayer", "change at token 0", "largest change at tokens 1.."])
     others = {name: change[1:].max().item() for name, change in moved.items()}
-    common.explain(f"""Attention mixes tokens (it moved the others by {fmt(others['attention'])}), then
-        the feed-forward works on each mixed token alone (it moved them by {fmt(others['feed-forward'])}).""")
+    alone = "works on each mixed token alone" if others["feed-forward"] == 0 else "MIXES tokens too: a bug?"
+    common.explain(f"""Attention mixes tokens (it moved the others by {fmt(others['attention'])}), then the
+        feed-forward {alone} (it moved them by {fmt(others['feed-forward'])}).""")
     return dict(position_wise=others["feed-forward"], attn_others=others["attention"])
 
 
@@ -451,10 +452,9 @@ def section_6_residuals(results, attention, study):
     common.table(rows, ["blocks", *(f"grad {k}" for k in v), "sim post-LN", "pre-LN", "no residual"])
     none, post = grads["no residual"].mean(0), grads["post-LN"].mean(0)  # means over the seeds
     shallow, versus, peak = (none[0] / post[0]).item(), (none[-1] / post[-1]).item(), int(none.argmax())
-    why = (f"each LayerNorm divides by the std of its input, which without \"x +\" is a sublayer's output "
-           f"alone (attention's std {fmt(attention['std_out'])} here, x + attention "
-           f"{fmt(attention['std_sum'])}), so the gradient is scaled up at every norm" if shallow > 1 else
-           "residuals help even here")
+    why = (f"each LayerNorm divides by its input's std, without \"x +\" a sublayer's output alone (attention's "
+           f"{fmt(attention['std_out'])}, x + attention {fmt(attention['std_sum'])}), so every norm scales the "
+           "gradient up" if shallow > 1 else "residuals help even here")
     deep = (f"With depth it peaks at {depths[peak]} blocks ({fmt(none[peak])}), and at {depths[-1]} blocks it "
             f"is {fmt(versus)}x post-LN's" if versus < 1 else f"Up to {depths[-1]} blocks it has not fallen "
             f"below post-LN's ({fmt(versus)}x at {depths[-1]})")
@@ -469,7 +469,7 @@ def section_6_residuals(results, attention, study):
         {fmt(1 / length)} if spread evenly, 1 if it read one token). Without a residual that shared
         average replaces the token (sim {fmt(sims['no residual'][0])} at {depths[0]} blocks); with one
         it is added to it ({fmt(sims['post-LN'][0])} post-LN, {fmt(sims['pre-LN'][0])} pre-LN).""")
-    return dict(versus=versus, shallow=shallow)
+    return dict(versus=versus, shallow=shallow, depths=(depths[0], depths[-1]))
 
 
 def section_7_norm_placement(results, study, out_dir, show):
@@ -577,7 +577,7 @@ def main(argv=None):
     results, attention = depth_study(study, device)
     r6 = section_6_residuals(results, attention, study)
     r7 = section_7_norm_placement(results, study, args.out_dir, args.show)
-    depths = study["depths"]
+    (d0, d1) = r6["depths"]
     common.key_insights([
         f"Our block equals nn.TransformerEncoderLayer with copied weights, post-LN and pre-LN, with no, causal "
         f"or padding mask (largest difference {fmt(r1)}); dropout acts only in training mode.",
@@ -589,8 +589,8 @@ def main(argv=None):
         f"From T = {r4['t'][0]} to {r4['t'][1]}: attention's weights x{fmt(r4['weights'])} (T^2), its time "
         f"x{fmt(r4['attn'])}; the feed-forward's hidden layer x{fmt(r4['hidden'])} (T), its time "
         f"x{fmt(r4['ffn'])}" + ("." if r4["shown"] else " (too short to show T^2 in time)."),
-        f"Without residuals the first block got {fmt(r6['shallow'])}x post-LN's gradient at {depths[0]} blocks "
-        f"and {fmt(r6['versus'])}x at {depths[-1]}. First/last block at {depths[-1]}: {fmt(r7['ratio_post'])} "
+        f"Without residuals the first block got {fmt(r6['shallow'])}x post-LN's gradient at {d0} blocks "
+        f"and {fmt(r6['versus'])}x at {d1}. First/last block at {d1}: {fmt(r7['ratio_post'])} "
         f"post-LN, {fmt(r7['ratio_pre'])} pre-LN, whose stream grew to std {fmt(r7['pre_std'])}: hence its "
         "final LayerNorm.",
     ])

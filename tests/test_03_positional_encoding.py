@@ -257,3 +257,15 @@ def test_the_smallest_d_model_prints_what_it_has(run_main, capsys):
 def test_docstring_names_the_base_knob_not_a_fixed_number():
     doc = L3.sinusoidal_positional_encoding.__doc__
     assert "sin(p / BASE^(2i / d_model))" in doc and "10000^" not in doc
+
+
+def test_attention_that_sees_positions_is_called_out(monkeypatch, capsys):
+    class PositionAware(L3.MultiHeadAttention):  # a learner's bug: the output depends on the position
+        def forward(self, query, key, value, **kwargs):
+            out, weights = super().forward(query, key, value, **kwargs)
+            return out + torch.arange(out.size(1), dtype=out.dtype)[:, None], weights
+
+    monkeypatch.setattr(L3, "MultiHeadAttention", PositionAware)
+    plain, _ = L3.section_1_order_blindness(16, "cpu")
+    out = " ".join(capsys.readouterr().out.split())
+    assert plain > 0.5 and "more than float rounding" in out and "permutation-equivariant" not in out

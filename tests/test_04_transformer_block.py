@@ -320,3 +320,18 @@ def test_sizes_must_be_positive(capsys, flag):
 def test_sizes_too_large_for_memory_are_one_line_exit_2(capsys, flags):
     err = expect_user_error(capsys, 4, *flags, contains="million parameters")
     assert flags[1] in err
+
+
+def test_a_feed_forward_that_mixes_tokens_is_called_out(capsys):
+    # A learner's edit that lets every token see the sequence mean: section 3 must not say "alone".
+    import types
+    from common.lessons import lesson_path
+    source = lesson_path(4).read_text()
+    line = "return self.linear2(self.dropout(self.activation(self.linear1(x))))"
+    assert source.count(line) == 1, "FeedForward.forward changed: update this edit"
+    module = types.ModuleType("edited_lesson_04")
+    module.__file__ = str(lesson_path(4))
+    exec(compile(source.replace(line, line + " + x.mean(1, keepdim=True)"), module.__file__, "exec"), module.__dict__)
+    r3 = module.section_3_feed_forward(16, 2, 32, "cpu")
+    out = " ".join(capsys.readouterr().out.split())
+    assert r3["position_wise"] > 0 and "MIXES tokens too" in out and "each mixed token alone" not in out
