@@ -261,10 +261,9 @@ def section_1_loop(d_model, n_heads, device):
         Each of the {n_heads} heads is lesson 01's attention on its own d_head = {d_model} //
         {n_heads} = {mha.d_head} numbers per token (lesson 01's d_k, now per head). Head h takes
         rows h*d_head .. (h+1)*d_head - 1 of W_q, W_k and W_v (a {mha.d_head} x {d_model} slice of
-        each), attends, and returns
-        (B, T_q, d_head). The heads' outputs are concatenated side by side back to d_model and
-        mixed by W_o. Below, the loop (multi_head_attention_loop) against our batched class and
-        against PyTorch's nn.MultiheadAttention holding the same weights.""")
+        each), attends, and returns (B, T_q, d_head). The heads' outputs are concatenated side by
+        side back to d_model and mixed by W_o. Below, the loop (multi_head_attention_loop) against
+        our batched class and against PyTorch's nn.MultiheadAttention holding the same weights.""")
     B, T, T_k = 2, 5, 7
     x = torch.randn(B, T, d_model, device=device)
     memory = torch.randn(B, T_k, d_model, device=device)  # another sequence, for cross-attention
@@ -539,14 +538,14 @@ def settings(args):
                  "CPU, e.g. 32")
     common.whole(n_heads, h_label)
     divisors = [h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0]
-    common.require(n_heads > 0 and d_model % n_heads == 0, f"{h_label} must divide {d_label} (each head gets d_model / "
-                   f"n_heads numbers); choose from its divisors: {', '.join(map(str, divisors))}"
+    common.require(n_heads > 0 and d_model % n_heads == 0, f"{h_label} must divide {d_label} (each head gets "
+                   f"d_model / n_heads numbers); choose from its divisors: {', '.join(map(str, divisors))}"
                    + (", ..." if d_model > 64 else ""))
-    names = dict(steps="STEPS", batch_size="BATCH_SIZE", n_eval="N_EVAL")
-    knobs = dict(steps=STEPS, batch_size=BATCH_SIZE, n_eval=N_EVAL)
-    sizes = {key: QUICK.get(key) if args.quick else knobs[key] for key in names}  # --quick: the QUICK sizes
-    for key, value in sizes.items():
-        common.whole(value, f"QUICK[{key!r}]" if args.quick else names[key], low=1)
+    if args.quick:  # --quick: the sizes in QUICK
+        sizes = dict(common.whole_fields(QUICK, "QUICK", steps=1, batch_size=1, n_eval=1))
+    else:
+        sizes = dict(steps=common.whole(STEPS, "STEPS", low=1), n_eval=common.whole(N_EVAL, "N_EVAL", low=1),
+                     batch_size=common.whole(BATCH_SIZE, "BATCH_SIZE", low=1))
     common.whole(VOCAB_SIZE, "VOCAB_SIZE", low=2, hint="the task needs at least 2 different digits")
     common.whole(SEQ_LEN, "SEQ_LEN", low=3, hint="a position's left and right neighbours must differ")
     common.number(LR, "LR", low=0, low_open=True, hint="e.g. 3e-2")

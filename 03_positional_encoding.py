@@ -186,8 +186,9 @@ def section_1_order_blindness(d_model, device):
              "vector (attention is permutation-equivariant)" if plain < 1e-5 * max(1.0, scale) else
              "differ by more than float rounding: something in the attention depends on position (a bug?)")
     common.explain(f"""
-        For scale, the mean |output| is {fmt(scale)}. Without positions the two outputs {blind}. With PE added to the input the difference is
-        {fmt(with_pe / scale, 3)} times the mean output: order is information once it is in the input.""")
+        For scale, the mean |output| is {fmt(scale)}. Without positions the two outputs {blind}. With
+        PE added to the input the difference is {fmt(with_pe / scale, 3)} times the mean output: order
+        is information once it is in the input.""")
     return plain, with_pe
 
 

@@ -552,7 +552,6 @@ def settings(args):
     common.require(study["d_model"] % study["heads"] == 0, f"{q}DEPTH_STUDY: heads must divide d_model")
     depths = common.whole_numbers(study.get("depths"), f"{q}DEPTH_STUDY['depths']", low=1)
     offsets = common.whole_numbers(study.get("seeds"), f"{q}DEPTH_STUDY['seeds']", low=0, high=1000)
-    # the seeds are added to --seed, so another --seed draws other stacks
     study.update(depths=sorted(set(depths)), seeds=tuple(args.seed + k for k in offsets))
     return d, heads, d_ff, layers, sorted(set(lengths)), study
 
@@ -577,7 +576,7 @@ def main(argv=None):
     results, attention = depth_study(study, device)
     r6 = section_6_residuals(results, attention, study)
     r7 = section_7_norm_placement(results, study, args.out_dir, args.show)
-    (d0, d1) = r6["depths"]
+    d0, d1 = r6["depths"]
     common.key_insights([
         f"Our block equals nn.TransformerEncoderLayer with copied weights, post-LN and pre-LN, with no, causal "
         f"or padding mask (largest difference {fmt(r1)}); dropout acts only in training mode.",
