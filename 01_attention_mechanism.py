@@ -26,7 +26,6 @@ Shapes
   "scores" (..., T_q, T_k) are before the softmax, "weights" (..., T_q, T_k) after it.
 """
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -186,7 +185,7 @@ def section_1_qkv_by_hand(device):
     that sum to {fmt(float(weights.sum()))}. The output of {TOKENS[t]!r} is the weighted sum of the
     value rows: {vec(output)}. It listens {listens} (weight {fmt(float(weights.max()))}): the largest
     q . k gets the largest weight.""")
-    return Q, K, V, output
+    return Q, K, V, output, top
 
 
 # %% 2. The whole computation as matrices, shape by shape
@@ -256,7 +255,7 @@ def section_3_scaling(device, args):
                  ["d_k", "raw median", "raw 90%", "scaled median", "scaled 90%"])
     first, last = rows[0], rows[-1]
     raw = last["raw"]
-    if raw["saturated"] >= 0.5:
+    if raw["saturated"] >= 0.5:  # the same condition decides key insight 3
         gradient = f"""most unscaled rows are saturated, and a saturated row sends almost no gradient
         back to its query: the median row gets {fmt(raw['grad'][1], 3)}, while the 90th percentile
         gets {fmt(raw['grad'][2], 3)}."""
@@ -349,14 +348,14 @@ def section_5_cross_attention(head, device):
 
 # %% 6. Masks: causal and padding
 def example_masks(T, lengths, device):
-    """The masks of section 6 (boolean, True = may attend) and the (B, T) real-token flags."""
-    causal = causal_mask(T, device)                                       # (T, T)
-    valid = torch.arange(T, device=device) < lengths[:, None]             # (B, T): tokens, then padding
-    valid_left = torch.arange(T, device=device) >= T - lengths[:, None]   # (B, T): padding, then tokens
-    return valid, {"causal": causal,
-                   "padding": valid[:, None, :],                    # (B, 1, T_k): same for every query
-                   "causal + padding": causal & valid[:, None, :],  # (T, T) & (B, 1, T_k) -> (B, T, T)
-                   "left padding + causal": causal & valid_left[:, None, :]}
+    """The masks of section 6 (boolean, True = may attend) and keep, the (B, T) real-token flags."""
+    causal = causal_mask(T, device)                                      # (T, T)
+    keep = torch.arange(T, device=device) < lengths[:, None]             # (B, T): tokens, then padding
+    keep_left = torch.arange(T, device=device) >= T - lengths[:, None]   # (B, T): padding, then tokens
+    return keep, {"causal": causal,
+                  "padding": keep[:, None, :],                    # (B, 1, T_k): same for every query
+                  "causal + padding": causal & keep[:, None, :],  # (T, T) & (B, 1, T_k) -> (B, T, T)
+                  "left padding + causal": causal & keep_left[:, None, :]}
 
 
 def empty_rows_check(head, x, mask):
@@ -371,7 +370,7 @@ def empty_rows_check(head, x, mask):
         plain = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # no 0 for empty rows
     return {"empty": int(empty.sum()), "plain_nan": int(plain.isnan().any(-1).sum()),
             "ours_nan": int(out.isnan().any(-1).sum()), "grad_nan": int(x.grad.isnan().sum()),
-            "empty_out": float(out[empty].abs().max()) if empty.any() else 0.0}
+            "empty_out": float(out[empty].abs().max()) if empty.any() else 0.0}  # torch's max keeps NaN
 
 
 def section_6_masks(x, head, device, args):
@@ -382,17 +381,16 @@ def section_6_masks(x, head, device, args):
     tokens added so that sequences of different lengths fit in one batch, after the tokens (right
     padding) or before them (left padding, common when a batch of prompts is continued).""")
     B, T = x.shape[0], x.shape[1]
-    lengths = torch.tensor(LENGTHS, device=device)
-    valid, masks = example_masks(T, lengths, device)
+    keep, masks = example_masks(T, torch.tensor(LENGTHS, device=device), device)
     common.show_tensor("causal_mask(T) as 0/1 (1 = may attend)", masks["causal"].int())
-    common.show_tensor(f"padding mask (B, 1, T_k), lengths {LENGTHS}", masks["padding"].int())
-    rows, weights = [], {}
+    common.show_tensor(f"padding mask keep[:, None, :] (B, 1, T_k), lengths {LENGTHS}", masks["padding"].int())
+    rows, runs = [], {}
     with torch.no_grad():
         for name, mask in masks.items():
-            _, w = head(x, x, mask)  # (B, T, T)
-            weights[name] = w
+            out, w = head(x, x, mask)  # (B, T, d_k), (B, T, T)
+            runs[name] = (out, w)
             blocked = w[~mask.expand_as(w)]
-            rows.append([name, str(tuple(mask.shape)), float(blocked.max()) if blocked.numel() else 0.0,
+            rows.append([name, str(tuple(mask.shape)), blocked.max() if blocked.numel() else w.new_zeros(()),
                          f"{int(((w.sum(-1) - 1).abs() < 1e-5).sum())} of {B * T}",
                          int((~mask.expand_as(w).any(-1)).sum())])
     common.table(rows, ["mask", "shape", "largest blocked weight", "rows summing to 1", "rows with no key"])
@@ -403,37 +401,54 @@ def section_6_masks(x, head, device, args):
     {empty['plain_nan']} rows there; ours gives NaN in {empty['ours_nan']} rows (largest |output|
     {fmt(empty['empty_out'])}) and {empty['grad_nan']} NaN in the gradient. One NaN would spread
     through every later layer and the loss, even though those rows are ignored.""")
+    s = section_6_polarity(x, keep, device)
+    plot_masks(runs, masks, s, args)
+    # torch's max keeps a NaN (Python's max(0.0, nan) would drop it and report 0.0)
+    return {"blocked_max": torch.stack([r[2] for r in rows]).max().item(), **empty}
 
+
+def section_6_polarity(x, keep, device):
+    """keep and ~keep as nn.MultiheadAttention's key_padding_mask. Returns the sequence it shows."""
+    B, T = keep.shape
+    padded = [b for b in range(B) if 0 < LENGTHS[b] < T]  # sequences with tokens AND padding
+    s = min(padded, key=lambda b: LENGTHS[b]) if padded else 0  # the most padded of them
     # nn.MultiheadAttention's boolean masks mean the opposite: True = blocked (do NOT attend).
     mha = nn.MultiheadAttention(D_MODEL, num_heads=1, batch_first=True).to(device).eval()
-    s = min(range(B), key=lambda b: LENGTHS[b] or SEQ_LEN + 1)  # the most padded sequence with a token
     polarity = []
     with torch.no_grad():
-        for label, key_padding_mask in (("~valid (True = padding)", ~valid),
-                                        ("valid, unchanged (a bug)", valid)):
+        for label, key_padding_mask in (("~keep (True = padding)", ~keep), ("keep, unchanged (a bug)", keep)):
             _, w = mha(x, x, x, key_padding_mask=key_padding_mask)  # (B, T_q, T_k)
-            polarity.append([label, float(w[s][:, ~valid[s]].sum(-1).mean()),
-                             f"{int(w.isnan().any(-1).sum())} of {B * T}"])
-    common.table(polarity, ["key_padding_mask", f"weight on padding, sequence {s}", "NaN rows"])
-    empty_note = (" Its rows with no key at all (a sequence of length 0) are NaN even so."
-                  if 0 in LENGTHS else "")
+            polarity.append([label, float(w[s][:, ~keep[s]].sum(-1).mean()), int(w.isnan().any(-1).sum())])
+    common.table([[label, on_padding, f"{nan_rows} of {B * T}"] for label, on_padding, nan_rows in polarity],
+                 ["key_padding_mask", f"weight on padding, sequence {s}", "NaN rows"])
+    note = (f" Even with ~keep, {polarity[0][2]} rows are NaN: nn.MultiheadAttention gives NaN to a query "
+            "with no key at all (a sequence of length 0)." if polarity[0][2] else "")
+    if not padded:
+        note += (f" No sequence in LENGTHS = {LENGTHS} has both tokens and padding, so sequence {s} shows "
+                 f"no difference here nor in the figure: give one a length from 1 to {T - 1}.")
     common.explain(f"""nn.MultiheadAttention's key_padding_mask (and its boolean attn_mask) use the
-    opposite polarity, True = blocked: invert our mask with ~ before passing it.{empty_note}""")
-    plot_masks(weights, masks, s, args)
-    return {"blocked_max": max(r[2] for r in rows), **empty}
+    opposite polarity, True = blocked: invert our mask with ~ before passing it.{note}""")
+    return s
 
 
-def plot_masks(weights, masks, s, args):
-    T, n = weights["causal"].size(-1), LENGTHS[s]
+def plot_masks(runs, masks, s, args):
+    T, n = masks["causal"].size(-1), LENGTHS[s]
+    no_key = ~masks["left padding + causal"].expand(len(LENGTHS), T, T)[s].any(-1)  # (T_q,)
+    empty = no_key.nonzero().flatten().tolist()                                     # those queries
     titles = {"causal": "Causal: no weight above the diagonal (the future)",
               "padding": f"Padding: keys {n}..{T - 1} are filler" if n < T else "Padding: no filler here",
               "causal + padding": "Causal and padding combined",
-              "left padding + causal": (f"Left padding + causal: rows 0..{T - n - 1} have\nno key "
-                                        "and stay 0 (not NaN)" if n < T else "Left padding + causal")}
+              "left padding + causal": (f"Left padding + causal: rows {empty[0]}..{empty[-1]} have no key;\n"
+                                        "their weight sums and outputs are written on them" if empty
+                                        else "Left padding + causal")}
     fig, axes = common.new_figure(2, 2, figsize=(10, 9), show=args.show)
-    for ax, (name, w) in zip(axes.flat, weights.items()):
+    for ax, (name, (out, w)) in zip(axes.flat, runs.items()):
         plot_weights(ax, w[s], f"{titles[name]}\n(sequence {s}, length {n} of {T}; grey = blocked)",
                      mask=masks[name].expand_as(w)[s])
+    out, w = runs["left padding + causal"]
+    for r in empty:  # these cells are all blocked (grey): write what the row computed on it
+        axes.flat[3].text(T / 2, r + 0.5, f"no key: weights sum to {fmt(w[s, r].sum(), 3)}, "
+                          f"|output| {fmt(out[s, r].abs().max(), 3)}", ha="center", va="center", fontsize=8)
     common.save_figure(fig, args.out_dir, "attention_masks.png", show=args.show)
 
 
@@ -447,54 +462,44 @@ def section_7_check_against_pytorch(device):
     q, k, v = (torch.randn(B, H, T, D_K, device=device) for _ in range(3))
     q_x = torch.randn(B, H, T_Q_CROSS, D_K, device=device)
     k_x, v_x = (torch.randn(B, H, T_K_CROSS, D_K, device=device) for _ in range(2))
-    valid, masks = example_masks(T, torch.tensor(LENGTHS, device=device), device)
+    keep, masks = example_masks(T, torch.tensor(LENGTHS, device=device), device)
     cases = [("no mask", (q, k, v), None, {}),
              ("causal vs is_causal=True", (q, k, v), masks["causal"], {"is_causal": True}),
              ("padding (B, 1, 1, T_k)", (q, k, v), masks["padding"][:, None], None),
              ("padded queries too (B, 1, T_q, T_k)", (q, k, v),
-              (valid[:, :, None] & valid[:, None, :])[:, None], None),
+              (keep[:, :, None] & keep[:, None, :])[:, None], None),
              ("left padding + causal (B, 1, T, T)", (q, k, v), masks["left padding + causal"][:, None], None),
              ("cross-attention", (q_x, k_x, v_x), None, {})]
-    rows, worst, empty_out, n_empty = [], 0.0, 0.0, 0
+    rows, empty_out, n_empty = [], {"ours": [], "torch": []}, 0
     for name, (qq, kk, vv), mask, ref_kwargs in cases:
         ours, _ = scaled_dot_product_attention(qq, kk, vv, mask)
         ref_kwargs = {"attn_mask": mask} if ref_kwargs is None else ref_kwargs  # the same mask, or is_causal
         ref = F.scaled_dot_product_attention(qq, kk, vv, **ref_kwargs)
-        worst = max(worst, float((ours - ref).abs().max()))
         if mask is not None and not mask.any(-1).all():  # some query rows have no key at all
             empty = ~mask.any(-1, keepdim=True).expand(*ours.shape[:-1], 1)  # (..., T_q, 1)
             n_empty += int(empty.sum())
-            empty_out = max(empty_out, float(ours.masked_select(empty).abs().max()),
-                            float(ref.masked_select(empty).abs().max()))
+            empty_out["ours"].append(ours.masked_select(empty).abs().max())
+            empty_out["torch"].append(ref.masked_select(empty).abs().max())
         rows.append([name, str(tuple(qq.shape)), str(tuple(kk.shape)),
-                     str(tuple(mask.shape)) if mask is not None else "-", float((ours - ref).abs().max())])
+                     str(tuple(mask.shape)) if mask is not None else "-", (ours - ref).abs().max()])
     common.table(rows, ["case", "query", "key", "mask", "largest |diff|"])
+    worst = torch.stack([r[-1] for r in rows]).max().item()  # torch's max keeps a NaN, Python's max() not
+    empty_out = {who: torch.stack(v).max().item() if v else 0.0 for who, v in empty_out.items()}
+    verdict = "they agree" if worst < 1e-5 else "they DISAGREE: find the nan or large number above"  # NaN too
+    both_zero = ": both give 0" if empty_out["ours"] == 0 == empty_out["torch"] else ""
     common.explain(f"""Largest difference over all cases: {fmt(worst)} (float32 rounding is about
-    1e-7). Query rows with no key at all: {n_empty}; the largest |output| there, ours or PyTorch's,
-    is {fmt(empty_out)}: both give 0.""")
+    1e-7): {verdict}. Query rows with no key at all: {n_empty}; the largest |output| there is
+    {fmt(empty_out['ours'])} in ours and {fmt(empty_out['torch'])} in PyTorch's{both_zero}.""")
     return worst
 
 
 # %% 8. What attention costs: T^2
-def time_call(fn, device, repeats=5):
-    """Best wall-clock time of fn() in seconds over `repeats` runs, after one warm-up run."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def section_8_cost(device, args):
     common.section(8, "What attention costs: time and memory grow with T^2")
     common.explain(f"""Every query is compared with every key, so one head makes a (T, T) matrix of
-    scores and one of weights. We time our function on T tokens with d_k = {COST_D_K} (best of 5
-    runs), and, for comparison, a linear layer d_k -> d_k on the same tokens, whose work grows like T.""")
+    scores and one of weights. We time our function on T tokens with d_k = {COST_D_K} (the fastest of
+    5 runs, common.best_time), and, for comparison, a linear layer d_k -> d_k on the same tokens,
+    whose work grows like T.""")
     import numpy as np
 
     sweep = QUICK_T_SWEEP if args.quick else T_SWEEP
@@ -504,37 +509,44 @@ def section_8_cost(device, args):
         for T in sweep:
             q, k, v = (torch.randn(T, COST_D_K, device=device) for _ in range(3))  # (T, d_k)
             _, weights = scaled_dot_product_attention(q, k, v)                       # (T, T)
-            rows.append([T, time_call(lambda: scaled_dot_product_attention(q, k, v), device) * 1e3,
-                         weights.numel() * weights.element_size() / 2**20,
-                         time_call(lambda: layer(q), device) * 1e3])
-    common.table(rows, ["T", "attention (ms)", "weights (MiB)", "linear layer (ms)"])
+            rows.append([T, common.best_time(lambda: scaled_dot_product_attention(q, k, v), device) * 1e3,
+                         common.best_time(lambda: layer(q), device) * 1e3,
+                         weights.numel() * weights.element_size() / 2**20])
+    common.table(rows, ["T", "attention (ms)", "linear layer (ms)", "weights (MiB, T^2 x 4 bytes)"])
     log_T = np.log([r[0] for r in rows])
-    slope = {name: float(np.polyfit(log_T, np.log([r[i] for r in rows]), 1)[0])  # growth as T^slope
-             for i, name in ((1, "attention"), (2, "memory"), (3, "linear"))}
+    slope = {name: float(np.polyfit(log_T, np.log([r[i] for r in rows]), 1)[0])  # time grows as T^slope
+             for i, name in ((1, "attention"), (2, "linear"))}
     long_T = 32 * 1024
-    common.explain(f"""Fitted growth, as T^x over these T: attention time x = {fmt(slope['attention'], 3)},
-    weights' memory x = {fmt(slope['memory'], 3)}, linear layer time x = {fmt(slope['linear'], 3)}.
-    Doubling T doubles the linear layer's arithmetic and quadruples attention's; measured times also
-    carry fixed costs per call and cache effects, so their exponents stray from 1 and 2. At T =
-    {long_T:,} one head's float32 weights alone would take {fmt(long_T ** 2 * 4 / 2**30, 3)} GiB: why
-    long contexts need fused kernels that never store the (T, T) matrix, or other attention variants.""")
+    growth = ("fixed costs per call and cache effects make the measured exponents stray from 1 and 2"
+              if slope["attention"] >= 1.8 else  # the same condition decides key insight 7
+              "these lengths are too short to show it: fixed costs per call still dominate such small calls")
+    common.explain(f"""Fitted growth of the measured times, as T^x over these T: attention x =
+    {fmt(slope['attention'], 3)}, linear layer x = {fmt(slope['linear'], 3)}. Doubling T doubles the
+    linear layer's arithmetic and quadruples attention's; {growth}. The weights' size is computed, not
+    measured: T^2 float32 numbers, so at T = {long_T:,} one head's weights alone would take
+    {fmt(long_T ** 2 * 4 / 2**30, 3)} GiB: why long contexts need fused kernels that never store the
+    (T, T) matrix, or other attention variants.""")
     return slope
 
 
 # %% Key insights
-def key_insights(hand_weights, scaling_rows, cross_shape, masks, worst, slope):
-    top = int(hand_weights[-1].argmax())
+def key_insights(hand_weights, top, scaling_rows, cross_shape, masks, worst, slope):
     first, last = scaling_rows[0], scaling_rows[-1]
+    raw, scaled = last["raw"], last["scaled"]
     common.key_insights([
         f"Attention is a weighted average of values: {TOKENS[-1]!r} gave weight "
-        f"{fmt(float(hand_weights[-1, top]))} to {TOKENS[top]!r}, the key with the largest q . k.",
+        f"{fmt(float(hand_weights[-1].max()))} to " + " and ".join(repr(w) for w in top)
+        + (", the key" if len(top) == 1 else " each, the keys") + " with the largest q . k.",
         "output = softmax(Q K^T / sqrt(d_k)) V: (T_q, d_k) @ (d_k, T_k) -> scores (T_q, T_k); "
         "weights (T_q, T_k) @ V (T_k, d_v) -> output (T_q, d_v).",
         f"Raw scores have variance ~ d_k ({fmt(first['raw']['var'])} at d_k={first['d_k']}, "
-        f"{fmt(last['raw']['var'])} at d_k={last['d_k']}); divided by sqrt(d_k) it stays near 1 "
-        f"({fmt(last['scaled']['var'])}). Unscaled at d_k={last['d_k']}, {last['raw']['saturated']:.0%} of "
-        f"rows were saturated and the median gradient reaching q was {fmt(last['raw']['grad'][1], 3)} "
-        f"({fmt(last['scaled']['grad'][1], 3)} scaled).",
+        f"{fmt(raw['var'])} at d_k={last['d_k']}); divided by sqrt(d_k) it stays near 1 "
+        f"({fmt(scaled['var'])}). " + (
+            f"Unscaled at d_k={last['d_k']}, {raw['saturated']:.0%} of rows were saturated and the median "
+            f"gradient reaching q was {fmt(raw['grad'][1], 3)} ({fmt(scaled['grad'][1], 3)} scaled)."
+            if raw["saturated"] >= 0.5 else
+            f"Up to d_k={last['d_k']} at most {raw['saturated']:.0%} of unscaled rows were saturated: "
+            "larger d_k show the rows that starve."),
         "Self-attention: Q, K, V all come from one sequence through W_q, W_k, W_v. "
         f"Cross-attention: queries from another; weights were {cross_shape} = (B, T_q, T_k).",
         f"Masks are boolean, True = may attend: the largest weight on a blocked key was "
@@ -542,35 +554,29 @@ def key_insights(hand_weights, scaling_rows, cross_shape, masks, worst, slope):
         f"without keys: {masks['ours_nan']} NaN rows in ours, {masks['plain_nan']} in a plain softmax. "
         "nn.MultiheadAttention's masks use the opposite polarity.",
         f"Our function vs F.scaled_dot_product_attention: largest difference {fmt(worst)} over every case.",
-        f"Cost: attention's time grew like T^{fmt(slope['attention'], 2)} and its weights' memory like "
-        f"T^{fmt(slope['memory'], 2)}; a linear layer's time like T^{fmt(slope['linear'], 2)}.",
+        f"Cost: attention's time grew like T^{fmt(slope['attention'], 2)}, a linear layer's like "
+        f"T^{fmt(slope['linear'], 2)}" + ("" if slope["attention"] >= 1.8 else " (too short to show T^2)")
+        + "; one head's weights hold T^2 numbers.",
     ])
 
 
 def check_knobs():
-    """An edited knob that cannot work stops the lesson with one line naming it."""
+    """An edited knob that cannot work stops the lesson with one line naming it (common.knobs)."""
     for name, value in {"D_MODEL": D_MODEL, "D_K": D_K, "SEQ_LEN": SEQ_LEN, "T_Q_CROSS": T_Q_CROSS,
                         "T_K_CROSS": T_K_CROSS, "N_KEYS_SWEEP": N_KEYS_SWEEP, "COST_D_K": COST_D_K,
                         "N_QUERIES_SWEEP": N_QUERIES_SWEEP, "QUICK_N_QUERIES": QUICK_N_QUERIES}.items():
-        common.check_positive(name, value)
+        common.whole(value, name, low=1)
     rows = [len(TOKENS), len(HAND_Q), len(HAND_K), len(HAND_V)]
-    problems = {
-        "TOKENS, HAND_Q, HAND_K and HAND_V": (
-            len(set(rows)) == 1 and len({len(r) for r in HAND_Q + HAND_K} - {0}) == 1
-            and len({len(r) for r in HAND_V} - {0}) == 1,
-            f"need one row per word (they have {rows} rows), HAND_Q and HAND_K rows of one length"),
-        f"LENGTHS = {LENGTHS}": (0 < len(LENGTHS) and all(0 <= n <= SEQ_LEN for n in LENGTHS),
-                                 f"needs lengths from 0 to SEQ_LEN = {SEQ_LEN}"),
-        f"SATURATED = {SATURATED}": (0 < SATURATED < 1, "needs a weight between 0 and 1, e.g. 0.99"),
-        f"D_K_SWEEP = {D_K_SWEEP}, QUICK_D_K_SWEEP = {QUICK_D_K_SWEEP}": (
-            all(sizes and min(sizes) >= 1 for sizes in (D_K_SWEEP, QUICK_D_K_SWEEP)), "need sizes of 1 or more"),
-        f"T_SWEEP = {T_SWEEP}, QUICK_T_SWEEP = {QUICK_T_SWEEP}": (
-            all(len(set(sizes)) >= 2 and min(sizes) >= 1 for sizes in (T_SWEEP, QUICK_T_SWEEP)),
-            "need at least two different lengths of 1 or more (to measure growth)"),
-    }
-    for name, (ok, need) in problems.items():
-        if not ok:
-            raise common.UserError(f"{name} {need}; edit the knobs at the top of the lesson")
+    common.require(len(set(rows)) == 1 and len({len(r) for r in HAND_Q + HAND_K} - {0}) == 1
+                   and len({len(r) for r in HAND_V} - {0}) == 1,
+                   f"TOKENS, HAND_Q, HAND_K and HAND_V need one row per word (they have {rows} rows), "
+                   "HAND_Q and HAND_K rows of one length; edit the knobs at the top of the lesson")
+    common.whole_numbers(LENGTHS, "LENGTHS", low=0, high=SEQ_LEN, hint=f"SEQ_LEN = {SEQ_LEN} is the longest")
+    common.number(SATURATED, "SATURATED", 0, 1, low_open=True, high_open=True, hint="e.g. 0.99")
+    for name, sizes in (("D_K_SWEEP", D_K_SWEEP), ("QUICK_D_K_SWEEP", QUICK_D_K_SWEEP)):
+        common.whole_numbers(sizes, name, low=1)
+    for name, sizes in (("T_SWEEP", T_SWEEP), ("QUICK_T_SWEEP", QUICK_T_SWEEP)):
+        common.whole_numbers(sizes, name, low=1, distinct=2, hint="two lengths at least, to measure growth")
 
 
 @common.entry_point
@@ -578,7 +584,7 @@ def main(argv=None):
     args = common.parse_args(common.lesson_parser(__doc__), argv)
     check_knobs()
     device = common.setup(args, "Lesson 01: the attention mechanism")
-    Q, K, V, hand_output = section_1_qkv_by_hand(device)
+    Q, K, V, hand_output, top = section_1_qkv_by_hand(device)
     hand_weights = section_2_step_by_step(Q, K, V, hand_output, args)
     scaling_rows = section_3_scaling(device, args)
     x, head = section_4_self_attention(device)
@@ -586,7 +592,7 @@ def main(argv=None):
     masks = section_6_masks(x, head, device, args)
     worst = section_7_check_against_pytorch(device)
     slope = section_8_cost(device, args)
-    key_insights(hand_weights, scaling_rows, cross_shape, masks, worst, slope)
+    key_insights(hand_weights, top, scaling_rows, cross_shape, masks, worst, slope)
 
 
 if __name__ == "__main__":

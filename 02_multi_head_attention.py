@@ -17,7 +17,8 @@ Run:  python 02_multi_head_attention.py                  (about 6 s on a 2-core 
       python 02_multi_head_attention.py --quick          (tiny sizes, for a smoke test)
 
 Shapes: B batch, T sequence length (T_q queries, T_k keys when they differ), d_model embedding
-size, n_heads heads, d_head = d_model // n_heads the size of each head's slice.
+size, n_heads heads, d_head = d_model // n_heads the size of each head's slice (lesson 01's d_k: the
+size of one head's queries and keys).
 Masks are boolean with True = may attend (as in lesson 01 and F.scaled_dot_product_attention).
 """
 import math
@@ -27,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+from common.report import differ, percent  # a share with its 95% interval; two shares apart beyond it
 
 # Reused from lesson 01 (one source for each component): attention for one head. Every
 # MultiHeadAttention below computes with it, so an edit to lesson 01 changes lessons 02-05.
@@ -257,11 +259,11 @@ def section_1_loop(d_model, n_heads, device):
     fused.load_state_dict(mha.state_dict())  # the same weights, PyTorch's fused kernel opted in
     common.explain(f"""
         Each of the {n_heads} heads is lesson 01's attention on its own d_head = {d_model} //
-        {n_heads} = {mha.d_head} numbers per token. Head h takes rows h*d_head .. (h+1)*d_head - 1
-        of W_q, W_k and W_v (a {mha.d_head} x {d_model} slice of each), attends, and returns
-        (B, T_q, d_head). The heads' outputs are concatenated side by side back to d_model and
-        mixed by W_o. Below, the loop (multi_head_attention_loop) against our batched class and
-        against PyTorch's nn.MultiheadAttention holding the same weights.""")
+        {n_heads} = {mha.d_head} numbers per token (lesson 01's d_k, now per head). Head h takes
+        rows h*d_head .. (h+1)*d_head - 1 of W_q, W_k and W_v (a {mha.d_head} x {d_model} slice of
+        each), attends, and returns (B, T_q, d_head). The heads' outputs are concatenated side by
+        side back to d_model and mixed by W_o. Below, the loop (multi_head_attention_loop) against
+        our batched class and against PyTorch's nn.MultiheadAttention holding the same weights.""")
     B, T, T_k = 2, 5, 7
     x = torch.randn(B, T, d_model, device=device)
     memory = torch.randn(B, T_k, d_model, device=device)  # another sequence, for cross-attention
@@ -275,22 +277,22 @@ def section_1_loop(d_model, n_heads, device):
         ("padding mask", x, x, keep[:, None, :], dict(key_padding_mask=~keep)),  # ours (B, 1, T_k)
         (f"cross, T_q={T}, T_k={T_k}", x, memory, None, {}),
     ]
-    rows, worst = [], 0.0
+    rows = []
     with torch.no_grad():
         for name, q, kv, mask, torch_masks in cases:
             out_loop, w_loop = multi_head_attention_loop(mha, q, kv, kv, mask)
             out_cls, w_cls = mha(q, kv, kv, mask=mask)
             out_fused, _ = fused(q, kv, kv, mask=mask, need_weights=False)
             out_ref, w_ref = ref(q, kv, kv, need_weights=True, average_attn_weights=False, **torch_masks)
-            diffs = [max((out_loop - out_cls).abs().max(), (w_loop - w_cls).abs().max()),
+            diffs = [torch.maximum((out_loop - out_cls).abs().max(), (w_loop - w_cls).abs().max()),
                      (out_cls - out_ref).abs().max(),
                      (w_cls - w_ref).abs().max(), (out_fused - out_cls).abs().max()]
-            worst = max([worst] + [d.item() for d in diffs])
             rows.append([name, *diffs])
         print(f"  largest |difference| (weights: (B, n_heads, T_q, T_k) = "
               f"{tuple(w_cls.shape)} in the cross case)")
         common.table(rows, ["case", "loop vs class", "class vs PyTorch", "weights vs PyTorch",
                             "fused=True vs class"])
+        worst = torch.stack([d for row in rows for d in row[1:]]).max().item()  # keeps a NaN; max() would not
         wrong, _ = ref(x, x, x, attn_mask=causal, need_weights=True)  # our mask passed unchanged
         nan_rows = torch.isnan(wrong).any(-1).sum().item()
         wrong_diff = torch.nan_to_num(wrong - mha(x, x, x, mask=causal)[0]).abs().max().item()
@@ -298,8 +300,8 @@ def section_1_loop(d_model, n_heads, device):
         {"All four agree" if worst < 1e-5 else "They DISAGREE"}: largest difference
         {common.fmt(worst, 2)} (float32 rounding is ~1e-7). Our class always computes with lesson
         01's function; "fused=True" is the opt-in that hands calls without weights to PyTorch's
-        F.scaled_dot_product_attention instead (worth it on a GPU; at this course's sizes it buys
-        nothing, and an edit to lesson 01 would not reach it).
+        F.scaled_dot_product_attention instead (a speed-up on a GPU; an edit to lesson 01 would not
+        reach it).
 
         Mask polarity: our masks (like F.scaled_dot_product_attention) say True = may attend;
         nn.MultiheadAttention's attn_mask and key_padding_mask say True = BLOCKED. So we pass
@@ -370,11 +372,12 @@ def section_2_batched(d_model, n_heads, device):
 def train_and_measure(d_model, n_heads, sizes, seed, device):
     """Train the n_heads-head model and a 1-head model alike; measure both on held-out sequences.
 
-    Returns ({n_heads: measurements, 1: measurements}, accuracy of always answering 0).
+    Returns ({n_heads: measurements, 1: measurements}, correct answers of always answering 0, answers).
     """
     x_eval, y_eval = (t.to(device) for t in neighbour_difference_batch(
         sizes["n_eval"], torch.Generator().manual_seed(seed + 1)))
-    baseline = (y_eval == VOCAB_SIZE - 1).float().mean().item()  # always answer "difference 0"
+    n = y_eval.numel()  # one answer per position of every held-out sequence
+    baseline = int((y_eval == VOCAB_SIZE - 1).sum())  # always answer "difference 0"
     results = {}
     for h in dict.fromkeys([n_heads, 1]):  # the lesson's model, then one head (once with --heads 1)
         model, losses = train_neighbour_model(d_model, h, sizes["steps"], sizes["batch_size"],
@@ -382,18 +385,56 @@ def train_and_measure(d_model, n_heads, sizes, seed, device):
         accuracy, avg = evaluate(model, x_eval, y_eval)
         spots = torch.stack([offset_weights(avg, k) for k in (-1, 0, +1)], dim=1)  # (h, 3)
         spots = torch.cat([spots, 1 - spots.sum(1, keepdim=True)], dim=1).cpu()    # + elsewhere
-        results[h] = dict(loss=losses[-1], accuracy=accuracy, avg=avg.cpu(), spots=spots,
-                          frozen=accuracy_with_frozen_weights(model, x_eval, y_eval, avg))
-    return results, baseline
+        frozen = accuracy_with_frozen_weights(model, x_eval, y_eval, avg)
+        results[h] = dict(loss=losses[-1], correct=round(accuracy * n), avg=avg.cpu(), spots=spots,
+                          frozen=round(frozen * n), readers=[reads(a) for a in avg.cpu()])
+    return results, baseline, n
 
 
 SPOTS = ("left neighbour", "itself", "right neighbour", "elsewhere")  # offsets -1, 0, +1, the rest
+TIE = 0.05  # two shares of a head's weight closer than this are a blend, not a winner
 
 
 def largest(spots_of_head) -> str:
-    """Where a head puts the largest share of its average weight, e.g. 'left neighbour (0.83)'."""
-    best = int(spots_of_head.argmax())
-    return f"{SPOTS[best]} ({float(spots_of_head[best]):.2f})"
+    """Where a head puts the largest share of its average weight: 'left neighbour (0.83)', or
+    'left/right blend (0.49/0.50)' when the two largest shares are within TIE of each other."""
+    (first, second), (a, b) = spots_of_head.topk(2)
+    if first - second < TIE:
+        return f"{SPOTS[a].split()[0]}/{SPOTS[b].split()[0]} blend ({first:.2f}/{second:.2f})"
+    return f"{SPOTS[a]} ({first:.2f})"
+
+
+def reads(avg_head):
+    """('left', least share) when EVERY query row of a head's average weights (T, T) puts most of its
+    weight on its left neighbour, ('right', ...) likewise, else None: an average over rows can hide
+    a head that reads the left neighbour for some queries and the right one for others."""
+    t = torch.arange(avg_head.size(-1))
+    for side, offset in (("left", -1), ("right", +1)):
+        share = avg_head[t, (t + offset) % len(t)]  # (T,) each query's weight on that neighbour
+        if share.min() > 0.5:
+            return side, share.min().item()
+    return None
+
+
+def split_text(results, n_heads, baseline, n):
+    """The sentence on how the n_heads-head model's heads share the two neighbours, and whether they split."""
+    multi = results[n_heads]
+    readers = {side: [(i, r[1]) for i, r in enumerate(multi["readers"]) if r and r[0] == side]
+               for side in ("left", "right")}
+    fixed = not differ(multi["frozen"], n, multi["correct"], n)  # freezing the weights costs nothing visible
+    split = n_heads > 1 and multi["correct"] > (n + baseline) / 2 and all(readers.values()) and fixed
+    names = {side: ("heads " if len(r) > 1 else "head ") + ", ".join(str(i) for i, _ in r)
+             for side, r in readers.items()}
+    least = {side: min((share for _, share in r), default=0.0) for side, r in readers.items()}
+    if n_heads == 1:
+        return "With one head there is no split to see: run with --heads 2.", False
+    if split:
+        return (f"In the {n_heads}-head model every query row of {names['left']} puts most of its weight on "
+                f"its left neighbour, every row of {names['right']} on its right one (the smallest such "
+                f"shares: {least['left']:.2f} and {least['right']:.2f}), and frozen weights score as well as "
+                "free ones (the intervals overlap): a split nobody wrote.", True)
+    return (f"The {n_heads}-head model shows no clean split (a head whose every query reads one neighbour, "
+            "another for the other side, and frozen weights as good as free ones): see the table.", False)
 
 
 def section_3_why_heads(d_model, n_heads, sizes, args, device):
@@ -416,42 +457,28 @@ def section_3_why_heads(d_model, n_heads, sizes, args, device):
         seed and data, then measure in eval mode on {sizes['n_eval']} held-out sequences. "frozen"
         replaces each head's weights by their average over those sequences: the same blend for
         every input.""")
-    results, baseline = train_and_measure(d_model, n_heads, sizes, args.seed, device)
+    results, baseline, n = train_and_measure(d_model, n_heads, sizes, args.seed, device)
     print("  average attention weight of each head on each offset (key - query position):")
     common.table([[f"{h}-head model", f"head {i}", *(f"{w:.3f}" for w in r["spots"][i].tolist()),
                    largest(r["spots"][i])]
                   for h, r in results.items() for i in range(h)],
                  ["model", "head", "-1 (left)", "0 (itself)", "+1 (right)", "elsewhere", "largest"])
-    print()
-    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
-    common.table([[f"{h}-head model", r["loss"], pct(r["accuracy"]), pct(r["frozen"])]
-                  for h, r in results.items()] + [["always answer 0", "", pct(baseline), ""]],
+    print(f"\n  share of the {n:,} held-out answers that are right (95% interval):")
+    common.table([[f"{h}-head model", r["loss"], percent(r["correct"], n), percent(r["frozen"], n)]
+                  for h, r in results.items()] + [["always answer 0", "", percent(baseline, n), ""]],
                  ["model", "final train loss", "held-out accuracy", "frozen weights"])
-    multi, one = results[n_heads], results[1]
-    # a head "reads" a neighbour when more than half of its weight goes there
-    readers = [[str(i) for i, s in enumerate(multi["spots"]) if s[side] > 0.5] for side in (0, 2)]
-    heads = lambda ids: ("heads " if len(ids) > 1 else "head ") + ", ".join(ids)  # noqa: E731
-    learned = multi["accuracy"] > (1 + baseline) / 2  # more than half way from always-0 to perfect
-    split = n_heads > 1 and learned and all(readers)
-    if n_heads == 1:
-        heads_text = "With one head there is no split to see: run with --heads 2."
-    elif not learned:
-        heads_text = f"The {n_heads}-head model has not learned the task yet: there is no split to read."
-    elif split:
-        heads_text = (f"In the {n_heads}-head model more than half of the weight of {heads(readers[0])} goes "
-                      f"to the left neighbour, of {heads(readers[1])} to the right: a split nobody wrote.")
-    else:
-        heads_text = (f"No head of the {n_heads}-head model puts more than half of its weight on the left "
-                      "neighbour while another does so on the right.")
+    one = results[1]
+    noise = "" if differ(one["frozen"], n, one["correct"], n) else " (the intervals overlap: no difference)"
+    heads_text, split = split_text(results, n_heads, baseline, n)
     common.explain(f"""
-        Notice the frozen column: with one fixed blend the single head scores {pct(one['frozen'])}
-        ({pct(one['accuracy'])} when its weights may follow the digits). {heads_text} (On the ring,
-        query 0's left neighbour is key {SEQ_LEN - 1}: the corner cells of the figure.)""")
-    plot_heads(results, sizes, args)
-    return results, baseline, split
+        Notice the frozen column: with one fixed blend the single head scores {percent(one['frozen'], n)},
+        with weights free to follow the digits {percent(one['correct'], n)}{noise}. {heads_text} (On the
+        ring, query 0's left neighbour is key {SEQ_LEN - 1}: the corner cells of the figure.)""")
+    plot_heads(results, sizes, n, args)
+    return results, baseline, n, split
 
 
-def plot_heads(results, sizes, args):
+def plot_heads(results, sizes, n, args):
     panels = [(h, i) for h in results for i in range(h)]  # the lesson's model's heads, then 1 head
     ncols = min(len(panels), 4)
     nrows = -(-len(panels) // ncols)
@@ -469,9 +496,9 @@ def plot_heads(results, sizes, args):
                     ax.text(k, q, f"{avg[q, k]:.2f}", ha="center", va="center", fontsize=7,
                             color="k" if avg[q, k] > 0.6 else "w")
         ax.set(xticks=ticks, yticks=ticks, xlabel="key position", ylabel="query position")
-        ax.set_title(f"{h}-head model, head {i}\nlargest weight: {largest(results[h]['spots'][i])}", fontsize=9)
+        ax.set_title(f"{h}-head model, head {i}\nlargest: {largest(results[h]['spots'][i])}", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
-    accuracies = ", ".join(f"{h} head{'s' if h > 1 else ''} {100 * r['accuracy']:.0f}% accurate"
+    accuracies = ", ".join(f"{h} head{'s' if h > 1 else ''} {100 * r['correct'] / n:.0f}% accurate"
                            for h, r in results.items())
     fig.suptitle(f"Output left - right neighbour: {accuracies}.\nEach head's attention weights, "
                  f"averaged over {sizes['n_eval']} held-out sequences (eval mode)", fontsize=9)
@@ -502,30 +529,28 @@ def section_4_parameters(d_model):
     return all_equal
 
 
-def check(ok: bool, message: str):
-    """A setting that cannot work (a flag, or a knob edited at the top): one `error:` line, exit 2."""
-    if not ok:
-        raise common.UserError(message)
-
-
 def settings(args):
-    """d_model, n_heads (flags first, else the knobs) and section 3's sizes, each checked."""
+    """d_model, n_heads (flags first, else the knobs) and section 3's sizes, each checked (common.knobs)."""
     d_model, d_label = common.flag_or_knob(args, "d_model", "D_MODEL", D_MODEL)
     n_heads, h_label = common.flag_or_knob(args, "heads", "N_HEADS", N_HEADS)
-    check(0 < d_model <= MAX_D_MODEL, f"{d_label}: d_model must be from 1 to MAX_D_MODEL = {MAX_D_MODEL} "
-          "(section 3 trains models of this width on a CPU), e.g. 32")
+    common.whole(MAX_D_MODEL, "MAX_D_MODEL", low=1)
+    common.whole(d_model, d_label, low=1, high=MAX_D_MODEL, hint="section 3 trains models of this width on a "
+                 "CPU, e.g. 32")
+    common.whole(n_heads, h_label)
     divisors = [h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0]
-    check(n_heads > 0 and d_model % n_heads == 0,
-          f"{h_label} must divide {d_label} (each head gets d_model / n_heads numbers); choose "
-          f"from its divisors: {', '.join(map(str, divisors))}" + (", ..." if d_model > 64 else ""))
-    sizes = QUICK if args.quick else dict(steps=STEPS, batch_size=BATCH_SIZE, n_eval=N_EVAL)
-    knob_names = dict(steps="STEPS", batch_size="BATCH_SIZE", n_eval="N_EVAL")
-    for key, value in sizes.items():
-        label = f"QUICK[{key!r}]" if args.quick else knob_names[key]
-        check(value >= 1, f"{label} = {value} must be at least 1")
-    check(VOCAB_SIZE >= 2, f"VOCAB_SIZE = {VOCAB_SIZE}: the task needs at least 2 different digits")
-    check(SEQ_LEN >= 3, f"SEQ_LEN = {SEQ_LEN}: the ring needs at least 3 positions, so that a "
-          "position's left and right neighbours differ")
+    common.require(n_heads > 0 and d_model % n_heads == 0, f"{h_label} must divide {d_label} (each head gets "
+                   f"d_model / n_heads numbers); choose from its divisors: {', '.join(map(str, divisors))}"
+                   + (", ..." if d_model > 64 else ""))
+    if args.quick:  # --quick: the sizes in QUICK
+        sizes = dict(common.whole_fields(QUICK, "QUICK", steps=1, batch_size=1, n_eval=1))
+    else:
+        sizes = dict(steps=common.whole(STEPS, "STEPS", low=1), n_eval=common.whole(N_EVAL, "N_EVAL", low=1),
+                     batch_size=common.whole(BATCH_SIZE, "BATCH_SIZE", low=1))
+    common.whole(VOCAB_SIZE, "VOCAB_SIZE", low=2, hint="the task needs at least 2 different digits")
+    common.whole(SEQ_LEN, "SEQ_LEN", low=3, hint="a position's left and right neighbours must differ")
+    common.number(LR, "LR", low=0, low_open=True, hint="e.g. 3e-2")
+    common.whole(WARMUP, "WARMUP", low=0)
+    common.whole_numbers(HEAD_COUNTS, "HEAD_COUNTS", low=1)
     return d_model, n_heads, sizes
 
 
@@ -543,11 +568,10 @@ def main(argv=None):
 
     worst, wrong_polarity = section_1_loop(d_model, n_heads, device)
     good_merge, bad_merge = section_2_batched(d_model, n_heads, device)
-    results, baseline, split = section_3_why_heads(d_model, n_heads, sizes, args, device)
+    results, baseline, n, split = section_3_why_heads(d_model, n_heads, sizes, args, device)
     counts_equal = section_4_parameters(d_model)
 
     multi, one = results[n_heads], results[1]
-    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     common.key_insights([
         f"Multi-head attention = n_heads copies of lesson 01's attention on d_head-sized slices of W_q, "
         f"W_k, W_v, concatenated and mixed by W_o. Loop, batched class and nn.MultiheadAttention: "
@@ -558,10 +582,12 @@ def main(argv=None):
         + (f"Without it the output is off by {common.fmt(bad_merge, 3)} (with it: "
            f"{common.fmt(good_merge, 2)}), and no shape error warns you." if n_heads > 1
            else "With one head there is nothing to transpose."),
-        "Left - right neighbour: " + (f"{n_heads} heads {pct(multi['accuracy'])} (frozen weights: "
-                                       f"{pct(multi['frozen'])}), " if n_heads > 1 else "")
-        + f"1 head {pct(one['accuracy'])} (frozen: {pct(one['frozen'])}), always answering 0 {pct(baseline)}."
-        + (" Training split the heads into left and right readers." if split else ""),
+        f"Left - right neighbour, right answers (95% interval): " + (
+            f"{n_heads} heads {percent(multi['correct'], n)}, frozen {percent(multi['frozen'], n)}; "
+            if n_heads > 1 else "")
+        + f"1 head {percent(one['correct'], n)}, frozen {percent(one['frozen'], n)}; "
+        f"always answering 0 {percent(baseline, n)}."
+        + (" Training split the heads into a left and a right reader." if split else ""),
         f"Parameters: 4*d_model^2 + 4*d_model = {attention_parameter_count(d_model)} for d_model={d_model} "
         f"with any number of heads ({'equal to' if counts_equal else 'DIFFERENT from'} numel()).",
     ])

@@ -9,7 +9,7 @@ What you will learn:
      change fastest and the last ones slowest.
   4. Relative position: for each offset k one fixed rotation M_k maps PE(p) to PE(p + k) for every p
      (rotary embeddings, RoPE, build attention on this).
-  5. Dot products PE(p) . PE(q) depend only on p - q, and a query rotated by M_k makes attention
+  5. Dot products PE(p) . PE(j) depend only on p - j, and a query rotated by M_k makes attention
      look 'k tokens earlier': how sharp (or shallow) that peak is.
   6. Interleaved sin/cos vs concatenated halves: the same columns in another order.
   7. How loud positions are next to token embeddings (the sqrt(d_model) scale), and learned
@@ -22,7 +22,8 @@ It writes positional_encoding_heatmap.png, positional_encoding_wavelengths.png,
 positional_encoding_dot_products.png and positional_encoding_layouts.png.
 
 Shapes: B batch, T sequence length, d_model embedding size, max_len rows of the table,
-p and q positions, k an offset between positions, i a dimension pair (columns 2i and 2i+1).
+p and j positions (p a query's, j a key's where both appear), k an offset between positions,
+i a dimension pair (columns 2i and 2i+1).
 """
 import math
 
@@ -64,8 +65,9 @@ def pair_wavelengths(d_model: int) -> torch.Tensor:
 def sinusoidal_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
     """The (max_len, d_model) table of sinusoidal positions.
 
-    PE[p, 2i]   = sin(p / 10000^(2i / d_model))
-    PE[p, 2i+1] = cos(p / 10000^(2i / d_model))
+    PE[p, 2i]   = sin(p / BASE^(2i / d_model))
+    PE[p, 2i+1] = cos(p / BASE^(2i / d_model))
+    BASE is the knob at the top of lesson 03; the paper uses 10000.
     Sines in even columns, cosines in odd columns (interleaved, as in the paper).
     With an odd d_model the last column is a sine without its cosine.
     """
@@ -180,11 +182,13 @@ def section_1_order_blindness(d_model, device):
     print(f"  moved tokens    {tokens[0, perm].tolist()}")
     common.table([["attention(x)", plain], ["attention(x + PE)", with_pe]],
                  ["input", "largest |attn(moved) - moved(attn)|"])
+    blind = ("differ only by float rounding: \"dog bites man\" and \"man bites dog\" give each word the same "
+             "vector (attention is permutation-equivariant)" if plain < 1e-5 * max(1.0, scale) else
+             "differ by more than float rounding: something in the attention depends on position (a bug?)")
     common.explain(f"""
-        For scale, the mean |output| is {fmt(scale)}. Without positions the two outputs differ only
-        by float rounding: "dog bites man" and "man bites dog" give each word the same vector
-        (attention is permutation-equivariant). With PE added to the input the difference is
-        {fmt(with_pe / scale, 3)} times the mean output: order is information once it is in the input.""")
+        For scale, the mean |output| is {fmt(scale)}. Without positions the two outputs {blind}. With
+        PE added to the input the difference is {fmt(with_pe / scale, 3)} times the mean output: order
+        is information once it is in the input.""")
     return plain, with_pe
 
 
@@ -206,7 +210,9 @@ def section_2_table(pe, d_model, max_len, args):
                      f"{pe[p, col].item():.6f}"])
     common.table(rows, ["entry", "formula", "by hand", "table"])
     print()
-    common.show_tensor("PE[:4, :8]  (first 4 positions, first 8 dimensions)", pe[:4, :8], decimals=4)
+    corner = pe[:4, :8]  # fewer columns when d_model < 8
+    common.show_tensor(f"PE[:4, :{corner.size(1)}]  (first 4 positions, first {corner.size(1)} dimensions)",
+                       corner, decimals=4)
     wavelengths = pair_wavelengths(d_model)
     fig, ax = common.new_figure(figsize=(7.5, 5.5), show=args.show)
     _heatmap(ax, pe, f"Sinusoidal positional encoding (d_model={d_model}, BASE={BASE:g}):\ncolumn 0 "
@@ -253,7 +259,7 @@ def section_3_wavelengths(pe, d_model, max_len, args):
         Low dimensions tell neighbours apart; high ones change slowly, like the hour hand of a
         clock. Each wavelength is BASE^(2/d_model) = {fmt(BASE ** (2 / d_model))} times the one
         before: a straight line on a log axis.""")
-    if turns_last < 0.25:  # the slowest pairs stay near angle 0 over the whole table
+    if change[-1] < 0.1 * change[-2]:  # the last cosine barely moves next to its sine
         common.explain(f"""
             In the last panel the slow pairs zigzag: near angle 0 a sine moves by about w per step
             but a cosine by only about w^2 * p (it is flat at its top), e.g. the last pair's columns
@@ -278,7 +284,8 @@ def plot_wavelengths(pe, wavelengths, change, args):
     for y, text, style in ((2 * math.pi, "2*pi", ":"), (BASE * 2 * math.pi, "2*pi*BASE", ":"),
                            (max_len, f"max_len = {max_len}", "--")):
         axes[1].axhline(y, color="gray", ls=style, lw=1, label=text if style == "--" else None)
-        axes[1].text(0, y * 1.15, text, fontsize=8, color="gray")
+        if style == ":":  # at the right end, above the line: the curve starts at 2*pi, ends below 2*pi*BASE
+            axes[1].text(n_pairs - 1, y * 1.15, text, fontsize=8, color="gray", ha="right")
     axes[1].set(xlabel="dimension pair i (columns 2i, 2i+1)", ylabel="wavelength (positions, log)",
                 title="Wavelength grows geometrically with the pair;\npairs above the dashed line "
                       "do not turn once in the table")
@@ -291,7 +298,7 @@ def plot_wavelengths(pe, wavelengths, change, args):
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.yaxis.set_minor_locator(LogLocator(subs=()))
     axes[1].set_ylim(top=BASE * 2 * math.pi * 4)
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="upper left")
     common.save_figure(fig, args.out_dir, "positional_encoding_wavelengths.png", show=args.show)
 
 
@@ -309,22 +316,25 @@ def section_4_relative(pe, d_model, offsets):
         rows.append([k, table.size(0) - k, (moved - table[k:]).abs().max().item(),
                      (table[:-k] - table[k:]).abs().max().item()])
     common.table(rows, ["offset k", "positions p", "max |M_k PE(p) - PE(p+k)|", "max |PE(p) - PE(p+k)|"])
+    error, moved_by = torch.tensor(rows)[:, 2:].max(0).values.tolist()  # torch's max keeps a NaN
+    verdict = "float32 rounding of the table" if error < 1e-5 else "NOT rounding: M_k and the table disagree"
     common.explain(f"""
-        M_k PE(p) lands on PE(p + k) to within {fmt(max(r[2] for r in rows), 2)} (float32 rounding of
-        the table) for every p, while the vectors themselves differ by up to
-        {fmt(max(r[3] for r in rows), 3)}. Since M_k is a rotation, it keeps every PE(p) at the same
-        length. Rotary position embeddings (RoPE, used by most recent language models) build on
-        exactly this: instead of adding PE to the input, they rotate each query by M_p and each key
-        by M_q, so q . k depends on the offset q - p by construction, in every layer.""")
-    return max(r[2] for r in rows)
+        M_k PE(p) lands on PE(p + k) to within {fmt(error, 2)} ({verdict}) for every p, while the
+        vectors themselves differ by up to {fmt(moved_by, 3)}. Since M_k is a rotation, it keeps every
+        PE(p) at the same length. Rotary position embeddings (RoPE, used by most recent language
+        models) build on exactly this: instead of adding PE to the input, they rotate the query at
+        position p by M_p and the key at position j by M_j, so their dot product depends only on the
+        offset j - p, in every layer.""")
+    return error
 
 
 # %% 5. Dot products depend only on the offset; attention can look k tokens back
 def look_back_weights(pe, k, c):
     """Attention weights (causal) of every query when W_q = c M_-k and W_k = W_v = I on inputs PE.
 
-    Query p becomes c M_-k PE(p) = c PE(p - k), so its score with key q is c PE(p - k) . PE(q),
-    largest at q = p - k. Returns (scores (T, T), weights (T, T)), using lesson 01's attention.
+    Query p becomes c M_-k PE(p) = c PE(p - k), so its score with the key at position j is
+    c PE(p - k) . PE(j), largest at j = p - k. Returns (scores (T, T), weights (T, T)), using lesson
+    01's attention.
     """
     T, d_model = pe.shape
     Q = pe @ (c * relative_position_matrix(-k, d_model)).T   # (T, d_model): row p is c PE(p - k)
@@ -333,9 +343,9 @@ def look_back_weights(pe, k, c):
 
 
 def section_5_dot_products(pe, d_model, offsets, args):
-    common.section(5, "PE(p) . PE(q) depends only on p - q; a rotated query looks k tokens back")
+    common.section(5, "PE(p) . PE(j) depends only on p - j; a rotated query looks k tokens back")
     common.explain("""
-        sin(pw) sin(qw) + cos(pw) cos(qw) = cos((p - q) w), so PE(p) . PE(q) = sum_i cos((p - q) w_i):
+        sin(pw) sin(jw) + cos(pw) cos(jw) = cos((p - j) w), so PE(p) . PE(j) = sum_i cos((p - j) w_i):
         the same number for every pair of positions the same distance apart.""")
     gram = pe.double() @ pe.double().T  # (max_len, max_len) all dot products
     w = pair_frequencies(d_model)
@@ -349,8 +359,8 @@ def section_5_dot_products(pe, d_model, offsets, args):
         number (cos is even): the dot product alone cannot tell before from after.
 
         Attention compares W_q x with W_k x. Take W_k = I and W_q = c M_-{k} (so W_q^T W_k = c M_{k}):
-        the query of position p becomes c PE(p - {k}), and its score with key q is
-        c sum_i cos((p - {k} - q) w_i), largest at q = p - {k}. Weights of query p = {n - 1} (causal,
+        the query of position p becomes c PE(p - {k}), and its score with the key at position j is
+        c sum_i cos((p - {k} - j) w_i), largest at j = p - {k}. Weights of query p = {n - 1} (causal,
         scores / sqrt(d_model), lesson 01's function; a uniform row gives each key {fmt(1 / n, 3)}):""")
     table, curves = [], {}
     for c in LOOK_BACK_SCALES:
@@ -381,12 +391,13 @@ def plot_dot_products(gram, curves, k, args):
                            extent=(-0.5, n - 0.5, n - 0.5, -0.5))  # axes in positions, cell centres on ticks
     axes[0].set_xticks(range(0, n, _tick_step(n)))
     axes[0].set_yticks(range(0, n, _tick_step(n)))
-    axes[0].set(xlabel="position q", ylabel="position p", title="PE(p) . PE(q): constant along every diagonal")
+    axes[0].set(xlabel="position j", ylabel="position p",
+                title="PE(p) . PE(j): constant along every diagonal")
     fig.colorbar(image, ax=axes[0], label="dot product")
     for p in sorted({0, n // 4, n // 2}):
         ks = torch.arange(-p, n - p)
         axes[1].plot(ks, gram[p, p + ks], lw=1.5, ls="-" if p == 0 else "--", label=f"p = {p}")
-    axes[1].set(xlabel="offset q - p", ylabel="PE(p) . PE(q)",
+    axes[1].set(xlabel="offset j - p", ylabel="PE(p) . PE(j)",
                 title="The same curve from every starting position p")
     axes[1].legend(fontsize=8)
     first = max(0, n - 1 - k - 16)  # the last keys only: the peak and its neighbours
@@ -395,7 +406,7 @@ def plot_dot_products(gram, curves, k, args):
     peak = int(curves[max(curves)].argmax())
     axes[2].axvline(n - 1 - k, color="gray", ls=":", lw=1)
     axes[2].axhline(1 / n, color="black", ls=":", lw=1, label="uniform 1/(p+1)")
-    axes[2].set(xlabel=f"key position q (keys {first}..{n - 1})", ylabel="attention weight of query p",
+    axes[2].set(xlabel=f"key position j (keys {first}..{n - 1})", ylabel="attention weight of query p",
                 title=f"Query p = {n - 1} with W_q = c M_-{k}, W_k = I:\n"
                       f"weights peak at key {peak} = p - {n - 1 - peak}")
     axes[2].xaxis.get_major_locator().set_params(integer=True)  # key positions are whole numbers
@@ -408,9 +419,11 @@ def section_6_layouts(pe, d_model, args):
     common.section(6, "Interleaved sin/cos vs concatenated halves (two layouts, one encoding)")
     order = concatenated_column_order(d_model)
     concat = pe[:, order]  # (max_len, d_model): sin(p w_0), sin(p w_1), ..., cos(p w_0), cos(p w_1), ...
+    o, h = order.tolist(), d_model // 2  # the whole order when it is short, else its outline
+    shown = o if d_model <= 8 else f"[{o[0]}, {o[1]}, ..., {o[h - 1]}, {o[h]}, {o[h + 1]}, ..., {o[-1]}]"
     common.explain(f"""
         The paper interleaves (sin, cos, sin, cos, ...). Much code puts all sines first, then all
-        cosines: the same columns in the order {order[:3].tolist()} ... {order[-2:].tolist()}. The first
+        cosines: the same columns in the order {shown}. The first
         layer that reads the input is linear, and a linear layer on reordered columns equals the
         same layer with its weight columns reordered the same way:""")
     layer, permuted = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
@@ -482,24 +495,22 @@ def check_settings(args):
     knob_d_model, knob_max_len = (QUICK_D_MODEL, QUICK_MAX_LEN) if args.quick else (D_MODEL, MAX_LEN)
     d_model, d_label = common.flag_or_knob(args, "d_model", quick + "D_MODEL", knob_d_model)
     max_len, m_label = common.flag_or_knob(args, "max_len", quick + "MAX_LEN", knob_max_len)
-    step = math.lcm(2, max(N_HEADS, 1))  # even for sin/cos pairs, and a multiple of N_HEADS
+    common.whole(N_HEADS, "N_HEADS", low=1)
+    common.whole(d_model, d_label)
+    step = math.lcm(2, N_HEADS)  # even for sin/cos pairs, and a multiple of N_HEADS
     near = max(step, min(round(d_model / step), 4096 // step) * step)
-    problems = [
-        (N_HEADS >= 1, f"N_HEADS = {N_HEADS} must be 1 or more"),
-        (0 < d_model <= 4096 and d_model % step == 0,
-         f"{d_label} must be a multiple of {step} up to 4096 (even for the sin/cos pairs, and divisible "
-         f"by N_HEADS = {N_HEADS}); try {near}"),
-        (16 <= max_len <= 4096, f"{m_label} must be from 16 to 4096 positions; try {MAX_LEN}"),
-        (BASE > 1, f"BASE = {BASE} must be more than 1 (wavelengths grow from 2*pi to 2*pi*BASE)"),
-        (SEQ_LEN >= 2, f"SEQ_LEN = {SEQ_LEN} must be 2 or more (tokens to move around)"),
-        (VOCAB_SIZE >= 1, f"VOCAB_SIZE = {VOCAB_SIZE} must be 1 or more"),
-        (len(OFFSETS) > 0 and min(OFFSETS) >= 1, f"OFFSETS = {OFFSETS} must hold offsets of 1 or more"),
-        (len(LOOK_BACK_SCALES) > 0 and min(LOOK_BACK_SCALES) > 0,
-         f"LOOK_BACK_SCALES = {LOOK_BACK_SCALES} must hold sizes above 0"),
-    ]
-    for ok, message in problems:
-        if not ok:
-            raise common.UserError(message)
+    common.require(0 < d_model <= 4096 and d_model % step == 0,
+                   f"{d_label} must be a multiple of {step} up to 4096 (even for the sin/cos pairs, and "
+                   f"divisible by N_HEADS = {N_HEADS}); try {near}")
+    common.whole(max_len, m_label, low=16, high=4096, hint=f"positions in the table; try {MAX_LEN}")
+    common.number(BASE, "BASE", low=1, low_open=True, hint="wavelengths grow from 2*pi to 2*pi*BASE")
+    common.whole(SEQ_LEN, "SEQ_LEN", low=2, hint="tokens to move around")
+    common.whole(VOCAB_SIZE, "VOCAB_SIZE", low=1)
+    common.whole_numbers(OFFSETS, "OFFSETS", low=1)
+    common.require(isinstance(LOOK_BACK_SCALES, (list, tuple)) and len(LOOK_BACK_SCALES) > 0,
+                   f"LOOK_BACK_SCALES = {LOOK_BACK_SCALES!r} must hold sizes above 0, e.g. (1, 4, 16)")
+    for c in LOOK_BACK_SCALES:
+        common.number(c, f"LOOK_BACK_SCALES = {LOOK_BACK_SCALES!r}: each", low=0, low_open=True)
     return d_model, max_len
 
 
@@ -535,7 +546,7 @@ def main(argv=None):
         f"{fmt(wavelengths[-1])} (last pair): low dimensions change fastest.",
         f"For each offset k a fixed rotation M_k maps PE(p) to PE(p+k) for every p (largest error "
         f"{fmt(relative_error, 2)}); RoPE rotates queries and keys by their positions instead of adding PE.",
-        f"PE(p).PE(q) depends only on p - q, not on its sign. W_q = c M_-k makes a query peak at p - k; "
+        f"PE(p).PE(j) depends only on p - j, not on its sign. W_q = c M_-k makes a query peak at p - k; "
         f"with c = {look_back[0][0]} that peak holds weight {fmt(look_back[0][3], 3)}, with c = "
         f"{look_back[-1][0]} {fmt(look_back[-1][3], 3)}.",
         f"Interleaved and concatenated layouts are the same columns reordered: a linear layer with "

@@ -17,14 +17,13 @@ Shapes: B batch, T sequence length, d_model token width, n_heads heads, d_head =
 d_ff feed-forward hidden width.
 Masks are boolean with True = may attend (lesson 01); PyTorch's modules use True = blocked.
 """
-import timeit
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import common
 from common import fmt, load_lesson
+from common.report import seed_range  # '0.515 (0.47-0.56)': the mean over seeds, and their range
 
 # Reused from earlier lessons (one source for each component).
 MultiHeadAttention = load_lesson(2).MultiHeadAttention
@@ -38,6 +37,7 @@ N_LAYERS = 4          # blocks in the stack of section 5 (--layers overrides it)
 B, T = 2, 6           # batch size and sequence length of the small examples (T at least 2)
 DROPOUT = 0.1         # section 1: the dropout probability shown in training mode (the paper's)
 COST_LENGTHS = (128, 256, 512, 1024)  # section 4: sequence lengths T at which both sublayers are timed
+# sections 6-7 (depth study): the seeds are added to --seed, so another --seed draws other stacks
 DEPTH_STUDY = dict(depths=(2, 4, 8, 16, 32), d_model=32, heads=4, B=8, T=16, seeds=(0, 1))  # sections 6-7
 QUICK_COST_LENGTHS = (32, 64, 128)                                                  # --quick
 QUICK_DEPTH_STUDY = dict(depths=(2, 4), d_model=16, heads=2, B=4, T=8, seeds=(0,))  # --quick
@@ -110,9 +110,8 @@ class TransformerEncoder(nn.Module):
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = False):
         super().__init__()
-        self.layers = nn.ModuleList(
-            TransformerEncoderBlock(d_model, n_heads, d_ff, dropout, norm_first) for _ in range(n_layers)
-        )
+        self.layers = nn.ModuleList(TransformerEncoderBlock(d_model, n_heads, d_ff, dropout, norm_first)
+                                    for _ in range(n_layers))
         # Pre-LN leaves the last block's output un-normalised, so a final LayerNorm follows.
         self.norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
 
@@ -127,15 +126,8 @@ class TransformerEncoder(nn.Module):
 
 @torch.no_grad()
 def copy_weights_from_torch(block, torch_layer):
-    """Copy an nn.TransformerEncoderLayer's weights into our block (same sizes and norm_first), or an
-    nn.TransformerEncoder's into our TransformerEncoder (its `norm` a LayerNorm exactly when ours is
-    pre-LN), so both compute the same function. Returns `block`."""
-    if isinstance(block, TransformerEncoder):  # a whole stack: block by block, then the final norm
-        for ours, theirs in zip(block.layers, torch_layer.layers, strict=True):
-            copy_weights_from_torch(ours, theirs)
-        if isinstance(block.norm, nn.LayerNorm):
-            block.norm.load_state_dict(torch_layer.norm.state_dict())
-        return block
+    """Copy an nn.TransformerEncoderLayer's weights into our block (same sizes and norm_first), so both
+    compute the same function. Returns `block`."""
     if block.norm_first != torch_layer.norm_first:
         raise ValueError(f"norm_first differs: ours {block.norm_first}, PyTorch's {torch_layer.norm_first}")
     d_model = block.self_attn.d_model
@@ -178,7 +170,8 @@ def section_1_block(d_model, n_heads, d_ff, device):
     common.table([[name, str(tuple(t.shape)), t.std()] for name, t in steps], ["step", "shape", "std"])
     print(f"  largest |by hand - block(x)| = {fmt(by_hand_diff)}")
     worst = compare_with_torch(x, d_model, n_heads, d_ff, device)
-    return dict(worst=worst, dropout=show_dropout(x, d_model, n_heads, d_ff))
+    show_dropout(x, d_model, n_heads, d_ff)
+    return worst
 
 
 def compare_with_torch(x, d_model, n_heads, d_ff, device):
@@ -189,10 +182,9 @@ def compare_with_torch(x, d_model, n_heads, d_ff, device):
         Now against PyTorch's nn.TransformerEncoderLayer, its weights copied into our block
         (copy_weights_from_torch). An encoder reads its whole input, so it needs no causal mask; it
         must block padding, the filler that makes sequences of different lengths fit in one batch
-        (here the last sequence ends with {T // 2} padding tokens). Our padding mask is
-        keep[:, None, :], (B, 1, T_k), True = a real token; PyTorch's masks mean True = blocked, so
-        they get ~mask. Outputs at padding positions are thrown away (PyTorch's fast path may
-        return zeros there), so only real tokens are compared.""")
+        (here the last sequence ends with {T // 2} padding tokens). Our padding mask is keep[:, None,
+        :], (B, 1, T_k), True = a real token; PyTorch's masks mean True = blocked: ~mask. Outputs at
+        padding positions are thrown away (PyTorch's fast path may return zeros there).""")
     causal, rows = causal_mask(T, device=device), []
     masks = {"none": (None, {}), "causal": (causal, dict(src_mask=~causal)),  # ours, PyTorch's (~ours)
              "padding": (keep[:, None, :], dict(src_key_padding_mask=~keep))}
@@ -207,7 +199,7 @@ def compare_with_torch(x, d_model, n_heads, d_ff, device):
                 rows.append(["pre-LN" if norm_first else "post-LN", name, diff.item()])
             _, weights = ours(x, mask=masks["padding"][0], return_weights=True)
     common.table(rows, ["layout", "mask", "largest |ours - PyTorch| (real tokens)"])
-    worst = max(r[2] for r in rows)
+    worst = torch.tensor([r[2] for r in rows]).max().item()  # torch's max keeps a NaN, Python's max() not
     on_padding = weights[-1][..., ~keep[-1]].max().item()  # (n_heads, T, padded keys)
     print(f"  -> {'equal up to float32 rounding' if worst < 1e-4 else 'NOT equal: check the wiring'}; "
           f"largest attention weight on a padding token: {fmt(on_padding)}")
@@ -215,7 +207,7 @@ def compare_with_torch(x, d_model, n_heads, d_ff, device):
 
 
 def show_dropout(x, d_model, n_heads, d_ff):
-    """Dropout in the block: on in training mode, off in eval mode. Returns the train-mode change."""
+    """Dropout in the block: on in training mode, off in eval mode."""
     block = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=DROPOUT).to(x.device)
     plain = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=0.0).to(x.device).eval()
     plain.load_state_dict(block.state_dict())  # dropout has no weights: the same block without it
@@ -228,7 +220,6 @@ def show_dropout(x, d_model, n_heads, d_ff):
         x + dropout(sublayer(x)) (the one the paper names, with the embeddings of lesson 05). With
         p = {DROPOUT}, two training-mode calls on the same x differ by up to {fmt(train_change)};
         after .eval() the block equals one without dropout (difference {fmt(eval_change)}).""")
-    return train_change
 
 
 # %% 2. LayerNorm works per token
@@ -260,13 +251,14 @@ def section_2_layernorm(d_model, device, out_dir, show):
                                        "std/sqrt(std^2+eps)"])
     alone_diff = (alone - y[:, t:t + 1]).abs().max().item()
     max_mean, max_std_err = mean_after.abs().max().item(), (std_after - 1).abs().max().item()
+    narrowest = int(std_before[0].argmin())  # the token with the smallest spread
     print(f"  after: largest |mean| {fmt(max_mean)}, largest |std - 1| {fmt(max_std_err)}\n  token {t} "
           f"normalised alone vs inside the sequence: largest difference {fmt(alone_diff)}")
     common.explain(f"""
         The std after is not exactly 1: eps = {norm.eps:g} in the square root (there so that a token
-        with all features equal does not divide by 0) makes it std / sqrt(std^2 + eps), furthest
-        below 1 for the token with the smallest spread (last column). The statistics never mix
-        tokens, nor the sequences of a batch (unlike BatchNorm).""")
+        with all features equal does not divide by 0) makes it std / sqrt(std^2 + eps) (last
+        column), furthest below 1 for token {narrowest}, the one with the smallest spread. The
+        statistics never mix tokens, nor the sequences of a batch (unlike BatchNorm).""")
     plot_layernorm(x, y, out_dir, show)
     return dict(max_mean=max_mean, max_std_err=max_std_err, alone_diff=alone_diff)
 
@@ -305,8 +297,9 @@ def section_3_feed_forward(d_model, n_heads, d_ff, device):
     common.table([[name, change[0], change[1:].max()] for name, change in moved.items()],
                  ["sublayer", "change at token 0", "largest change at tokens 1.."])
     others = {name: change[1:].max().item() for name, change in moved.items()}
-    common.explain(f"""Attention mixes tokens (it moved the others by {fmt(others['attention'])}), then
-        the feed-forward works on each mixed token alone (it moved them by {fmt(others['feed-forward'])}).""")
+    alone = "works on each mixed token alone" if others["feed-forward"] == 0 else "MIXES tokens too: a bug?"
+    common.explain(f"""Attention mixes tokens (it moved the others by {fmt(others['attention'])}), then the
+        feed-forward {alone} (it moved them by {fmt(others['feed-forward'])}).""")
     return dict(position_wise=others["feed-forward"], attn_others=others["attention"])
 
 
@@ -322,25 +315,26 @@ def section_4_cost(d_model, n_heads, d_ff, lengths, device):
         fastest of 5 runs each, and the size of the largest tensor each sublayer creates.""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     attn, ffn = block.self_attn, block.feed_forward
-    sync = getattr(torch, torch.device(device).type).synchronize  # a GPU works asynchronously: wait for it
-    fastest_ms = lambda f: 1000 * min(timeit.repeat(lambda: (f(), sync()), number=1, repeat=5))  # noqa: E731
     rows, mib = [], lambda t: t.numel() * t.element_size() / 2**20  # noqa: E731  (a tensor's MiB)
     for length in lengths:
         x = torch.randn(1, length, d_model, device=device)
-        attn_ms, ffn_ms = fastest_ms(lambda: attn(x, x, x, need_weights=False)), fastest_ms(lambda: ffn(x))
+        attn_ms = 1000 * common.best_time(lambda: attn(x, x, x, need_weights=False), device)
+        ffn_ms = 1000 * common.best_time(lambda: ffn(x), device)
         weights = attn(x, x, x)[1]                        # (1, n_heads, T, T)
         hidden = ffn.activation(ffn.linear1(x))           # (1, T, d_ff)
         rows.append([length, attn_ms, ffn_ms, attn_ms / ffn_ms, mib(weights), mib(hidden)])
     common.table(rows, ["T", "attention ms", "feed-forward ms", "ratio", "weights MiB", "FFN hidden MiB"])
     (t0, a0, f0, r0, w0, h0), (t1, a1, f1, r1, w1, h1) = rows[0], rows[-1]
+    shown = a1 / a0 >= (t1 / t0) ** 1.8  # attention's time grew like T^1.8 or faster
+    notice = (f"Notice the ratio column: attention took {fmt(r0)}x the feed-forward's time at T = {t0} and "
+              f"{fmt(r1)}x at T = {t1}." if shown else "These lengths are too short to show T^2 in the "
+              "times: fixed costs per call still dominate such small calls.")
     common.explain(f"""
         From T = {t0} to {t1} ({fmt(t1 / t0)}x longer), attention's weights tensor grew
         {fmt(w1 / w0)}x and its time {fmt(a1 / a0)}x; the feed-forward's hidden layer grew
-        {fmt(h1 / h0)}x and its time {fmt(f1 / f0)}x. Notice the ratio column: attention took
-        {fmt(r0)}x the feed-forward's time at T = {t0} and {fmt(r1)}x at T = {t1}. (Times vary from
-        run to run on a busy machine; the memory columns are exact.)""")
-    return dict(lengths=(t0, t1), attn_growth=a1 / a0, ffn_growth=f1 / f0, weights_growth=w1 / w0,
-                hidden_growth=h1 / h0)
+        {fmt(h1 / h0)}x and its time {fmt(f1 / f0)}x. The memory columns are computed from the
+        tensors' sizes; the times are measured and vary on a busy machine. {notice}""")
+    return dict(t=(t0, t1), attn=a1 / a0, ffn=f1 / f0, weights=w1 / w0, hidden=h1 / h0, shown=shown)
 
 
 # %% 5. Stacking blocks: shapes and parameter counts
@@ -410,8 +404,8 @@ def measure_stack(steps, blocks, final_norm, x, target):
 def depth_study(study, device):
     """Per seed, one stack of max(depths) blocks shared by the three variants (only the wiring differs);
     depth N is its first N blocks. Returns {variant: {"first", "last", "similarity", "stream_std": (seeds,
-    depths), "per_layer": (seeds, deepest)}} and, for the first block's attention at initialisation,
-    [mean largest weight per query, token similarity of its output, token similarity of its input]."""
+    depths), "per_layer": (seeds, deepest)}} and means over the seeds of what the first block's attention
+    does at initialisation (largest weight, token similarity of output and input, stds)."""
     depths, d_model, heads = study["depths"], study["d_model"], study["heads"]
     results = {v: {k: [] for k in ("first", "last", "similarity", "stream_std", "per_layer")}
                for v in ("post-LN", "pre-LN", "no residual")}
@@ -427,14 +421,16 @@ def depth_study(study, device):
         x, target = (torch.randn(study["B"], study["T"], d_model, device=device) for _ in range(2))
         with torch.no_grad():
             out, weights = post.layers[0].self_attn(x, x, x)  # (B, T, d_model), (B, n_heads, T, T)
-        attention.append([weights.max(dim=-1).values.mean().item(), token_similarity(out), token_similarity(x)])
+        attention.append([weights.max(dim=-1).values.mean().item(), token_similarity(out), token_similarity(x),
+                          out.std().item(), (x + out).std().item()])
         for variant, (steps, blocks, final_norm) in stacks.items():
             measured = [measure_stack(steps[:d], blocks[:d], final_norm, x, target) for d in depths]
             for key in ("first", "last", "similarity", "stream_std"):
                 results[variant][key].append([m[key] for m in measured])
             results[variant]["per_layer"].append(measured[-1]["per_layer"])  # the deepest stack's
     results = {v: {k: torch.tensor(values) for k, values in r.items()} for v, r in results.items()}
-    return results, torch.tensor(attention).mean(0).tolist()
+    names = ("largest", "sim_out", "sim_in", "std_out", "std_sum")
+    return results, dict(zip(names, torch.tensor(attention).mean(0).tolist()))
 
 
 def section_6_residuals(results, attention, study):
@@ -446,63 +442,68 @@ def section_6_residuals(results, attention, study):
         Without it, the gradient must pass through every sublayer in turn. We stack {depths[0]} to
         {depths[-1]} blocks ({", ".join(f"{k} {v}" for k, v in study.items() if k != "depths")}),
         put a random regression loss on the output and measure the gradient norm of the FIRST
-        block's attention and feed-forward weights (mean over the seeds). All stacks share the same
-        weights; "no residual" is post-LN with both "x +" removed.""")
+        block's attention and feed-forward weights (mean over the seeds, their range in brackets).
+        All stacks share the same weights; "no residual" is post-LN with both "x +" removed.""")
     v = ("post-LN", "pre-LN", "no residual")
-    first = {k: results[k]["first"].mean(0) for k in v}
+    grads = {k: results[k]["first"] for k in v}  # (seeds, depths): the first block's gradient norms
     sims = {k: results[k]["similarity"].mean(0) for k in v}
-    common.table([[d] + [first[k][i] for k in v] + [sims[k][i] for k in v] for i, d in enumerate(depths)],
-                 ["blocks"] + [f"grad {k}" for k in v] + [f"sim {k}" for k in v])
-    span = {k: f"{fmt(first[k].min())} to {fmt(first[k].max())}" for k in v}
-    versus = (first["no residual"][-1] / first["post-LN"][-1]).item()
-    peak = depths[int(first["no residual"].argmax())]
-    largest_weight, attn_sim, input_sim = attention
+    rows = [[d, *(seed_range(grads[k][:, i]) for k in v), *(sims[k][i] for k in v)]
+            for i, d in enumerate(depths)]
+    common.table(rows, ["blocks", *(f"grad {k}" for k in v), "sim post-LN", "pre-LN", "no residual"])
+    none, post = grads["no residual"].mean(0), grads["post-LN"].mean(0)  # means over the seeds
+    shallow, versus, peak = (none[0] / post[0]).item(), (none[-1] / post[-1]).item(), int(none.argmax())
+    why = (f"each LayerNorm divides by its input's std, without \"x +\" a sublayer's output alone (attention's "
+           f"{fmt(attention['std_out'])}, x + attention {fmt(attention['std_sum'])}), so every norm scales the "
+           "gradient up" if shallow > 1 else "residuals help even here")
+    deep = (f"With depth it peaks at {depths[peak]} blocks ({fmt(none[peak])}), and at {depths[-1]} blocks it "
+            f"is {fmt(versus)}x post-LN's" if versus < 1 else f"Up to {depths[-1]} blocks it has not fallen "
+            f"below post-LN's ({fmt(versus)}x at {depths[-1]})")
     common.explain(f"""
-        Over these depths the first block's gradient ranges from {span['no residual']} without
-        residuals (largest at {peak} blocks), {span['post-LN']} with them in post-LN and
-        {span['pre-LN']} in pre-LN. Notice the last row: at {depths[-1]} blocks the first block's
-        gradient without residuals is {fmt(versus)}x its gradient with them (post-LN).
+        Notice the "no residual" column. At {depths[0]} blocks the first block gets {fmt(shallow)}x
+        post-LN's gradient: {why}. {deep}.
 
         "sim" is the mean cosine similarity between different tokens at the output (1 = identical
         tokens). At initialisation attention's outputs are much alike for every token: similarity
-        {fmt(attn_sim)}, against {fmt(input_sim)} for its inputs, because each query spreads its
-        weight: its largest weight is {fmt(largest_weight)} on average (1/T = {fmt(1 / length)} if
-        spread evenly, 1 if it read one token). Without a residual that shared average replaces the
-        token (sim {fmt(sims['no residual'][0])} at {depths[0]} blocks); with one it is added to it
-        ({fmt(sims['post-LN'][0])} post-LN, {fmt(sims['pre-LN'][0])} pre-LN).""")
-    return dict(versus=versus, span=span)
+        {fmt(attention['sim_out'])}, against {fmt(attention['sim_in'])} for its inputs, because each
+        query spreads its weight: its largest weight is {fmt(attention['largest'])} on average (1/T =
+        {fmt(1 / length)} if spread evenly, 1 if it read one token). Without a residual that shared
+        average replaces the token (sim {fmt(sims['no residual'][0])} at {depths[0]} blocks); with one
+        it is added to it ({fmt(sims['post-LN'][0])} post-LN, {fmt(sims['pre-LN'][0])} pre-LN).""")
+    return dict(versus=versus, shallow=shallow, depths=(depths[0], depths[-1]))
 
 
 def section_7_norm_placement(results, study, out_dir, show):
-    depths = study["depths"]
+    depths, n_seeds = study["depths"], len(study["seeds"])
     common.section(7, "Post-LN against pre-LN as the stack gets deeper")
     ratio = {k: results[k]["first"] / results[k]["last"] for k in ("post-LN", "pre-LN")}  # (seeds, depths)
     std = {k: results[k]["stream_std"].mean(0) for k in ("post-LN", "pre-LN")}
-    common.table([[d, ratio["post-LN"][:, i].mean(), ratio["pre-LN"][:, i].mean(), std["post-LN"][i],
+    common.table([[d, seed_range(ratio["post-LN"][:, i]), seed_range(ratio["pre-LN"][:, i]), std["post-LN"][i],
                    std["pre-LN"][i]] for i, d in enumerate(depths)],
                  ["blocks", "grad first/last: post-LN", "pre-LN", "stream std: post-LN", "pre-LN"])
-    deep = {k: (r[:, -1].mean().item(), *r[:, -1].aminmax()) for k, r in ratio.items()}  # mean, min, max
-    spread = lambda k: f"{fmt(deep[k][0])} (seeds: {fmt(deep[k][1])} to {fmt(deep[k][2])})"  # noqa: E731
-    opposite = len(study["seeds"]) > 1 and deep["post-LN"][2] < 1 < deep["pre-LN"][1]  # each seed on its side
+    deep = {k: r[:, -1] for k, r in ratio.items()}  # each seed's ratio at the deepest stack
+    side = {k: "below 1" if r.max() < 1 else "above 1" if r.min() > 1 else "on both sides of 1"
+            for k, r in deep.items()}
+    apart = n_seeds > 1 and side["post-LN"] == "below 1" and side["pre-LN"] == "above 1"
+    verdict = ("So post-LN's early blocks get less gradient than its late ones, pre-LN's more: the usual "
+               "reason given for warming up post-LN's learning rate." if apart else "These seeds do not set "
+               f"the layouts apart: post-LN {side['post-LN']}, pre-LN {side['pre-LN']}"
+               + (" (one seed: no spread to judge by)." if n_seeds == 1 else "."))
     common.explain(f"""
-        "grad first/last": the first block's gradient norm over the last block's, both layouts
-        measured alike (attention and feed-forward weights). "stream std": std of the last block's
-        output (for pre-LN, before its final LayerNorm). At {depths[-1]} blocks the ratio is
-        {spread('post-LN')} for post-LN and {spread('pre-LN')} for pre-LN. In post-LN every path from
-        the loss down to a block passes through the LayerNorms of every block above it; in pre-LN
-        the stream is never normalised, so the gradient reaches every block through the identity
-        path, plus what the blocks above add. {"So post-LN's early blocks get less gradient than "
-        "its late ones, pre-LN's more: the usual reason given for warming up post-LN's learning "
-        "rate." if opposite else "These seeds do not set the layouts clearly apart (that takes 2 "
-        "or more, each on its side of 1)."} The price of pre-LN: its stream's std went from
-        {fmt(std['pre-LN'][0])} to {fmt(std['pre-LN'][-1])}, hence the final LayerNorm; post-LN's
-        has std 1 by construction.""")
+        "grad first/last": the first block's gradient norm over the last block's, both layouts measured
+        alike. "stream std": std of the last block's output (for pre-LN, before its final LayerNorm). At
+        {depths[-1]} blocks the ratio is {seed_range(deep['post-LN'])} for post-LN and
+        {seed_range(deep['pre-LN'])} for pre-LN. In post-LN every path from the loss down to a block passes
+        through the LayerNorms of every block above it; in pre-LN the stream is never normalised, so the
+        gradient reaches every block through the identity path, plus what the blocks above add. {verdict}
+        The price of pre-LN: its stream's std went from {fmt(std['pre-LN'][0])} to
+        {fmt(std['pre-LN'][-1])}, hence the final LayerNorm; post-LN's has std 1 by construction.""")
     plot_gradients(results, study, out_dir, show)
-    return dict(ratio_post=deep["post-LN"][0], ratio_pre=deep["pre-LN"][0], pre_std=std["pre-LN"][-1].item())
+    return dict(ratio_post=deep["post-LN"].mean().item(), ratio_pre=deep["pre-LN"].mean().item(),
+                pre_std=std["pre-LN"][-1].item())
 
 
 def plot_gradients(results, study, out_dir, show):
-    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+    from common.figures import log_axis  # ticks at 0.1, 0.2, 0.5, 1, ... labelled as plain numbers
     depths, seeds = study["depths"], study["seeds"]
     fig, axes = common.new_figure(1, 2, figsize=(11, 4.2), show=show)
     for variant, style in {"post-LN": "o-", "pre-LN": "s-", "no residual": "^--"}.items():
@@ -516,47 +517,43 @@ def plot_gradients(results, study, out_dir, show):
     axes[0].set(xlabel="number of blocks in the stack", title="first block, stacks of each depth")
     axes[1].set(xlabel=f"block index (1 = first) in the {depths[-1]}-block stack",
                 title=f"every block of the {depths[-1]}-block stack")
-    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))  # block indices are whole numbers
+    axes[1].xaxis.get_major_locator().set_params(integer=True)  # block indices are whole numbers
     for ax in axes:
-        ax.set(yscale="log", ylabel="gradient norm (attention + FFN weights)")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # ticks at 0.1, 0.2, 0.5, 1 ...
-        ax.yaxis.set_major_formatter("{x:g}")
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        log_axis(ax, "y")
+        ax.set(ylabel="gradient norm (attention + FFN weights)")
         ax.legend()
-    seeds_text = f"mean over {len(seeds)} seeds (shaded: their range)" if len(seeds) > 1 else "one seed"
+    seeds_text = f"mean over seeds {seeds} (shaded: their range)" if len(seeds) > 1 else f"seed {seeds[0]}"
     fig.suptitle(f"Gradient reaching each block at initialisation, {seeds_text}")
     common.save_figure(fig, out_dir, "transformer_block_gradients.png", show=show)
 
 
 # %% Settings and main
-def check(ok: bool, message: str):
-    """A setting that cannot work (a flag, or a knob edited at the top): one `error:` line, exit 2."""
-    if not ok:
-        raise common.UserError(message)
-
-
 def settings(args):
-    """Block sizes (flags first, else the knobs) and the measurement sizes, each checked."""
+    """Block sizes (flags first, else the knobs) and the measurement sizes, each checked (common.knobs)."""
     sizes = [common.flag_or_knob(args, dest, knob, value) for dest, knob, value in
              (("d_model", "D_MODEL", D_MODEL), ("heads", "N_HEADS", N_HEADS), ("d_ff", "D_FF", D_FF),
               ("layers", "N_LAYERS", N_LAYERS))]
     for value, label in sizes:
-        check(value > 0, f"{label}: must be a positive number")
+        common.whole(value, label, low=1)
     (d, d_label), (heads, h_label), (d_ff, f_label), (layers, l_label) = sizes
-    check(d % heads == 0, f"{h_label} must divide {d_label} (each head gets d_model / n_heads features)")
+    common.require(d % heads == 0, f"{h_label} must divide {d_label} (each head gets d_model / n_heads)")
     needed = (2 * layers + 9) * (4 * (d * d + d) + 2 * d * d_ff + d_ff + 5 * d)
-    check(needed <= MAX_PARAMETERS, f"{d_label}, {f_label}, {l_label} need about {needed / 1e6:,.0f} million "
-          f"parameters (section 5), at most {MAX_PARAMETERS // 10**6} million: e.g. 512, 2048 and 6")
-    check(B >= 1 and T >= 2, f"B, T = {B}, {T}: the examples need sequences of at least 2 tokens")
-    q = "QUICK_" if args.quick else ""
-    lengths = sorted(set(QUICK_COST_LENGTHS if args.quick else COST_LENGTHS))
-    check(len(lengths) >= 2 and lengths[0] >= 1, f"{q}COST_LENGTHS = {lengths}: need 2 or more, all positive")
-    study = dict(QUICK_DEPTH_STUDY if args.quick else DEPTH_STUDY)
-    study["depths"] = sorted(set(study["depths"]))
-    check(min(study["depths"] + [study[k] for k in ("d_model", "heads", "B")]) >= 1 and study["T"] >= 2
-          and study["seeds"] and study["d_model"] % study["heads"] == 0, f"{q}DEPTH_STUDY = {study}: sizes "
-          "must be positive, T at least 2, seeds not empty, and heads must divide d_model")
-    return d, heads, d_ff, layers, lengths, study
+    common.require(needed <= MAX_PARAMETERS, f"{d_label}, {f_label}, {l_label} need about {needed / 1e6:,.0f} "
+                   f"million parameters (section 5), at most {MAX_PARAMETERS // 10**6} million: e.g. 512, "
+                   "2048 and 6")
+    common.whole(B, "B", low=1)
+    common.whole(T, "T", low=2, hint="the examples need sequences of at least 2 tokens")
+    common.number(DROPOUT, "DROPOUT", low=0, high=1, high_open=True, hint="a probability, e.g. 0.1")
+    q = "QUICK_" if args.quick else ""  # --quick reads the QUICK_ knobs
+    lengths = common.whole_numbers(QUICK_COST_LENGTHS if args.quick else COST_LENGTHS, f"{q}COST_LENGTHS",
+                                   low=1, distinct=2)
+    study = dict(common.whole_fields(QUICK_DEPTH_STUDY if args.quick else DEPTH_STUDY, f"{q}DEPTH_STUDY",
+                                     d_model=1, heads=1, B=1, T=2))
+    common.require(study["d_model"] % study["heads"] == 0, f"{q}DEPTH_STUDY: heads must divide d_model")
+    depths = common.whole_numbers(study.get("depths"), f"{q}DEPTH_STUDY['depths']", low=1)
+    offsets = common.whole_numbers(study.get("seeds"), f"{q}DEPTH_STUDY['seeds']", low=0, high=1000)
+    study.update(depths=sorted(set(depths)), seeds=tuple(args.seed + k for k in offsets))
+    return d, heads, d_ff, layers, sorted(set(lengths)), study
 
 
 @common.entry_point
@@ -579,20 +576,22 @@ def main(argv=None):
     results, attention = depth_study(study, device)
     r6 = section_6_residuals(results, attention, study)
     r7 = section_7_norm_placement(results, study, args.out_dir, args.show)
+    d0, d1 = r6["depths"]
     common.key_insights([
         f"Our block equals nn.TransformerEncoderLayer with copied weights, post-LN and pre-LN, with no, causal "
-        f"or padding mask (largest difference {fmt(r1['worst'])}); dropout acts only in training mode.",
+        f"or padding mask (largest difference {fmt(r1)}); dropout acts only in training mode.",
         f"LayerNorm works per token: afterwards each token has |mean| <= {fmt(r2['max_mean'])} and "
         f"|std - 1| <= {fmt(r2['max_std_err'])} (from eps), whatever its neighbours.",
         f"Attention mixes tokens (changing one moved the others by {fmt(r3['attn_others'])}); the "
         f"feed-forward does not ({fmt(r3['position_wise'])}) and holds {fmt(100 * r5['ffn_share'])}% "
         f"of a block's {r5['per_block']:,} parameters.",
-        f"From T = {r4['lengths'][0]} to {r4['lengths'][1]} attention's weights grew "
-        f"{fmt(r4['weights_growth'])}x (T^2) and its time {fmt(r4['attn_growth'])}x; the feed-forward's hidden "
-        f"layer {fmt(r4['hidden_growth'])}x (T) and its time {fmt(r4['ffn_growth'])}x.",
-        f"At {study['depths'][-1]} blocks: first block's gradient without/with residuals {fmt(r6['versus'])}; "
-        f"first/last block {fmt(r7['ratio_post'])} in post-LN, {fmt(r7['ratio_pre'])} in pre-LN, whose stream "
-        f"grew to std {fmt(r7['pre_std'])}: hence its final LayerNorm.",
+        f"From T = {r4['t'][0]} to {r4['t'][1]}: attention's weights x{fmt(r4['weights'])} (T^2), its time "
+        f"x{fmt(r4['attn'])}; the feed-forward's hidden layer x{fmt(r4['hidden'])} (T), its time "
+        f"x{fmt(r4['ffn'])}" + ("." if r4["shown"] else " (too short to show T^2 in time)."),
+        f"Without residuals the first block got {fmt(r6['shallow'])}x post-LN's gradient at {d0} blocks "
+        f"and {fmt(r6['versus'])}x at {d1}. First/last block at {d1}: {fmt(r7['ratio_post'])} "
+        f"post-LN, {fmt(r7['ratio_pre'])} pre-LN, whose stream grew to std {fmt(r7['pre_std'])}: hence its "
+        "final LayerNorm.",
     ])
 
 

@@ -26,11 +26,14 @@ from common.lessons import load_lesson
 from common.plotting import new_figure, pyplot, save_figure
 from common.progress import progress
 from common.setup import seed_everything, set_threads, setup
-from common import checkpoints, flags, stats  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
+from common.knobs import number, require, whole, whole_fields, whole_numbers
+from common.timing import best_time
+from common import checkpoints, flags, knobs, report, stats, timing  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
 
 __all__ = [
     "UserError",
     "atomic_write",
+    "best_time",
     "check_positive",
     "choose_device",
     "entry_point",
@@ -43,9 +46,11 @@ __all__ = [
     "lesson_parser",
     "load_lesson",
     "new_figure",
+    "number",
     "parse_args",
     "plain_parser",
     "progress",
+    "require",
     "pyplot",
     "save_figure",
     "section",
@@ -55,5 +60,8 @@ __all__ = [
     "show_tensor",
     "table",
     "write_bytes",
+    "whole",
+    "whole_fields",
+    "whole_numbers",
     "write_json",
 ]

@@ -14,8 +14,9 @@ import torch  # noqa: F401
 def sinusoidal_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
     """The (max_len, d_model) table of sinusoidal positions.
 
-    PE[p, 2i]   = sin(p / 10000^(2i / d_model))
-    PE[p, 2i+1] = cos(p / 10000^(2i / d_model))
+    PE[p, 2i]   = sin(p / BASE^(2i / d_model))
+    PE[p, 2i+1] = cos(p / BASE^(2i / d_model))
+    BASE is the knob at the top of lesson 03; the paper uses 10000.
     Sines in even columns, cosines in odd columns (interleaved, as in the paper).
     With an odd d_model the last column is a sine without its cosine.
     """

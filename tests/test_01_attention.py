@@ -1,4 +1,5 @@
 """Lesson 01: scaled dot-product attention and the causal mask, checked against PyTorch."""
+import argparse
 import math
 import re
 
@@ -24,8 +25,8 @@ def qkv(lead, T_q, T_k, d_k=8, d_v=5, seed=0):
             randn(*lead, T_k, d_v, seed=seed + 2))
 
 
-def padding_valid(lengths, T):
-    """(B, T) bool, True for the first lengths[b] positions of sequence b."""
+def padding_keep(lengths, T):
+    """(B, T) bool, True = a real token: the first lengths[b] positions of sequence b."""
     return torch.arange(T) < torch.tensor(lengths)[:, None]
 
 
@@ -67,7 +68,7 @@ def test_causal_mask_matches_pytorch_is_causal(lead):
 def test_padding_mask_B_1_1_Tk_matches_pytorch():
     B, H, T = 3, 2, 6
     q, k, v = qkv((B, H), T, T)
-    mask = padding_valid([6, 4, 1], T)[:, None, None, :]  # (B, 1, 1, T_k): same for heads, queries
+    mask = padding_keep([6, 4, 1], T)[:, None, None, :]  # (B, 1, 1, T_k): same for heads, queries
     out, weights = attention(q, k, v, mask)
     assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     assert_close(weights, reference_weights(q, k, mask))
@@ -77,8 +78,8 @@ def test_padding_mask_B_1_1_Tk_matches_pytorch():
 def test_padding_mask_B_1_Tq_Tk_and_cross_attention_match_pytorch():
     B, H, T_q, T_k = 2, 3, 4, 6
     q, k, v = qkv((B, H), T_q, T_k)
-    valid_q, valid_k = padding_valid([4, 2], T_q), padding_valid([6, 3], T_k)
-    mask = (valid_q[:, :, None] & valid_k[:, None, :])[:, None]  # (B, 1, T_q, T_k)
+    keep_q, keep_k = padding_keep([4, 2], T_q), padding_keep([6, 3], T_k)
+    mask = (keep_q[:, :, None] & keep_k[:, None, :])[:, None]  # (B, 1, T_q, T_k)
     out, weights = attention(q, k, v, mask)
     assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     assert_close(weights, reference_weights(q, k, mask))
@@ -87,14 +88,14 @@ def test_padding_mask_B_1_Tq_Tk_and_cross_attention_match_pytorch():
 def test_causal_and_padding_combined_match_pytorch():
     B, H, T = 2, 2, 5
     q, k, v = qkv((B, H), T, T)
-    mask = L01.causal_mask(T) & padding_valid([5, 3], T)[:, None, None, :]  # (B, 1, T, T)
+    mask = L01.causal_mask(T) & padding_keep([5, 3], T)[:, None, None, :]  # (B, 1, T, T)
     out, _ = attention(q, k, v, mask)
     assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
 
 def test_gradients_match_pytorch_with_padding():
     B, H, T = 2, 2, 5
-    mask = padding_valid([5, 2], T)[:, None, None, :]
+    mask = padding_keep([5, 2], T)[:, None, None, :]
     grads = []
     for fn in (lambda q, k, v: attention(q, k, v, mask)[0],
                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)):
@@ -108,7 +109,7 @@ def test_gradients_match_pytorch_with_padding():
 # --- properties ------------------------------------------------------------------------------
 def test_weight_rows_sum_to_one_and_are_nonnegative():
     q, k, v = qkv((2, 3), 5, 7)
-    for mask in (None, padding_valid([7, 2], 7)[:, None, None, :], L01.causal_mask(7)[:5]):
+    for mask in (None, padding_keep([7, 2], 7)[:, None, None, :], L01.causal_mask(7)[:5]):
         _, weights = attention(q, k, v, mask)
         assert torch.all(weights >= 0)
         assert_close(weights.sum(-1), torch.ones(2, 3, 5))
@@ -221,8 +222,8 @@ def test_first_masked_fill_backward_is_what_keeps_gradients_free_of_nan():
 
 def test_left_padding_with_a_causal_mask_leaves_the_first_queries_without_keys():
     T, lengths = 6, torch.tensor([6, 4, 1])
-    valid, masks = L01.example_masks(T, lengths, "cpu")
-    assert torch.equal(valid, padding_valid([6, 4, 1], T))
+    keep, masks = L01.example_masks(T, lengths, "cpu")
+    assert torch.equal(keep, padding_keep([6, 4, 1], T))
     empty = ~masks["left padding + causal"].any(-1)  # (B, T_q)
     assert torch.equal(empty.sum(-1), T - lengths)    # exactly the padding queries at the start
     assert torch.equal(empty, torch.arange(T) < (T - lengths)[:, None])
@@ -261,3 +262,14 @@ def test_lesson_quick_run_writes_its_figures(run_main, capsys):
         assert data[:8] == PNG_SIGNATURE and len(data) > 5000, name
     out = capsys.readouterr().out
     assert "Key insights" in out and not re.search(r"\bnan\b", out)  # no number printed as nan
+
+
+@pytest.mark.parametrize("attention_ms, shown", [((1.0, 1.0, 1.0), False), ((1.0, 4.0, 16.0), True)])
+def test_cost_section_says_when_the_lengths_are_too_short_to_show_t_squared(monkeypatch, capsys, attention_ms,
+                                                                              shown):
+    times = iter([t for a in attention_ms for t in (a / 1000, 0.001)])  # attention, then the linear layer, per T
+    monkeypatch.setattr(L01.common, "best_time", lambda fn, device, repeats=5: next(times))
+    slope = L01.section_8_cost(torch.device("cpu"), argparse.Namespace(quick=True))
+    out = " ".join(capsys.readouterr().out.split())
+    assert (slope["attention"] >= 1.8) is shown and ("too short to show it" in out) is not shown
+    assert "computed, not measured" in out and "memory" not in slope

@@ -398,3 +398,38 @@ def test_impossible_sizes_are_one_line_exit_2(capsys, flags, contains):
     err = expect_user_error(capsys, 2, *flags, contains=contains)
     if "--heads" in flags:
         assert "divisors" in err  # names what would work
+
+
+def test_largest_calls_a_near_tie_a_blend():
+    assert L02.largest(torch.tensor([0.83, 0.0, 0.17, 0.0])) == "left neighbour (0.83)"
+    assert L02.largest(torch.tensor([0.494, 0.002, 0.497, 0.006])) == "right/left blend (0.50/0.49)"
+    assert "blend" in L02.largest(torch.tensor([0.394, 0.067, 0.393, 0.146]))
+
+
+def ring_weights(sides, T=6):
+    """(T, T) average weights of a head whose query t reads its left (-1) or right (+1) neighbour."""
+    w = torch.zeros(T, T)
+    for t, side in enumerate(sides):
+        w[t, (t + side) % T] = 1.0
+    return w
+
+
+def test_a_reader_must_read_the_same_neighbour_for_every_query():
+    assert L02.reads(ring_weights([-1] * 6)) == ("left", 1.0)
+    assert L02.reads(ring_weights([+1] * 6)) == ("right", 1.0)
+    # right for queries 0-1, left for the others: 4 of 6 rows on the left, but not a left reader
+    mixed = ring_weights([+1, +1, -1, -1, -1, -1])
+    assert L02.offset_weights(mixed[None], -1) > 0.5 and L02.reads(mixed) is None
+    half = 0.49 * ring_weights([-1] * 6) + 0.51 * ring_weights([+1] * 6)
+    assert L02.reads(half) == ("right", pytest.approx(0.51))
+
+
+@pytest.mark.parametrize("frozen, split", [(1000, True), (998, True), (990, False), (824, False)])
+def test_the_split_is_claimed_only_when_frozen_weights_score_like_free_ones(frozen, split):
+    n = 1000
+    results = {2: dict(correct=1000, frozen=frozen, readers=[("left", 0.99), ("right", 0.98)]),
+               1: dict(correct=130, frozen=40, readers=[None])}
+    text, said = L02.split_text(results, 2, 100, n)
+    assert said == split and ("a split nobody wrote" in text) == split
+    one_side = {**results, 2: dict(results[2], readers=[("left", 0.99), None])}
+    assert L02.split_text(one_side, 2, 100, n)[1] is False

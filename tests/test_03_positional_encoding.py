@@ -235,6 +235,7 @@ def test_quick_run_writes_its_figures(run_main, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
     text = capsys.readouterr().out
     assert "Key insights" in text and not re.search(r"\bnan\b", text)
+    assert "zigzag" in text  # with BASE = 10000 the last cosine barely moves next to its sine
 
 
 def test_wavelength_section_works_at_the_smallest_d_model(tmp_path, capsys):
@@ -244,3 +245,27 @@ def test_wavelength_section_works_at_the_smallest_d_model(tmp_path, capsys):
     wavelengths = L3.section_3_wavelengths(pe, 4, 16, args)
     torch.testing.assert_close(wavelengths, L3.pair_wavelengths(4))
     assert (tmp_path / "positional_encoding_wavelengths.png").exists()
+
+
+def test_the_smallest_d_model_prints_what_it_has(run_main, capsys):
+    run_main(3, "--quick", "--d-model", "4")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "PE[:4, :4] (first 4 positions, first 4 dimensions) shape=(4, 4)" in out
+    assert "the same columns in the order [0, 2, 1, 3]." in out  # the whole order, when it is short
+
+
+def test_docstring_names_the_base_knob_not_a_fixed_number():
+    doc = L3.sinusoidal_positional_encoding.__doc__
+    assert "sin(p / BASE^(2i / d_model))" in doc and "10000^" not in doc
+
+
+def test_attention_that_sees_positions_is_called_out(monkeypatch, capsys):
+    class PositionAware(L3.MultiHeadAttention):  # a learner's bug: the output depends on the position
+        def forward(self, query, key, value, **kwargs):
+            out, weights = super().forward(query, key, value, **kwargs)
+            return out + torch.arange(out.size(1), dtype=out.dtype)[:, None], weights
+
+    monkeypatch.setattr(L3, "MultiHeadAttention", PositionAware)
+    plain, _ = L3.section_1_order_blindness(16, "cpu")
+    out = " ".join(capsys.readouterr().out.split())
+    assert plain > 0.5 and "more than float rounding" in out and "permutation-equivariant" not in out

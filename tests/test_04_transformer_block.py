@@ -111,8 +111,11 @@ def test_encoder_equals_torch_encoder(norm_first):
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    ours = L04.copy_weights_from_torch(
-        L04.TransformerEncoder(n_layers, D_MODEL, N_HEADS, D_FF, norm_first=norm_first).eval(), reference)
+    ours = L04.TransformerEncoder(n_layers, D_MODEL, N_HEADS, D_FF, norm_first=norm_first).eval()
+    for block, layer in zip(ours.layers, reference.layers, strict=True):  # block by block, then the final norm
+        L04.copy_weights_from_torch(block, layer)
+    if norm_first:
+        ours.norm.load_state_dict(reference.norm.state_dict())
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
     x = torch.randn(B, T, D_MODEL)
     with torch.no_grad():
@@ -197,7 +200,8 @@ def test_dropout_only_in_train_mode():
 
 def test_depth_study_shows_what_sections_6_and_7_say():
     study = dict(L04.DEPTH_STUDY, depths=sorted(L04.DEPTH_STUDY["depths"]))  # the lesson's default run
-    results, (largest_weight, attn_sim, input_sim) = L04.depth_study(study, "cpu")
+    results, attention = L04.depth_study(study, "cpu")
+    largest_weight, attn_sim, input_sim = attention["largest"], attention["sim_out"], attention["sim_in"]
     post, pre, no_res = results["post-LN"], results["pre-LN"], results["no residual"]
     n_seeds, n_depths = len(study["seeds"]), len(study["depths"])
     assert post["first"].shape == (n_seeds, n_depths) and post["per_layer"].shape == (n_seeds, study["depths"][-1])
@@ -209,6 +213,9 @@ def test_depth_study_shows_what_sections_6_and_7_say():
     assert (no_res["similarity"][:, 0] > 0.99).all() and (post["similarity"][:, 0] < 0.5).all()
     # at initialisation attention spreads its weight, so its outputs are alike for every token
     assert 1 / study["T"] <= largest_weight < 0.5 and attn_sim > 0.8 > 0.2 > input_sim
+    # why shallow stacks without residuals get more: LayerNorm divides by a sublayer output's small std
+    assert attention["std_out"] < 0.3 < 0.9 < attention["std_sum"]
+    assert (no_res["first"][:, 0] > post["first"][:, 0]).all()
     # section 7, measured alike: post-LN's first block gets less than its last, pre-LN's more
     assert (post["first"][:, -1] < post["last"][:, -1]).all() and (pre["first"][:, -1] > pre["last"][:, -1]).all()
     assert (pre["stream_std"][:, -1] > pre["stream_std"][:, 0]).all()  # pre-LN's stream grows with depth
@@ -234,12 +241,68 @@ def test_without_residual_is_the_post_ln_block_minus_its_two_additions():
         assert_close(L04.without_residual(block)(x), block.norm2(block.feed_forward(h)))
 
 
-def test_lesson_quick_run_writes_its_figures(run_main):
-    out = run_main(4, "--quick")
-    for name in ("transformer_block_gradients.png", "transformer_block_layernorm.png"):
-        path = out / name
-        assert path.exists(), name
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_lesson_quick_run_writes_its_figures_and_its_depth_study_follows_the_seed(run_main, capsys):
+    tables = {}
+    for seed in ("0", "3"):
+        out = run_main(4, "--quick", "--seed", seed)
+        for name in ("transformer_block_gradients.png", "transformer_block_layernorm.png"):
+            path = out / name
+            assert path.exists(), name
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"seeds ({seed},)" in text  # QUICK_DEPTH_STUDY's seed offset 0, added to --seed
+        tables[seed] = text.split("6. What residual")[1].split("Notice")[0]
+    assert tables["0"] != tables["3"]
+
+
+def flat(text):
+    """Printed text as one line: the console wraps paragraphs, also after the hyphen of 'post-LN'."""
+    return " ".join(text.split()).replace("- ", "-")
+
+
+def fake_results(first, last, depths):
+    """Depth-study results with the given first-block and last-block gradients, (seeds, depths) each."""
+    first, last = torch.tensor(first), torch.tensor(last)
+    one = dict(first=first, last=last, similarity=torch.zeros_like(first), stream_std=torch.ones_like(first),
+               per_layer=torch.ones(first.size(0), depths[-1]))
+    return {"post-LN": one, "pre-LN": dict(one, first=2 * last), "no residual": dict(one, first=first / 10)}
+
+
+@pytest.mark.parametrize("post_first, verdict", [
+    ([[0.5, 0.6], [0.6, 1.2]], "post-LN on both sides of 1, pre-LN above 1."),   # two seeds straddle 1
+    ([[0.5, 0.6]], "(one seed: no spread to judge by)"),
+    ([[0.5, 0.6], [0.4, 0.5]], "the usual reason given for warming up"),       # each seed on its side
+])
+def test_section_7_says_why_the_seeds_do_or_do_not_set_the_layouts_apart(tmp_path, capsys, post_first, verdict):
+    study = dict(depths=[2, 4], seeds=tuple(range(len(post_first))), T=8)
+    results = fake_results(post_first, [[1.0, 1.0]] * len(post_first), study["depths"])
+    L04.section_7_norm_placement(results, study, tmp_path, False)
+    out = flat(capsys.readouterr().out)
+    assert verdict in out and "(seeds:" not in out and "that takes 2 or more" not in out
+    assert (tmp_path / "transformer_block_gradients.png").exists()
+
+
+@pytest.mark.parametrize("none_first, expected", [
+    ([[3.0, 0.1]], "With depth it peaks at 2 blocks (3), and at 4 blocks it is 0.1x post-LN's"),
+    ([[3.0, 2.0]], "Up to 4 blocks it has not fallen below post-LN's (2x at 4)"),
+    ([[0.5, 0.1]], "post-LN's gradient: residuals help even here"),
+])
+def test_section_6_says_what_the_no_residual_column_shows(capsys, none_first, expected):
+    study = dict(depths=[2, 4], d_model=8, heads=2, B=2, T=4, seeds=(0,))
+    results = fake_results([[1.0, 1.0]], [[1.0, 1.0]], study["depths"])
+    results["no residual"] = dict(results["no residual"], first=torch.tensor(none_first))
+    attention = dict(largest=0.3, sim_out=0.9, sim_in=0.0, std_out=0.15, std_sum=1.0)
+    L04.section_6_residuals(results, attention, study)
+    assert expected in flat(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("attention_ms, shown", [((1.0, 1.0, 1.0), False), ((1.0, 4.0, 16.0), True)])
+def test_section_4_says_when_the_lengths_are_too_short_to_show_t_squared(monkeypatch, capsys, attention_ms, shown):
+    times = iter([t for a in attention_ms for t in (a / 1000, 0.001)])  # attention, then feed-forward, per T
+    monkeypatch.setattr(L04.common, "best_time", lambda fn, device, repeats=5: next(times))
+    r4 = L04.section_4_cost(8, 2, 16, [8, 16, 32], "cpu")
+    out = flat(capsys.readouterr().out)
+    assert r4["shown"] is shown and ("too short to show T^2" in out) is not shown
 
 
 def test_heads_must_divide_d_model(capsys):
@@ -257,3 +320,18 @@ def test_sizes_must_be_positive(capsys, flag):
 def test_sizes_too_large_for_memory_are_one_line_exit_2(capsys, flags):
     err = expect_user_error(capsys, 4, *flags, contains="million parameters")
     assert flags[1] in err
+
+
+def test_a_feed_forward_that_mixes_tokens_is_called_out(capsys):
+    # A learner's edit that lets every token see the sequence mean: section 3 must not say "alone".
+    import types
+    from common.lessons import lesson_path
+    source = lesson_path(4).read_text()
+    line = "return self.linear2(self.dropout(self.activation(self.linear1(x))))"
+    assert source.count(line) == 1, "FeedForward.forward changed: update this edit"
+    module = types.ModuleType("edited_lesson_04")
+    module.__file__ = str(lesson_path(4))
+    exec(compile(source.replace(line, line + " + x.mean(1, keepdim=True)"), module.__file__, "exec"), module.__dict__)
+    r3 = module.section_3_feed_forward(16, 2, 32, "cpu")
+    out = " ".join(capsys.readouterr().out.split())
+    assert r3["position_wise"] > 0 and "MIXES tokens too" in out and "each mixed token alone" not in out

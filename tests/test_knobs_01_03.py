@@ -32,6 +32,17 @@ def edited_lesson(n, edits):
     return module
 
 
+def source_edited_lesson(n, old, new):
+    """Lesson n as a fresh module with the source line `old` (exactly once in the file) replaced by `new`."""
+    path = lesson_path(n)
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, f"{old!r} is not once in {path.name}: update this test's edit"
+    module = types.ModuleType(f"edited_lesson_{n:02d}")
+    module.__file__ = str(path)
+    exec(compile(text.replace(old, new), str(path), "exec"), module.__dict__)
+    return module
+
+
 def run_edited(n, edits, tmp_path, capsys, *flags):
     """Run the edited lesson; assert it finished and wrote its figures; return what it printed."""
     capsys.readouterr()
@@ -62,6 +73,7 @@ def test_01_hand_example_with_four_words_and_a_tie(tmp_path, capsys):
                          "HAND_K": "[[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]",
                          "HAND_V": "[[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]]"}, tmp_path, capsys, "--quick")
     assert "equally most to 'a' and 'dog'" in out  # 'far' asks for feature 0, which 'a' and 'dog' both offer
+    assert "to 'a' and 'dog' each, the keys with the largest q . k" in " ".join(out.split())  # key insight 1
 
 
 def test_01_other_sizes_and_masks(tmp_path, capsys):
@@ -71,6 +83,7 @@ def test_01_other_sizes_and_masks(tmp_path, capsys):
                      tmp_path, capsys, "--quick")
     assert "Left padding with a causal mask left 8 queries without keys" in out  # 3 + 5 padding queries
     assert "0 NaN rows in ours" in out
+    assert "weight on padding, sequence 1" in out and "has both tokens and padding" not in out  # length 2 of 5
 
 
 def test_01_no_padding_at_all(tmp_path, capsys):
@@ -84,6 +97,26 @@ def test_01_small_d_k_sweep_stays_honest(tmp_path, capsys):
                      tmp_path, capsys)
     assert "most unscaled rows are not saturated yet" in out
     assert "times larger with scaling" not in out
+    insights = " ".join(out.split("Key insights")[1].split())
+    assert "larger d_k show the rows that starve" in insights and "median gradient reaching q" not in insights
+
+
+def test_01_without_its_nan_guard_the_lesson_says_so(tmp_path, capsys):
+    # A learner deletes the line that turns a row with no key into 0: NaN must show, not "both give 0".
+    lesson = source_edited_lesson(1, "        weights = weights.masked_fill(~mask, 0.0)\n", "        pass\n")
+    capsys.readouterr()
+    lesson.main(["--quick", "--out-dir", str(tmp_path)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "both give 0" not in out and "they agree" not in out
+    assert "they DISAGREE" in out and "largest |output| there is nan in ours" in out
+    insights = out.split("Key insights")[1]
+    assert "largest weight on a blocked key was nan" in insights and "largest difference nan" in insights
+    assert "2 NaN rows in ours" in insights
+
+
+def test_01_lengths_without_a_padded_sequence_say_so(tmp_path, capsys):
+    out = " ".join(run_edited(1, {"LENGTHS": "[6, 0]"}, tmp_path, capsys, "--quick").split())
+    assert "No sequence in LENGTHS = [6, 0] has both tokens and padding" in out
 
 
 @pytest.mark.parametrize("edits, flags, names", [
@@ -92,6 +125,11 @@ def test_01_small_d_k_sweep_stays_honest(tmp_path, capsys):
     ({"D_MODEL": 0}, (), "D_MODEL"),
     ({"SATURATED": 1.5}, (), "SATURATED = 1.5"),
     ({"QUICK_T_SWEEP": "[64]"}, ("--quick",), "QUICK_T_SWEEP = [64]"),
+    ({"D_MODEL": 8.0}, (), "D_MODEL = 8.0"),          # wrong types: one line, not a TypeError
+    ({"D_K": True}, (), "D_K = True"),
+    ({"LENGTHS": "[6, 4.0]"}, (), "LENGTHS = [6, 4.0]"),
+    ({"T_SWEEP": "[256, 512.0]"}, (), "T_SWEEP = [256, 512.0]"),
+    ({"SATURATED": '"high"'}, (), "SATURATED = 'high'"),
 ])
 def test_01_impossible_knobs_give_one_line_naming_them(capsys, edits, flags, names):
     assert names in error_line(1, edits, capsys, *flags)
@@ -112,6 +150,8 @@ def test_03_base_reaches_every_function(tmp_path, capsys):
     torch.testing.assert_close(moved, pe[3:], atol=1e-6, rtol=0)
     out = run_edited(3, {"BASE": 100.0}, tmp_path, capsys, "--quick")
     assert "BASE=100" in out and "10000" not in out
+    assert "zigzag" not in out  # the last cosine moves at a third of its sine's pace here (test_03: 10000 does)
+    assert "float32 rounding of the table" in out
 
 
 def test_03_other_sizes_without_quick(tmp_path, capsys):
@@ -140,6 +180,11 @@ def test_03_three_heads_name_the_knobs_and_suggest_a_size_that_works(tmp_path, c
     ({"OFFSETS": "(0, 2)"}, (), "OFFSETS = (0, 2)"),
     ({"QUICK_MAX_LEN": 8}, ("--quick",), "QUICK_MAX_LEN = 8"),
     ({"N_HEADS": 0}, (), "N_HEADS = 0"),
+    ({"VOCAB_SIZE": 20.0}, (), "VOCAB_SIZE = 20.0"),  # wrong types: one line, not a TypeError
+    ({"BASE": '"100"'}, (), "BASE = '100'"),
+    ({"N_HEADS": 4.0}, (), "N_HEADS = 4.0"),
+    ({"OFFSETS": "(1, 2.5)"}, (), "OFFSETS = (1, 2.5)"),
+    ({"LOOK_BACK_SCALES": "(1, -4)"}, (), "LOOK_BACK_SCALES = (1, -4)"),
 ])
 def test_03_impossible_knobs_give_one_line_naming_them(capsys, edits, flags, names):
     assert names in error_line(3, edits, capsys, *flags)

@@ -75,6 +75,11 @@ def test_lesson_02_quick_uses_the_edited_quick_sizes(tmp_path, capsys):
     (dict(VOCAB_SIZE=1), (), "VOCAB_SIZE = 1"),
     (dict(STEPS=0), (), "STEPS = 0"),
     (dict(QUICK="dict(steps=0, batch_size=8, n_eval=50)"), ("--quick",), "QUICK['steps'] = 0"),
+    (dict(D_MODEL=32.0), (), "D_MODEL = 32.0"),  # wrong types: one line, not a TypeError
+    (dict(N_HEADS=True), (), "N_HEADS = True"),
+    (dict(LR='"fast"'), (), "LR = 'fast'"),
+    (dict(HEAD_COUNTS=(1, 2.0)), (), "HEAD_COUNTS = (1, 2.0)"),
+    (dict(QUICK="dict(steps=1.5, batch_size=8, n_eval=50)"), ("--quick",), "QUICK['steps'] = 1.5"),
 ])
 def test_lesson_02_impossible_knobs_give_one_line_naming_them(capsys, knobs, flags, named):
     assert named in one_error_line(edited_lesson(2, **knobs), capsys, *flags)
@@ -102,7 +107,8 @@ def test_lesson_04_quick_uses_the_edited_quick_sizes(tmp_path, capsys):
         "dict(depths=(2, 3), d_model=8, heads=2, B=2, T=4, seeds=(0, 1))"))
     out = run(module, tmp_path, capsys, "--quick")
     assert "From T = 8 to 16" in out and "We stack 2 to 3 blocks (d_model 8, heads 2, B 2, T 4" in out
-    assert "(seeds: " in out  # two seeds: their range is printed
+    assert re.search(r"At 3 blocks the ratio is \S+ \(\S+-\S+\) for post-LN", out)  # two seeds: their range
+    assert "seeds (0, 1)" in out
 
 
 @pytest.mark.parametrize("knobs,flags,named", [
@@ -110,11 +116,19 @@ def test_lesson_04_quick_uses_the_edited_quick_sizes(tmp_path, capsys):
     (dict(D_FF=0), (), "D_FF = 0"),
     (dict(N_LAYERS=-1), (), "N_LAYERS = -1"),
     (dict(D_MODEL=48), ("--heads", "5"), "--heads 5 must divide D_MODEL = 48"),
-    (dict(B_T="2, 1"), (), "B, T = 2, 1"),
+    (dict(B_T="2, 1"), (), "T = 1 must be a whole number of 2 or more"),
     (dict(COST_LENGTHS=(64,)), (), "COST_LENGTHS"),
     (dict(DEPTH_STUDY="dict(depths=(2, 4), d_model=32, heads=3, B=8, T=16, seeds=(0,))"), (), "DEPTH_STUDY"),
     (dict(QUICK_DEPTH_STUDY="dict(depths=(2, 4), d_model=16, heads=2, B=4, T=1, seeds=(0,))"), ("--quick",),
      "QUICK_DEPTH_STUDY"),
+    (dict(D_MODEL=64.0), (), "D_MODEL = 64.0"),  # wrong types and ranges: one line, no traceback
+    (dict(DROPOUT=1.5), (), "DROPOUT = 1.5"),
+    (dict(DROPOUT='"0.1"'), (), "DROPOUT = '0.1'"),
+    (dict(B_T="2, 6.0"), (), "T = 6.0"),
+    (dict(COST_LENGTHS=(128, 256.0)), (), "COST_LENGTHS = (128, 256.0)"),
+    (dict(DEPTH_STUDY="(2, 4)"), (), "DEPTH_STUDY = (2, 4) must be a dict"),
+    (dict(DEPTH_STUDY="dict(depths=(2, 4), d_model=32.0, heads=4, B=8, T=16, seeds=(0,))"), (),
+     "DEPTH_STUDY['d_model'] = 32.0"),
 ])
 def test_lesson_04_impossible_knobs_give_one_line_naming_them(capsys, knobs, flags, named):
     assert named in one_error_line(edited_lesson(4, **knobs), capsys, *flags)
