@@ -12,7 +12,7 @@ What you will learn:
      alone must make its weights depend on the digits, and mostly fails. Measured, not designed.
   4. Parameters: 4*d_model^2 + 4*d_model whatever the number of heads: heads split d_model.
 
-Run:  python 02_multi_head_attention.py                  (about 6 s on a 2-core CPU)
+Run:  python 02_multi_head_attention.py                  (a few seconds on a CPU)
       python 02_multi_head_attention.py --heads 4        (4 heads, 2 relations: how do they share?)
       python 02_multi_head_attention.py --quick          (tiny sizes, for a smoke test)
 

@@ -10,7 +10,7 @@ What you will learn:
   6. What residual connections do in a deep stack.
   7. Post-LN against pre-LN as the stack gets deeper.
 
-Run:  python 04_transformer_block.py                 (about 6 s on a 2-core CPU)
+Run:  python 04_transformer_block.py                 (a few seconds on a CPU)
       python 04_transformer_block.py --d-model 128 --heads 8 --d-ff 512 --layers 6
 
 Shapes: B batch, T sequence length, d_model token width, n_heads heads, d_head = d_model // n_heads,

@@ -118,30 +118,30 @@ def sample_inputs(n, seq_len, min_len, n_digits, generator):
     """n random digit sequences as tokens, (n, seq_len), lengths in [min_len, seq_len], PAD after."""
     digits = torch.randint(0, n_digits, (n, seq_len), generator=generator)
     lengths = torch.randint(min_len, seq_len + 1, (n,), generator=generator)
-    valid = torch.arange(seq_len) < lengths[:, None]                  # (n, seq_len)
-    return torch.where(valid, digits + FIRST_DIGIT, PAD)
+    keep = torch.arange(seq_len) < lengths[:, None]                  # (n, seq_len)
+    return torch.where(keep, digits + FIRST_DIGIT, PAD)
 
 
 def reverse_digits(tokens):
     """Each row's digits in reverse order, PAD kept at the end: 3 1 4 . . -> 4 1 3 . ."""
-    valid = tokens != PAD                                             # (B, T)
-    lengths = valid.sum(1, keepdim=True)                              # (B, 1)
+    keep = tokens != PAD                                             # (B, T)
+    lengths = keep.sum(1, keepdim=True)                              # (B, 1)
     index = (lengths - 1 - torch.arange(tokens.size(1))).clamp(min=0)  # out[i] = in[L - 1 - i]
-    return torch.where(valid, tokens.gather(1, index), PAD)
+    return torch.where(keep, tokens.gather(1, index), PAD)
 
 
 def task_outputs(src, task, n_digits, sum_order="msd"):
     """The answer for each input row, as tokens (B, T_out) with PAD after its end (no EOS yet)."""
-    valid = src != PAD                                                # (B, T_src)
+    keep = src != PAD                                                # (B, T_src)
     if task == "copy":
         return src.clone()
     if task == "reverse":
         return reverse_digits(src)
     if task == "sort":
-        ordered = torch.where(valid, src, vocab_size(n_digits)).sort(dim=1).values  # PAD sorts last
-        return torch.where(valid, ordered, PAD)
+        ordered = torch.where(keep, src, vocab_size(n_digits)).sort(dim=1).values  # PAD sorts last
+        return torch.where(keep, ordered, PAD)
     if task == "sum":
-        total = torch.where(valid, src - FIRST_DIGIT, 0).sum(1)       # (B,)
+        total = torch.where(keep, src - FIRST_DIGIT, 0).sum(1)       # (B,)
         D = output_len("sum", src.size(1), n_digits)                  # digits of the largest sum
         lsd_first = (total[:, None] // n_digits ** torch.arange(D)) % n_digits   # (B, D) units first
         n_out = 1 + sum((total >= n_digits ** k).long() for k in range(1, D))    # digits of each sum
