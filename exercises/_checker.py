@@ -250,7 +250,8 @@ def load_attempt(name: str, folder=PACKAGE_DIR, seconds=SECONDS_PER_CHECK):
         with _TimeLimit(seconds):
             spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise CannotLoad(f"cannot import {relative(path)}: SyntaxError at line {exc.lineno}: {exc.msg}") from None
+        where = f" at line {exc.lineno}" if exc.lineno else ""           # some errors have no line
+        raise CannotLoad(f"cannot import {relative(path)}: SyntaxError{where}: {exc.msg}") from None
     except (Exception, SystemExit) as exc:
         problem, *where = _exit_lines(exc, path) if isinstance(exc, SystemExit) else describe_exception(exc, path)
         place = f" ({where[0][3:].rstrip(':')})" if where else ""

@@ -700,3 +700,10 @@ def test_beam_search_checks_use_a_real_trap_and_a_complete_search():
     answers = stand_in_model.all_answers(model, 3)
     # 1 + 2 + 4 answers ending in EOS (0, 1, 2 digits) and 8 unfinished ones of 3 digits
     assert len(answers) == 15 == len({tuple(a) for a in answers})
+
+
+def test_a_syntax_error_without_a_line_number_is_named_without_one(tmp_path, capsys):
+    (tmp_path / "causal_mask.py").write_bytes(b"import torch\x00\n")             # a null byte: no line number
+    assert main(["check", "causal_mask", "--dir", str(tmp_path)]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("causal_mask: "))
+    assert "SyntaxError: source code string cannot contain null bytes" in line and "None" not in line
