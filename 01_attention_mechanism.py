@@ -312,7 +312,7 @@ def section_4_self_attention(device):
     common.table([["x", str(tuple(x.shape)), "(B, T, d_model): the token vectors"],
                   ["W_q.weight", str(tuple(head.W_q.weight.shape)),
                    "(d_k, d_model): nn.Linear stores (out, in), computes x @ W^T"],
-                  ["Q, K, V", str(tuple(Q.shape)), "(B, T, d_k) each"],
+                  ["Q, K, V", str(tuple(Q.shape)) if Q.shape == K.shape == V.shape else "differ", "(B, T, d_k) each"],
                   ["weights", str(tuple(weights.shape)), "(B, T_q, T_k): T_q = T_k = T"],
                   ["output", str(tuple(output.shape)), "(B, T, d_k): one new vector per token"]],
                  ["tensor", "shape", "meaning"])

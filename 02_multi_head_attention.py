@@ -582,7 +582,7 @@ def main(argv=None):
         + (f"Without it the output is off by {common.fmt(bad_merge, 3)} (with it: "
            f"{common.fmt(good_merge, 2)}), and no shape error warns you." if n_heads > 1
            else "With one head there is nothing to transpose."),
-        f"Left - right neighbour, right answers (95% interval): " + (
+        "Left - right neighbour, right answers (95% interval): " + (
             f"{n_heads} heads {percent(multi['correct'], n)}, frozen {percent(multi['frozen'], n)}; "
             if n_heads > 1 else "")
         + f"1 head {percent(one['correct'], n)}, frozen {percent(one['frozen'], n)}; "

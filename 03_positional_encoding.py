@@ -540,8 +540,8 @@ def main(argv=None):
     common.key_insights([
         f"Attention alone is permutation-equivariant: moved input, moved output (largest difference "
         f"{fmt(plain, 2)}). Adding PE breaks that (difference {fmt(with_pe, 3)}).",
-        f"PositionalEncoding adds a fixed table kept in a buffer: no parameters, nothing in state_dict; "
-        f"max_len only says how many rows of the formula are cached.",
+        "PositionalEncoding adds a fixed table kept in a buffer: no parameters, nothing in state_dict; "
+        "max_len only says how many rows of the formula are cached.",
         f"Pair i has wavelength 2*pi*BASE^(2i/d_model), from {fmt(wavelengths[0])} positions (pair 0) to "
         f"{fmt(wavelengths[-1])} (last pair): low dimensions change fastest.",
         f"For each offset k a fixed rotation M_k maps PE(p) to PE(p+k) for every p (largest error "

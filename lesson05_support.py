@@ -329,16 +329,16 @@ def validate_config(c, typed=None):
     """Raise UserError, naming the value and what would work, for settings that cannot run.
     typed: the fields set by flags (they are named as flags; the others as TrainConfig knobs)."""
     name, fix = namer(c, typed)
-    for field in ("lr", "weight_decay", "grad_clip", "dropout", "target", "label_smoothing"):
-        if not math.isfinite(getattr(c, field)):      # nan slips through every comparison below
-            raise UserError(f"{name(field)}: must be a finite number")
-    for field, zero_ok in (("seq_len", False), ("n_digits", False), ("d_model", False), ("n_heads", False),
+    for key in ("lr", "weight_decay", "grad_clip", "dropout", "target", "label_smoothing"):
+        if not math.isfinite(getattr(c, key)):      # nan slips through every comparison below
+            raise UserError(f"{name(key)}: must be a finite number")
+    for key, zero_ok in (("seq_len", False), ("n_digits", False), ("d_model", False), ("n_heads", False),
                            ("n_layers", False), ("d_ff", False), ("max_len", False), ("steps", False),
                            ("batch_size", False), ("eval_every", False), ("lr", False), ("min_len", True),
                            ("warmup", True), ("patience", True), ("grad_clip", True), ("weight_decay", True)):
-        value = getattr(c, field)
+        value = getattr(c, key)
         if value < 0 or (value == 0 and not zero_ok):
-            raise UserError(f"{name(field)}: must be {'0 or more' if zero_ok else 'a positive number'}")
+            raise UserError(f"{name(key)}: must be {'0 or more' if zero_ok else 'a positive number'}")
     if c.task not in lesson().TASKS or c.sum_order not in CHOICES["sum_order"] or c.schedule not in CHOICES["schedule"]:
         raise UserError(f"{name('task')}, {name('sum_order')}, {name('schedule')}: expected a task from "
                         f"{lesson().TASKS}, a sum order from {CHOICES['sum_order']}, a schedule from {CHOICES['schedule']}")
@@ -363,9 +363,9 @@ def validate_config(c, typed=None):
         fits = max(1, c.batch_size * MAX_MEMORY // step_memory(c, c.batch_size))
         raise UserError(f"{name('batch_size')} would need about {step_memory(c, c.batch_size) / 1024 ** 3:,.0f} GB "
                         f"for one training step with this model; use {fix('batch_size', min(fits, 4096))} or less")
-    for field, low, high in (("dropout", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
-        if not low <= getattr(c, field) < high:
-            raise UserError(f"{name(field)}: must be in [{low:g}, {high:g})")
+    for key, low, high in (("dropout", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
+        if not low <= getattr(c, key) < high:
+            raise UserError(f"{name(key)}: must be in [{low:g}, {high:g})")
     if not 0.0 < c.target <= 1.0:
         raise UserError(f"{name('target')}: the target is an exact-match share in (0, 1]")
     if c.lr * c.weight_decay >= 1.0:
