@@ -28,7 +28,7 @@ from common.progress import progress
 from common.setup import seed_everything, set_threads, setup
 from common.knobs import number, require, whole, whole_fields, whole_numbers
 from common.timing import best_time
-from common import checkpoints, flags, knobs, report, stats, timing  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
+from common import checkpoints, claims, flags, knobs, report, stats, timing  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
 
 __all__ = [
     "UserError",

@@ -1,0 +1,127 @@
+"""Claims: every sentence a lesson prints about what it measured is checked in the same run.
+
+A claim is a sentence, the numbers it rests on, and the condition under which it holds. When the
+condition holds the lesson prints the sentence; when it does not (a learner's edit broke the
+property), it prints a line starting with DOES NOT HOLD, the measured value and what the value
+would be if the claim held, so the learner sees at once which property the edit broke.
+
+    ok = common.claims.below("matches-pytorch", "our attention equals F.scaled_dot_product_attention",
+                             worst, 1e-5, measured=f"largest difference {fmt(worst)}")
+    ok.say()                                   # prints the sentence, or the DOES NOT HOLD line
+    title = ok.title()                         # for a figure: the sentence, or DOES NOT HOLD ...
+    common.key_insights([ok, ...])             # an insight built from a claim says when it broke
+
+A comparison that NaN makes meaningless is False (NaN < 1e-5 is False), so a NaN never passes.
+Every claim made in a run is kept in `made` (the tests read it to see which claims an edit broke).
+"""
+import math
+import textwrap
+
+BROKEN = "DOES NOT HOLD"
+WIDTH = 88
+
+made = []        # every Claim made since the last reset(), in order
+insights = []    # the items of the last key_insights() list (Claims and plain sentences)
+
+
+class Claim:
+    """One checked statement. `holds` is the verdict of this run; str(claim) is what is printed."""
+
+    def __init__(self, name: str, text: str, holds, measured: str = "", expected: str = "", hint: str = ""):
+        self.name = name            # a short id ("matches-pytorch"): the tests name claims by it
+        self.text = text            # the property, stated as it holds, with the numbers of this run
+        self.holds = bool(holds)    # the condition, evaluated now
+        self.measured = measured    # the value measured, in words ("largest difference 0.61")
+        self.expected = expected    # what it would be if the claim held ("below 1e-05")
+        self.hint = hint            # when broken: where to look
+        made.append(self)
+
+    def __bool__(self):
+        return self.holds
+
+    def __str__(self):
+        if self.holds:
+            return self.text
+        parts = [f"{BROKEN}: {self.text.rstrip('.')}."]
+        if self.measured or self.expected:
+            parts.append(f"Measured: {self.measured or '?'}; if it held: {self.expected or '?'}.")
+        if self.hint:
+            parts.append(self.hint.rstrip(".") + ".")
+        return " ".join(parts)
+
+    def __repr__(self):
+        return f"Claim({self.name!r}, holds={self.holds})"
+
+    def title(self) -> str:
+        """A figure title built from the claim: the sentence, or DOES NOT HOLD with the numbers."""
+        return self.text if self.holds else f"{BROKEN}: {self.text} ({self.measured})"
+
+    def say(self, indent: int = 2):
+        """Print the claim wrapped to the console width (what a lesson's `say` does)."""
+        print(textwrap.fill(" ".join(str(self).split()), WIDTH, initial_indent=" " * indent,
+                            subsequent_indent=" " * (indent + 2)))
+        return self
+
+
+def reset():
+    """Forget the claims made so far (a test runs several lessons in one process)."""
+    made.clear()
+    insights.clear()
+
+
+def broken(claims=None):
+    """The names of the claims that do not hold, in order."""
+    return [c.name for c in (made if claims is None else claims) if not c.holds]
+
+
+def _number(value) -> float:
+    """A plain float (tensors and NumPy numbers too); anything else is NaN, which never passes."""
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _g(x) -> str:
+    return f"{x:.4g}"
+
+
+def check(name: str, holds, text: str, measured: str = "", expected: str = "", hint: str = "") -> Claim:
+    """A claim whose condition the caller computed: check("rows-sum-to-1", err < 1e-6, "...", ...)."""
+    return Claim(name, text, holds, measured, expected, hint)
+
+
+def below(name: str, text: str, value, limit, measured: str = "", hint: str = "") -> Claim:
+    """Holds when value < limit (a NaN never holds)."""
+    v = _number(value)
+    return Claim(name, text, v < limit, measured or _g(v), f"below {_g(limit)}", hint)
+
+
+def at_most(name: str, text: str, value, limit, measured: str = "", hint: str = "") -> Claim:
+    """Holds when value <= limit (a NaN never holds)."""
+    v = _number(value)
+    return Claim(name, text, v <= limit, measured or _g(v), f"{_g(limit)} or less", hint)
+
+
+def above(name: str, text: str, value, limit, measured: str = "", hint: str = "") -> Claim:
+    """Holds when value > limit (a NaN never holds)."""
+    v = _number(value)
+    return Claim(name, text, v > limit, measured or _g(v), f"above {_g(limit)}", hint)
+
+
+def at_least(name: str, text: str, value, limit, measured: str = "", hint: str = "") -> Claim:
+    """Holds when value >= limit (a NaN never holds)."""
+    v = _number(value)
+    return Claim(name, text, v >= limit, measured or _g(v), f"{_g(limit)} or more", hint)
+
+
+def equal(name: str, text: str, value, wanted, measured: str = "", hint: str = "") -> Claim:
+    """Holds when value == wanted (counts, tokens, answers)."""
+    return Claim(name, text, value == wanted, measured or f"{value}", f"{wanted}", hint)
+
+
+def near(name: str, text: str, value, wanted, tolerance, measured: str = "", hint: str = "") -> Claim:
+    """Holds when |value - wanted| <= tolerance (a NaN never holds)."""
+    v = _number(value)
+    return Claim(name, text, abs(v - wanted) <= tolerance, measured or _g(v),
+                 f"{_g(wanted)} (within {_g(tolerance)})", hint)
