@@ -46,7 +46,7 @@ class Claim:
         if self.measured or self.expected:
             parts.append(f"Measured: {self.measured or '?'}; if it held: {self.expected or '?'}.")
         if self.hint:
-            parts.append(self.hint.rstrip(".") + ".")
+            parts.append(self.hint[0].upper() + self.hint[1:].rstrip(".") + ".")
         return " ".join(parts)
 
     def __repr__(self):
@@ -54,7 +54,10 @@ class Claim:
 
     def title(self) -> str:
         """A figure title built from the claim: the sentence, or DOES NOT HOLD with the numbers."""
-        return self.text if self.holds else f"{BROKEN}: {self.text} ({self.measured})"
+        if self.holds:
+            return self.text
+        shown = "" if not self.measured or self.measured in self.text else f" ({self.measured})"
+        return f"{BROKEN}: {self.text}{shown}"
 
     def say(self, indent: int = 2):
         """Print the claim wrapped to the console width (what a lesson's `say` does)."""
