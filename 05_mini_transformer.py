@@ -1,32 +1,21 @@
 """Lesson 05: a mini encoder-decoder transformer, trained end to end on a CPU in seconds.
 
 What you will learn
-  1. The task and the data: tokens, teacher forcing (the decoder reads the answer shifted right
-     by one, BOS first), fresh training data and fixed held-out sets.
+  1. The task and the data: tokens, teacher forcing, fresh training data, fixed held-out sets.
   2. The decoder block: masked self-attention, cross-attention to the encoder, feed-forward.
   3. A training loop written out: AdamW, warmup then cosine decay, gradient clipping, validation,
-     early stopping. The best model is saved the moment it is found.
+     early stopping; the best model is saved the moment it is found.
   4. Decoding: greedy and beam search, and a cache that skips recomputing the prefix.
-  5. Evaluating on the test set: exact-match with its uncertainty, teacher-forced against
-     free-running decoding, where the answers go wrong.
-  6. What the trained attention does, measured against chance: for reversal, does answer position
-     i look at input L-1-i?
+  5. The test set: exact-match with its uncertainty, teacher-forced against free-running decoding,
+     where the answers go wrong.
+  6. What the trained attention does, against chance: does answer position i look at input L-1-i?
   7. Loading the saved model back and predicting.
 
-Run it
-  python 05_mini_transformer.py                      # reverse 16 digits (about 10 s)
-  python 05_mini_transformer.py --task sort          # also: copy, sum (--sum-order lsd)
-  python 05_mini_transformer.py --min-len 4          # train and test on lengths 4..16
-  python 05_mini_transformer.py --d-model 64 --heads 4 --layers 2   # a bigger model
-  python 05_mini_transformer.py --resume mini_transformer.pt --target 1.0 --steps 800
-  python 05_mini_transformer.py --eval-lengths 8,12,16,20,24   # then test lengths it never saw
-  python 05_mini_transformer.py --quick              # a tiny version in a few seconds
-  python 05_mini_transformer.py --help               # every flag
-Writes to --out-dir: mini_transformer.pt (the best model, saved during training; an earlier one
-is kept as mini_transformer.previous-N.pt), metrics.json, training_progress.png and
-transformer_attention_patterns.png. Why pre-LN, why no embedding scale, why warmup: measured by
-python -m challenges.ablations. The plumbing (flags, checks, checkpoints, bookkeeping, figures)
-lives in lesson05_support.py: you do not need to read it to follow this lesson.
+Run it: python 05_mini_transformer.py (reverse 16 digits, about 10 s); --task sort (copy, sum),
+--d-model 64 --heads 4 --layers 2, --resume mini_transformer.pt --target 1.0 --steps 800, --quick;
+--help lists every flag. Writes to --out-dir: mini_transformer.pt (the best model; an earlier one is
+kept as mini_transformer.previous-N.pt), metrics.json and two PNGs. The plumbing (flags, checks,
+checkpoint files, bookkeeping, printing, figures) is lesson05_plumbing/: no need to read it.
 
 Shapes: B batch, T_src source length, T_tgt decoder length (answer + 1), d_model model width,
 n_heads heads, d_head = d_model // n_heads, d_ff feed-forward width, V = vocab_size tokens.
@@ -34,8 +23,6 @@ Masks are boolean with True = may attend (as in lessons 01-04).
 """
 import contextlib
 import math
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
@@ -43,22 +30,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import lesson05_support as support
-from common import load_lesson
-from lesson05_support import (  # noqa: F401  (re-exported: load_lesson(5).X keeps working)
-    CHECKPOINT_NAME, CheckpointError, TrainingDiverged, TrainResult, estimated_parameters, load_checkpoint,
-    output_len, read_checkpoint, save_checkpoint, sequence_keys, validate_config)
+from common import claims, load_lesson
+from lesson05_plumbing import figures, flags, reports, settings, text, training
+from lesson05_plumbing.checkpoints import CHECKPOINT_NAME, keep_previous_outputs, load_checkpoint
 
-# Reused from earlier lessons (one source for each component; edit them there and this lesson
-# trains your version): 01's causal mask, 02's multi-head attention (which computes with 01's
-# scaled_dot_product_attention), 03's sinusoidal positions, 04's feed-forward and encoder stack.
+# Reused from earlier lessons (one source for each component: edit them there and this lesson
+# trains your version). Lesson 02's attention computes with lesson 01's scaled_dot_product_attention.
 causal_mask = load_lesson(1).causal_mask
 MultiHeadAttention = load_lesson(2).MultiHeadAttention
 PositionalEncoding = load_lesson(3).PositionalEncoding
 FeedForward = load_lesson(4).FeedForward
 TransformerEncoder = load_lesson(4).TransformerEncoder
 
-# %% Knobs (edit these, or use the flags of the same name; --help lists them)
+# %% Knobs (edit these, or use the flags of the same name; --help lists them; --quick overrides some)
 TASKS = ("reverse", "copy", "sort", "sum")
 PAD, BOS, EOS = 0, 1, 2       # special tokens; digit d is token d + FIRST_DIGIT
 FIRST_DIGIT = 3
@@ -130,6 +114,15 @@ def reverse_digits(tokens):
     return torch.where(keep, tokens.gather(1, index), PAD)
 
 
+def output_len(task: str, src_len: int, n_digits: int) -> int:
+    """The longest answer (without EOS) for inputs of src_len digits; for a sum, the digits of the
+    largest possible sum, (n_digits - 1) * src_len, in base n_digits."""
+    largest, digits = (n_digits - 1) * src_len, 1
+    while task == "sum" and largest >= n_digits:
+        largest, digits = largest // n_digits, digits + 1
+    return digits if task == "sum" else src_len
+
+
 def task_outputs(src, task, n_digits, sum_order="msd"):
     """The answer for each input row, as tokens (B, T_out) with PAD after its end (no EOS yet)."""
     keep = src != PAD                                                # (B, T_src)
@@ -142,7 +135,7 @@ def task_outputs(src, task, n_digits, sum_order="msd"):
         return torch.where(keep, ordered, PAD)
     if task == "sum":
         total = torch.where(keep, src - FIRST_DIGIT, 0).sum(1)       # (B,)
-        D = output_len("sum", src.size(1), n_digits)                  # digits of the largest sum
+        D = output_len("sum", src.size(1), n_digits)                 # digits of the largest sum
         lsd_first = (total[:, None] // n_digits ** torch.arange(D)) % n_digits   # (B, D) units first
         n_out = 1 + sum((total >= n_digits ** k).long() for k in range(1, D))    # digits of each sum
         answer = torch.where(torch.arange(D) < n_out[:, None], lsd_first + FIRST_DIGIT, PAD)
@@ -183,100 +176,99 @@ def make_batch(src, config: TrainConfig) -> Batch:
     return Batch(src, *teacher_forcing_pair(answer))
 
 
+def possible_inputs(config) -> int:
+    """How many different inputs the config allows (an exact, possibly huge, integer)."""
+    return sum(config.n_digits ** L for L in range(config.resolved_min_len(), config.seq_len + 1))
+
+
+def draw_distinct(n, config, seed, exclude=None):
+    """n different inputs (n, seq_len) from a generator seeded with `seed`, none a row of `exclude`."""
+    generator = torch.Generator().manual_seed(seed)
+    taken = set() if exclude is None else {tuple(row) for row in exclude.tolist()}
+    rows = []
+    while len(rows) < n:
+        for row in sample_inputs(n, config.seq_len, config.resolved_min_len(), config.n_digits, generator).tolist():
+            if tuple(row) not in taken and len(rows) < n:
+                taken.add(tuple(row))
+                rows.append(row)
+    return torch.tensor(rows, dtype=torch.long).view(n, config.seq_len)
+
+
 def heldout_sets(config: TrainConfig):
-    """The fixed validation and test sets (a Batch each), drawn from their own seeds: no input twice,
-    none in both. With few possible inputs each is capped at a tenth of them, so most remain for
-    training."""
-    cap = max(1, support.possible_inputs(config) // 10)
-    val = support.draw_distinct(min(config.val_size, cap), config, VAL_SEED)
-    test = support.draw_distinct(min(config.test_size, cap), config, TEST_SEED, exclude=val)
+    """The fixed validation and test sets, from their own seeds: no input twice or in both, each at most
+    a tenth of the possible inputs (so most remain for training)."""
+    cap = max(1, possible_inputs(config) // 10)
+    val = draw_distinct(min(config.val_size, cap), config, VAL_SEED)
+    test = draw_distinct(min(config.test_size, cap), config, TEST_SEED, exclude=val)
     return make_batch(val, config), make_batch(test, config)
 
 
 class TrainingData:
-    """A fresh random batch for every step, never equal to a held-out input (those are dropped
-    and replaced; `removed` counts them)."""
+    """A fresh random batch for every step. "Never trained on" needs a rule when the data is drawn
+    afresh: an input equal to a held-out one is dropped and replaced (`removed` counts them)."""
 
     def __init__(self, config: TrainConfig, heldout_src, seed: int):
-        self.config = config
-        self.generator = torch.Generator().manual_seed(seed)
-        self.heldout = support.HeldOut(heldout_src, config.n_digits)
+        self.config, self.generator = config, torch.Generator().manual_seed(seed)
+        self.heldout = {tuple(row) for src in heldout_src for row in src.tolist()}
+        self.removed = 0
 
     def next_batch(self) -> Batch:
         c, kept, need = self.config, [], self.config.batch_size
         while need > 0:
             src = sample_inputs(c.batch_size, c.seq_len, c.resolved_min_len(), c.n_digits, self.generator)
-            kept.append(src[self.heldout.fresh(src)][:need])          # drop held-out inputs
+            fresh = torch.tensor([tuple(row) not in self.heldout for row in src.tolist()])   # (batch_size,)
+            self.removed += int((~fresh).sum())
+            kept.append(src[fresh][:need])
             need -= kept[-1].size(0)
         return make_batch(torch.cat(kept), c)
 
-    @property
-    def removed(self):
-        return self.heldout.removed
-
 
 def section_1_data(config: TrainConfig, val: Batch, test: Batch):
-    common.section(1, f"The task and the data: {support.TASK_TEXT[config.task]}")
-    V = vocab_size(config.n_digits)
-    common.explain(f"""Every sequence is made of tokens: {V} in all, the {config.n_digits} digits plus
-        three special tokens. PAD fills the end of shorter sequences, BOS ("begin") is the first
-        thing the decoder reads, EOS ("end") is what it writes when the answer is complete.""")
-    common.table([[PAD, "PAD", "padding (no loss, never attended to)"], [BOS, "BOS", "start of the answer"],
-                  [EOS, "EOS", "end of the answer"],
-                  [f"{FIRST_DIGIT}..{V - 1}", f"0..{config.n_digits - 1}", "the digits"]],
-                 ["token id", "shown as", "meaning"])
-    src, tgt_in, tgt_out = test.src[0], test.tgt_in[0], test.tgt_out[0]
-    print(f"\n  one test example ({int((src != PAD).sum())} digits):")
-    print(f"    encoder input  src     : {support.show_tokens(src)}")
-    print(f"    decoder input  tgt_in  : {support.show_tokens(tgt_in)}")
-    print(f"    decoder target tgt_out : {support.show_tokens(tgt_out)}\n")
-    common.explain("""Teacher forcing. During training the decoder reads the correct answer shifted
-        right by one (tgt_in starts with BOS) and predicts, at every position at once, the next
-        token (tgt_out ends with EOS). Position i reads BOS and the first i answer tokens, and its
-        causal mask hides everything after them, so it never sees the token it has to predict: the
-        answer is not leaking into the input. At prediction time there is no answer to read: the
-        decoder starts from BOS alone and feeds its own outputs back in, one token at a time, until
-        it writes EOS (section 4).""")
-    lengths = (val.src != PAD).sum(1)
-    if int(lengths.min()) < config.seq_len:
-        row = val.src[int(lengths.argmin())]
-        support.say(f"lengths vary from {config.resolved_min_len()} to {config.seq_len}; shorter inputs end in "
-                    "PAD, which the padding mask (True = may attend) hides from every query:")
-        print(f"    src  : {support.show_tokens(row, keep_pad=True)}")
-        print(f"    mask : {' '.join('1' if t != PAD else '0' for t in row.tolist())}\n")
-    common.explain(f"""Data. A new batch of {config.batch_size} sequences is drawn at every step from a
-        generator seeded with --seed {config.seed}; there is no fixed training set. The validation
-        set ({len(val)} sequences) and the test set ({len(test)}) are fixed by seeds of their own,
-        and a training sequence equal to one of them is dropped before the model sees it (of
-        {support.count_text(support.possible_inputs(config))} possible inputs; section 3 counts the
-        drops).""")
+    common.section(1, f"The task and the data: {text.TASK_TEXT[config.task]}")
+    common.explain(f"""Every sequence is made of tokens: the {config.n_digits} digits and three special
+        ones. PAD fills the end of shorter sequences, BOS ("begin") is the first thing the decoder
+        reads, EOS ("end") is what it writes when the answer is complete.""")
+    reports.show_tokens_and_example(config, test)             # the token table, one test example
+    answer = (val.tgt_out[:, :-1] != PAD) & (val.tgt_out[:, :-1] != EOS)       # (B, T_tgt - 1) answer digits
+    misread = int((val.tgt_in[:, 1:] != val.tgt_out[:, :-1])[answer].sum()) + int((val.tgt_in[:, 0] != BOS).sum())
+    shifted = claims.equal("teacher-forcing-shift", f"in all {len(val)} validation examples tgt_in is BOS, then "
+                           "tgt_out shifted right by one: position i+1 reads the digit position i had to predict",
+                           misread, 0, measured=f"{misread} positions read something else",
+                           hint="teacher_forcing_pair builds tgt_in and tgt_out")
+    common.explain("""Teacher forcing. In training the decoder reads the correct answer shifted right
+        by one (tgt_in starts with BOS) and predicts the next token at every position at once
+        (tgt_out ends with EOS). Position i reads BOS and the first i answer tokens; its causal mask
+        hides the rest, so it never sees the token it must predict (section 2 measures that). To
+        predict, the decoder starts from BOS alone and feeds its own outputs back in (section 4).""")
+    shifted.say()
+    reports.show_padding(config, val)                         # when lengths vary: a padded input, its mask
+    common.explain(f"""Data. A new batch of {config.batch_size} sequences is drawn at every step (seeded
+        by --seed {config.seed}): there is no fixed training set. The validation set ({len(val)}) and
+        the test set ({len(test)}) have seeds of their own; a training input equal to one of them is
+        dropped (of {text.count_text(possible_inputs(config))} possible inputs; section 3 counts them).""")
+    return shifted
 
 
 # %% 2. The model: lesson 04's encoder, a decoder, an output layer
 def padding_mask(tokens):
-    """(B, 1, T) boolean, True = may attend: every query may look at every key that is not PAD.
-    None when nothing is padded (then no mask is needed at all)."""
+    """(B, 1, T) boolean, True = may attend: every query may see every key that is not PAD (None: no PAD)."""
     return (tokens != PAD).unsqueeze(1) if bool((tokens == PAD).any()) else None
 
 
 def decoder_mask(tgt_in):
-    """The decoder's self-attention mask, (T_tgt, T_tgt), True = may attend: causal only (lesson 01).
-    No padding mask: PAD in tgt_in comes after the answer, so a real position never sees one; the
-    PAD positions themselves compute junk that the loss ignores."""
+    """(T_tgt, T_tgt), True = may attend: causal only (lesson 01). No padding mask: PAD comes after the
+    answer, so no real position sees one; the PAD positions compute junk that the loss ignores."""
     return causal_mask(tgt_in.size(1), device=tgt_in.device)
 
 
 class TransformerDecoderBlock(nn.Module):
     """Masked self-attention, cross-attention to the encoder, feed-forward; each with a residual.
 
-    Compared with lesson 04's encoder block:
-      NEW self-attention is causal: answer position i may attend to answer positions 0..i only;
-      NEW cross-attention: queries from the decoder, keys and values from the encoder output
-          ("memory"), so every answer position can look at every input position.
-    pre-LN (norm_first=True):  x = x + sublayer(norm(x))
-    post-LN (the paper):       x = norm(x + sublayer(x))
-    forward(x (B, T_tgt, d_model), memory (B, T_src, d_model), self_mask, memory_mask)
-      -> (B, T_tgt, d_model); with return_weights=True -> (x, self weights, cross weights).
+    NEW (beside lesson 04's encoder block): the self-attention is causal (answer position i sees
+    positions 0..i); cross-attention takes keys and values from the encoder output ("memory").
+    pre-LN (norm_first=True): x = x + sublayer(norm(x));  post-LN (the paper): x = norm(x + sublayer(x)).
+    forward(x (B, T_tgt, d_model), memory (B, T_src, d_model), self_mask, memory_mask) -> (B, T_tgt,
+    d_model); with return_weights=True -> (x, self-attention weights, cross-attention weights).
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, norm_first: bool = True):
@@ -313,7 +305,7 @@ class TransformerDecoderBlock(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    """n_layers decoder blocks (plus a final LayerNorm when pre-LN, as lesson 04's encoder)."""
+    """n_layers decoder blocks, and a final LayerNorm when pre-LN (as lesson 04's encoder)."""
 
     def __init__(self, n_layers, d_model, n_heads, d_ff, dropout=0.0, norm_first=True):
         super().__init__()
@@ -324,12 +316,11 @@ class TransformerDecoder(nn.Module):
     def forward(self, x, memory, self_mask=None, memory_mask=None, return_weights=False):
         self_ws, cross_ws = [], []
         for layer in self.layers:
-            if return_weights:
-                x, self_w, cross_w = layer(x, memory, self_mask, memory_mask, return_weights=True)
+            x = layer(x, memory, self_mask, memory_mask, return_weights)
+            if return_weights:                        # (x, self-attention weights, cross-attention weights)
+                x, self_w, cross_w = x
                 self_ws.append(self_w)
                 cross_ws.append(cross_w)
-            else:
-                x = layer(x, memory, self_mask, memory_mask)
         x = self.norm(x)
         return (x, self_ws, cross_ws) if return_weights else x
 
@@ -337,10 +328,8 @@ class TransformerDecoder(nn.Module):
 class Seq2SeqTransformer(nn.Module):
     """Embedding + positions -> encoder (lesson 04); embedding + positions -> decoder -> logits.
 
-    Seq2SeqTransformer(**config) with the keys of TrainConfig.model_config(); `.config` keeps that
-    plain dict (it is saved in the checkpoint). One embedding table serves both sides (the same
-    digits); a linear layer turns each decoder vector into vocab_size scores.
-    forward(src (B, T_src), tgt_in (B, T_tgt)) -> logits (B, T_tgt, vocab_size).
+    Built from TrainConfig.model_config() (kept as `.config`, saved in the checkpoint); one embedding
+    table for both sides. forward(src (B, T_src), tgt_in (B, T_tgt)) -> logits (B, T_tgt, vocab_size).
     """
 
     def __init__(self, task="reverse", n_digits=10, d_model=32, n_heads=2, n_layers=1, d_ff=128,
@@ -351,9 +340,8 @@ class Seq2SeqTransformer(nn.Module):
                            embed_scale=embed_scale, max_len=max_len)
         self.vocab_size, self.max_len = vocab_size(n_digits), max_len
         self.embed = nn.Embedding(self.vocab_size, d_model)              # initialised N(0, 1)
-        # The paper multiplies embeddings by sqrt(d_model). That assumes embeddings initialised
-        # N(0, 1/d_model): scaled, a token vector is then about as long as a positional encoding.
-        # (With PyTorch's N(0, 1) the tokens would drown the positions; section 2 prints the lengths.)
+        # The paper multiplies embeddings by sqrt(d_model), which assumes them initialised N(0, 1/d_model):
+        # then a token vector is about as long as a positional encoding (section 2 prints the lengths).
         self.scale = math.sqrt(d_model) if embed_scale else 1.0
         if embed_scale:
             nn.init.normal_(self.embed.weight, std=d_model ** -0.5)
@@ -374,11 +362,8 @@ class Seq2SeqTransformer(nn.Module):
 
     def decode(self, tgt_in, memory, src_mask, return_weights=False):
         """tgt_in (B, T_tgt) -> logits (B, T_tgt, vocab_size), attending to memory."""
-        result = self.decoder(self.embed_tokens(tgt_in), memory, decoder_mask(tgt_in), src_mask, return_weights)
-        if return_weights:
-            x, self_ws, cross_ws = result
-            return self.out(x), self_ws, cross_ws
-        return self.out(result)                                           # (B, T_tgt, vocab_size)
+        x = self.decoder(self.embed_tokens(tgt_in), memory, decoder_mask(tgt_in), src_mask, return_weights)
+        return (self.out(x[0]), *x[1:]) if return_weights else self.out(x)   # (B, T_tgt, vocab_size)
 
     def forward(self, src, tgt_in):
         memory, src_mask = self.encode(src)                               # (B, T_src, d_model)
@@ -393,21 +378,14 @@ class Seq2SeqTransformer(nn.Module):
 
 def section_2_model(config: TrainConfig, val: Batch, device):
     common.section(2, "The model: encoder (lesson 04) + decoder (new here) + output layer")
-    print("  reused through common.load_lesson: causal_mask (01), MultiHeadAttention (02, computing with")
-    print("  01's scaled_dot_product_attention), PositionalEncoding (03), FeedForward and TransformerEncoder (04)")
-    common.explain("""The encoder is lesson 04's stack: every input position looks at every other
-        one, then passes through the feed-forward. The decoder block adds two things: its
-        self-attention is masked (answer position i sees positions 0..i only), and a second
-        attention, cross-attention, takes its queries from the decoder and its keys and values from
-        the encoder output. That is where the answer looks at the input. A linear layer turns each
-        decoder vector into one score per token.""")
+    common.explain("""Reused through common.load_lesson: causal_mask (01), MultiHeadAttention (02, with
+        01's scaled_dot_product_attention), PositionalEncoding (03), FeedForward, TransformerEncoder
+        (04). The decoder block adds two things to lesson 04's block: its self-attention is masked
+        (answer position i sees positions 0..i), and cross-attention takes its keys and values from
+        the encoder output: there the answer looks at the input. A linear layer gives the scores.""")
     torch.manual_seed(config.seed)
     model = Seq2SeqTransformer(**config.model_config()).to(device).eval()
-    count = support.count_parameters
-    common.table([["token embedding (shared)", count(model.embed)],
-                  [f"encoder: {config.n_layers} block(s) + final norm", count(model.encoder)],
-                  [f"decoder: {config.n_layers} block(s) + final norm", count(model.decoder)],
-                  ["output layer", count(model.out)], ["total", count(model)]], ["part", "parameters"])
+    reports.parameter_table(model, config.n_layers)
     batch = Batch(val.src[:4], val.tgt_in[:4], val.tgt_out[:4]).to(device)
     with torch.no_grad():
         memory, src_mask = model.encode(batch.src)
@@ -417,20 +395,22 @@ def section_2_model(config: TrainConfig, val: Batch, device):
         changed = batch.tgt_in.clone()
         changed[:, k:] = FIRST_DIGIT + (changed[:, k:] - FIRST_DIGIT + 1) % config.n_digits
         moved = (model.decode(changed, memory, src_mask) - logits).abs()  # (4, T_tgt, V)
+        positions = model.embed_tokens(batch.src) - model.embed(batch.src) * model.scale  # what is added
         token_norm = float((model.embed.weight * model.scale).norm(dim=1).mean())   # a token vector's length
-        pe_norm = float(model.positions.pe[:config.seq_len].norm(dim=1).mean())
-
     print(f"\n  shapes for B=4: src {tuple(batch.src.shape)} -> memory {tuple(memory.shape)}; "
           f"tgt_in {tuple(batch.tgt_in.shape)} -> logits {tuple(logits.shape)}")
     before, after = float(moved[:, :k].max()), float(moved[:, k:].max())
-    support.say(f"causality: decoder inputs changed from position {k} on; the outputs at positions 0..{k - 1} "
-                f"moved by {before:.3g}, those from {k} on by {after:.3g}")
-    # A vector of d_model N(0, 1) entries has length about sqrt(d_model); times sqrt(d_model): d_model.
-    support.say(f"average vector length: token embedding {token_norm:.2f}, positional encoding {pe_norm:.2f} added "
-                f"to it. PyTorch's N(0, 1) embeddings times sqrt(d_model) would be about d_model = {config.d_model}, "
-                f"{config.d_model / pe_norm:.1f} times the positions: that is why --embed-scale also starts the "
-                "embeddings at N(0, 1/d_model), as the paper's scaling assumes")
-    return {"parameters": count(model), "causal_change_before": before, "causal_change_after": after}
+    causal = claims.below("decoder-causal", f"the decoder is causal: with its inputs changed from position {k} "
+                          f"on, the outputs at positions 0..{k - 1} moved by {before:.3g} (those from {k} on "
+                          f"by {after:.3g})", before, 1e-5, measured=f"earlier outputs moved by {before:.3g}",
+                          hint="decoder_mask (lesson 01's causal_mask) lets a position see later ones").say()
+    pe_norm = float(model.positions.pe[:config.seq_len].norm(dim=1).mean())
+    added = float(positions.norm(dim=-1).mean())                      # measured: what embed_tokens adds
+    placed = claims.near("positions-added", f"average vector length: token embedding {token_norm:.2f}, "
+                         f"positional encoding {added:.2f} added to it", added, pe_norm, 1e-3 * pe_norm,
+                         hint="embed_tokens must add self.positions (lesson 03) to the token vectors").say()
+    return {"parameters": settings.count_parameters(model), "causal": causal, "positions": placed,
+            "moved_before": before, "moved_after": after}
 
 
 # %% 3. Training: AdamW, warmup and cosine decay, clipping, validation, early stopping
@@ -446,57 +426,6 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine: lr -> 0 at the last step
 
 
-class AdamW:
-    """AdamW written out, with gradient clipping; the same updates as torch.optim.AdamW (tested).
-
-    All parameters are handled as one flat vector g (every gradient, concatenated):
-      clip:         g = g * min(1, grad_clip / ||g||)          (one norm over all parameters)
-      moments:      m = beta1 m + (1 - beta1) g                (running mean of gradients)
-                    v = beta2 v + (1 - beta2) g^2              (running mean of squared gradients)
-      bias fix:     m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)   (m, v start at 0)
-      update:       w = w - lr * weight_decay * w - lr * m_hat / (sqrt(v_hat) + eps)
-    The weight decay acts on the weights directly, not through g: the "W" in AdamW.
-    """
-
-    def __init__(self, params, lr, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8):
-        self.params = [p for p in params if p.requires_grad]
-        self.sizes = [p.numel() for p in self.params]
-        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        self.m = torch.zeros(sum(self.sizes), device=self.params[0].device)
-        self.v = torch.zeros_like(self.m)
-        self.t = 0
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self, grad_clip=0.0):
-        """One update with the current self.lr. Returns the gradient norm before clipping."""
-        g = torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(n)
-                       for p, n in zip(self.params, self.sizes)])
-        norm = torch.linalg.vector_norm(g)
-        if grad_clip > 0:
-            g = g * (grad_clip / (norm + 1e-6)).clamp(max=1.0)
-        beta1, beta2 = self.betas
-        self.t += 1
-        self.m.mul_(beta1).add_(g, alpha=1 - beta1)
-        self.v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        update = (self.m / (1 - beta1 ** self.t)) / ((self.v / (1 - beta2 ** self.t)).sqrt() + self.eps)
-        for p, u in zip(self.params, update.split(self.sizes)):
-            p.mul_(1 - self.lr * self.weight_decay)
-            p.add_(u.view_as(p), alpha=-self.lr)
-        return norm
-
-    def state_dict(self):
-        return {"t": self.t, "m": self.m.detach().cpu().clone(), "v": self.v.detach().cpu().clone()}
-
-    def load_state_dict(self, state):
-        self.t = int(state["t"])
-        self.m.copy_(state["m"])
-        self.v.copy_(state["v"])
-
-
 def restrict_logits(logits):
     """The model never needs to produce PAD or BOS: rule them out (in evaluation and decoding)."""
     logits = logits.clone()
@@ -506,14 +435,11 @@ def restrict_logits(logits):
 
 @torch.no_grad()
 def evaluate_teacher_forced(model, data: Batch, chunk=1000):
-    """Loss, token accuracy and exact-match from teacher-forced passes (no decoding loop).
-
-    Exact-match this way equals greedy decoding's: greedy reproduces the whole answer iff the
-    argmax is right at every position given the correct prefix (by induction over the prefix;
-    compared with greedy_decode in section 5 and in the tests).
-    """
-    was_training, (loss, right, n_tokens, exact) = model.training, (0.0, 0, 0, 0)
-    model.eval()
+    """Loss, token accuracy and exact-match from teacher-forced passes (no decoding loop). Exact-match
+    this way equals greedy decoding's: greedy writes the whole answer right iff the argmax is right
+    at every position given the correct prefix (by induction over the prefix; section 5 checks it)."""
+    loss, right, n_tokens, exact = 0.0, 0, 0, 0
+    model.eval()                                     # the training loop turns train mode back on
     for start in range(0, len(data), chunk):
         src, tgt_in, tgt_out = (t[start:start + chunk] for t in (data.src, data.tgt_in, data.tgt_out))
         logits = model(src, tgt_in)                                       # (B, T_tgt, V)
@@ -522,42 +448,44 @@ def evaluate_teacher_forced(model, data: Batch, chunk=1000):
         correct = (restrict_logits(logits).argmax(-1) == tgt_out) & target  # (B, T_tgt)
         right, n_tokens = right + int(correct.sum()), n_tokens + int(target.sum())
         exact += int((correct | ~target).all(dim=1).sum())
-    model.train(was_training)
     return {"loss": loss / n_tokens, "token_accuracy": right / n_tokens, "exact_match": exact / len(data)}
 
 
 def train(config: TrainConfig, device="cpu", quiet=False, resume=None, data=None, model=None,
-          checkpoint_path=None, callback=None, print_every=50) -> TrainResult:
-    """Train a Seq2SeqTransformer on config.task; returns a TrainResult with the best model.
-
-    resume: a checkpoint dict to continue from. data: (val, test) Batches, else heldout_sets(config).
-    model: train this model instead of a new one (the challenges use it). checkpoint_path: keep the
-    best model saved there (atomically) whenever it improves. callback(step, metrics) runs after
-    each validation. The bookkeeping (history, timing, progress bar, resume, Ctrl-C, saving) is
-    support.TrainingRun. Ctrl-C ends training and returns the best model so far; a NaN or
-    infinite loss raises TrainingDiverged.
-    """
+          checkpoint_path=None, callback=None, print_every=50) -> training.TrainResult:
+    """Train a Seq2SeqTransformer on config.task; a TrainResult with the best model. Optional: resume
+    (a checkpoint dict), data ((val, test)), model (to train instead of a new one), checkpoint_path
+    (where the best model is saved), callback(step, metrics) after each validation."""
     torch.manual_seed(config.seed)
     val, test = data if data is not None else heldout_sets(config)
     model = (model or Seq2SeqTransformer(**config.model_config())).to(device)
-    optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    run = support.TrainingRun(config, model, optimizer, resume, quiet, checkpoint_path, callback, print_every)
-    stream = TrainingData(config, [val.src, test.src], seed=run.data_seed)
+    # AdamW: Adam's step for each weight (from running means of its gradient and of the gradient's
+    # square), with the weight decay applied to the weights directly, not through the gradient.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    run = training.TrainingRun(config, model, optimizer, resume, quiet, checkpoint_path, print_every)
+    # Batches from a generator seeded by --seed and the starting step (a resumed run draws new ones).
+    stream = TrainingData(config, [val.src, test.src], seed=(config.seed * 1_000_003 + run.step) % 2 ** 64)
     val = val.to(device)
 
     def validate():
         metrics = evaluate_teacher_forced(model, val)
-        run.record_validation(metrics)                     # history; keeps (and saves) the best model
+        run.record_validation(metrics)                     # the history, and a printed line
+        # The best model: the highest exact-match, ties broken by the lower loss; saved at once.
+        if run.best is None or (metrics["exact_match"], -metrics["loss"]) > run.best["key"]:
+            run.keep_best(metrics, key=(metrics["exact_match"], -metrics["loss"]))
         if metrics["exact_match"] >= config.target:
             run.stop("target reached")
-        elif config.patience and run.validations_since_best >= config.patience:
-            run.stop("patience")
+        elif config.patience and run.validations_since_best() >= config.patience:
+            run.stop("patience")                           # early stopping: no new best for a while
+        if callback is not None:
+            callback(run.step, metrics)
 
-    with run:                                              # Ctrl-C in here ends training cleanly
+    try:
         validate()                                         # the starting point is plotted too
         while not run.stopped and run.step < config.steps:
             step = run.start_step()                        # step + 1; the clock runs
-            optimizer.lr = learning_rate(step, config)
+            for group in optimizer.param_groups:           # this step's learning rate
+                group["lr"] = learning_rate(step, config)
             batch = stream.next_batch().to(device)
             model.train()
             logits = model(batch.src, batch.tgt_in)                       # (B, T_tgt, vocab_size)
@@ -567,38 +495,44 @@ def train(config: TrainConfig, device="cpu", quiet=False, resume=None, data=None
             run.check_finite(loss)                         # NaN or inf -> TrainingDiverged
             optimizer.zero_grad()
             loss.backward()
-            optimizer.step(grad_clip=config.grad_clip)     # clip the gradient norm, then update
+            if config.grad_clip > 0:                       # one norm over all the gradients, at most grad_clip
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
             run.end_step(loss, logits, batch.tgt_out)      # the clock stops; history, progress bar
             if step % config.eval_every == 0 or step == config.steps:
                 validate()
+    except KeyboardInterrupt as stop:                      # Ctrl-C: training ends, the best model stays
+        run.interrupted(stop)
+    finally:
+        run.close()                                        # the progress bar
     return run.result(heldout_removed=stream.removed)
 
 
 def section_3_train(config: TrainConfig, data, device, resume, args):
     common.section(3, "Training: AdamW, warmup and cosine decay, gradient clipping, validation, early stopping")
-    patience = f"after {config.patience} validations without a new best, " if config.patience else ""
-    clip = (f"scale the gradient down if its norm exceeds {config.grad_clip:g} (clipping)" if config.grad_clip
-            else "leave the gradient as it is (clipping is off)")
-    warmup = (f"rises linearly for {config.warmup} steps to {config.lr:g} (warmup keeps the first updates "
-              "small while AdamW's running averages rest on few batches), then follows" if config.warmup
-              else f"starts at {config.lr:g} (no warmup) and follows")
-    common.explain(f"""Each step: draw a fresh batch, run the model with teacher forcing, take the
-        cross-entropy of the {vocab_size(config.n_digits)}-way prediction at every answer position
-        (PAD ignored), backpropagate, {clip}, and let AdamW update the weights. The learning rate
-        {warmup} the {config.schedule} schedule over {config.steps} steps. Whether this task needs
-        warmup or clipping is measured by python -m challenges.ablations. Every {config.eval_every} steps the
-        validation set is scored; training stops when its exact-match reaches {config.target:.0%},
-        {patience}or at the last step. The best model is saved to {CHECKPOINT_NAME} whenever it
-        improves; Ctrl-C stops training and keeps it.""")
+    common.explain(f"""Each step: a fresh batch, the model with teacher forcing, the cross-entropy at
+        every answer position (PAD ignored), backward, the gradient's norm clipped to {config.grad_clip:g}
+        (0 = off), an AdamW update. The learning rate rises over {config.warmup} warmup steps to {config.lr:g}
+        (the first updates stay small while AdamW's running means rest on few batches), then follows
+        the {config.schedule} schedule to step {config.steps}. Every {config.eval_every} steps the validation
+        set is scored; training stops at {config.target:.0%} exact-match, after {config.patience} validations
+        without a new best (0 = never), or at the last step. Does warmup matter? challenges.ablations.""")
     result = train(config, device, resume=resume, data=data, checkpoint_path=args.out_dir / CHECKPOINT_NAME)
-    support.report_training(config, result, resume)
-    return result
+    reports.report_training(config, result, resume)
+    seconds = f", {result.target_seconds:.2f} s of training" if result.target_seconds is not None else ""
+    when = f" first at step {result.target_step}{seconds}" if result.target_step is not None else ""
+    reached = claims.check("reached-target", result.target_step is not None,
+                           f"validation exact-match reached {config.target:.0%}{when}",
+                           measured=f"best {result.best_val.get('exact_match', 0):.1%} in {result.steps_run} steps",
+                           expected=f"{config.target:.0%} or more",
+                           hint="more --steps, another --lr, or a component broken in an earlier section").say()
+    return result, reached
 
 
 # %% 4. Decoding: greedy and beam search
 def next_token_logits(model, ys, memory, src_mask, cache=None):
-    """(B, vocab_size) scores for the token after the prefix ys (B, t). Simplest: run the decoder
-    on the whole prefix again. With a PrefixCache (section 4b) only the newest position runs."""
+    """(B, vocab_size) scores for the token after the prefix ys (B, t): the decoder runs over the
+    whole prefix again, or, with a PrefixCache (section 4b), over the newest position only."""
     if cache is not None:
         return cache.next_logits(ys, memory, src_mask)
     return model.decode(ys, memory, src_mask)[:, -1]                      # last position: next token
@@ -606,14 +540,9 @@ def next_token_logits(model, ys, memory, src_mask, cache=None):
 
 @torch.no_grad()
 def greedy_decode(model, src, max_len, cache=False):
-    """Batched greedy decoding: at each step append the single most likely next token.
-
-    src (B, T_src) tokens; max_len = most tokens to generate (answer + EOS). cache=True uses a
-    PrefixCache (same tokens, faster). Returns (B, L) tokens, L <= max_len: each row's answer,
-    then EOS, then PAD. Stops once every row has produced EOS. The model is used in eval mode.
-    """
-    was_training = model.training
-    model.eval()
+    """Batched greedy decoding: append the most likely next token, at most max_len times (answer + EOS).
+    cache=True: with a PrefixCache. Returns (B, L) tokens: each answer, EOS, then PAD."""
+    model.eval()                                     # no dropout; the model stays in eval mode
     memory, src_mask = model.encode(src)
     ys = torch.full((src.size(0), 1), BOS, dtype=torch.long, device=src.device)   # every answer starts with BOS
     done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
@@ -625,65 +554,64 @@ def greedy_decode(model, src, max_len, cache=False):
             done |= next_token == EOS
             if bool(done.all()):
                 break
-    model.train(was_training)
     return ys[:, 1:]
 
 
 @torch.no_grad()
 def beam_search(model, src, beam_size, max_len, length_penalty=0.0, cache=False):
-    """Batched beam search: keep the beam_size most likely partial answers at every step.
+    """Batched beam search: keep the beam_size (K) most likely partial answers (hypotheses) per input.
 
-    src (B, T_src); beam_size K >= 1; max_len = most tokens to generate (answer + EOS). A
-    hypothesis that produced EOS is finished: its score is frozen (its only continuation is PAD at
-    log-probability 0) and it competes with the unfinished ones. Score = summed log-probabilities;
-    the best is chosen by score / length**length_penalty (0: plain log-probability).
-    Returns (tokens (B, L), L <= max_len: answer, EOS, PAD ...; scores (B,)). K = 1 equals greedy.
+    A hypothesis's score is the sum of its tokens' log-probabilities. Once it wrote EOS it is
+    finished: its only continuation is PAD at log-probability 0, so its score is frozen while it
+    competes with the others. The answer: the best score / length**length_penalty (0: the score).
+    Returns (tokens (B, L), L <= max_len: answer, EOS, PAD ...; scores (B,)). K = 1 is greedy.
     """
-    was_training, (B, K) = model.training, (src.size(0), beam_size)
+    B, K = src.size(0), beam_size
     model.eval()
+    V, device = model.vocab_size, src.device
     memory, src_mask = model.encode(src)
+    # K hypotheses per input, stored as B*K rows: row b*K + k is hypothesis k of input b.
     memory = memory.repeat_interleave(K, dim=0)                           # (B*K, T_src, d_model)
     src_mask = src_mask.repeat_interleave(K, dim=0) if src_mask is not None else None
-    V, device = model.vocab_size, src.device
-    seqs = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)
-    scores = torch.full((B, K), float("-inf"), device=device)             # only beam 0 starts alive, or
-    scores[:, 0] = 0.0                                                    # the first step picks K copies
+    seqs = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)   # every hypothesis starts with BOS
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0            # one live hypothesis at first (K live copies would pick the same tokens)
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)
     lengths = torch.zeros(B, K, device=device)                            # tokens up to and incl. EOS
-    after_eos = torch.full((V,), float("-inf"), device=device)
-    after_eos[PAD] = 0.0                                                  # a finished beam only pads
+    pad_only = torch.full((V,), float("-inf"), device=device)
+    pad_only[PAD] = 0.0                                                   # all a finished one may add
     with PrefixCache(model) if cache else contextlib.nullcontext() as prefix:
         for _ in range(max_len):
+            # 1. Score every one-token extension of every hypothesis.
             log_probs = F.log_softmax(next_token_logits(model, seqs, memory, src_mask, prefix), dim=-1)
-            log_probs = restrict_logits(log_probs).view(B, K, V)         # (B, K, V)
-            log_probs = torch.where(finished[..., None], after_eos, log_probs)
-            scores, flat = (scores[..., None] + log_probs).view(B, K * V).topk(K, dim=1)  # (B, K) best
-            beam, token = flat // V, flat % V                             # which beam, which token
-            rows = (torch.arange(B, device=device)[:, None] * K + beam).view(-1)  # (B*K,) rows kept
+            log_probs = restrict_logits(log_probs).view(B, K, V)
+            log_probs = torch.where(finished[..., None], pad_only, log_probs)
+            candidates = scores[..., None] + log_probs                    # (B, K, V)
+            # 2. Keep the K best of each input's K * V candidates: which parent, which token.
+            scores, best = candidates.view(B, K * V).topk(K, dim=1)        # (B, K)
+            parent, token = best // V, best % V                           # (B, K) each
+            # 3. Each kept candidate is its parent's tokens followed by its own token.
+            rows = (torch.arange(B, device=device)[:, None] * K + parent).view(-1)   # (B*K,) parents' rows
             seqs = torch.cat([seqs[rows], token.view(-1, 1)], dim=1)      # (B*K, t + 1)
             if prefix is not None:
-                prefix.keep(rows)                                         # the kept beams' history
-            was_finished = finished.gather(1, beam)
-            lengths = lengths.gather(1, beam) + (~was_finished).float()
-            finished = was_finished | (token == EOS)
+                prefix.keep(rows)                                         # the cache follows the parents
+            # 4. A length grows until its EOS; a hypothesis is finished once it wrote EOS.
+            parent_finished = finished.gather(1, parent)
+            lengths = lengths.gather(1, parent) + (~parent_finished).float()
+            finished = parent_finished | (token == EOS)
             if bool(finished.all()):
                 break
+    # 5. The answer: the best score, divided by length**length_penalty when a penalty is set.
     ranking = scores / lengths.clamp(min=1) ** length_penalty if length_penalty else scores
     best = ranking.argmax(dim=1)                                          # (B,)
-    model.train(was_training)
     return seqs.view(B, K, -1)[torch.arange(B), best, 1:], scores[torch.arange(B), best]
 
 
 # %% 4b. Incremental decoding: a cache of the prefix
 class CachedSelfAttention(nn.Module):
-    """A decoder block's self-attention while decoding one position at a time.
-
-    The causal mask means earlier positions never change when a token is appended, so nothing
-    about them needs recomputing. This wrapper remembers what the self-attention received at the
-    earlier positions (its keys and values input, `past`), and lets the newest position attend to
-    all of them; every other part of the block runs on the newest position only.
-    (A "KV cache" stores the projected keys and values instead, saving W_k and W_v as well.)
-    """
+    """A decoder block's self-attention, decoding one position at a time. With a causal mask earlier
+    positions never change, so it remembers what self-attention received at them (`past`) and lets
+    the newest position attend to all of it. (A "KV cache" stores the projected keys and values.)"""
 
     def __init__(self, attention):
         super().__init__()
@@ -696,9 +624,8 @@ class CachedSelfAttention(nn.Module):
 
 
 class PrefixCache:
-    """`with PrefixCache(model) as cache:` wraps each decoder block's self-attention in a
-    CachedSelfAttention (and unwraps it afterwards). Then cache.next_logits(ys, ...) runs only the
-    newest token through the decoder: the same scores as model.decode(ys, ...)[:, -1]."""
+    """`with PrefixCache(model) as cache:` wraps each decoder block's self-attention in a CachedSelfAttention;
+    cache.next_logits(ys, ...) runs only the newest token: the scores of model.decode(ys, ...)[:, -1]."""
 
     def __init__(self, model):
         self.model, self.blocks = model, list(model.decoder.layers)
@@ -725,23 +652,22 @@ class PrefixCache:
 def section_4_decoding(config: TrainConfig, model, test: Batch, device):
     common.section(4, "Decoding: greedy, a cache of the prefix, beam search")
     max_out = output_len(config.task, config.seq_len, config.n_digits) + 1
-    common.explain(f"""Greedy decoding starts from BOS, appends the single most likely next token,
-        feeds the longer answer back in, and stops at EOS (or after {max_out} tokens). Done
-        plainly, every step runs the decoder over the whole prefix again. But the causal mask
-        means a position never changes once written, so a cache can keep what the decoder's
-        self-attention saw at the earlier positions and run only the newest one (section 4b of
-        the code). Beam search keeps the K most likely partial answers instead of one.""")
+    common.explain(f"""Greedy decoding starts from BOS, appends the most likely next token and feeds the
+        answer back in until EOS (or {max_out} tokens). Each step reruns the decoder over the whole prefix;
+        but with a causal mask a position never changes once written, so a cache can keep what self-
+        attention saw and run only the newest one (section 4b). Beam search keeps the K best answers.""")
     src = test.src[:200].to(device)
-    seconds, tokens = {False: [], True: []}, {}
-    for _ in range(3):                                   # alternating, 3 times each: the median
-        for cache in (False, True):
-            start = time.perf_counter()
-            tokens[cache] = greedy_decode(model, src, max_out, cache=cache)
-            seconds[cache].append(time.perf_counter() - start)
-    same = int((tokens[False] == tokens[True]).all(dim=1).sum())
-    found = {"recompute_seconds": statistics.median(seconds[False]), "cached_seconds": statistics.median(seconds[True]),
-             "identical": same, "decoded": len(src), "max_tokens": max_out}
-    support.report_cache(found)
+    recomputed, cached = (greedy_decode(model, src, max_out, cache=cache) for cache in (False, True))
+    same = int((recomputed == cached).all(dim=1).sum())
+    seconds = [common.best_time(lambda c=cache: greedy_decode(model, src, max_out, cache=c), device, repeats=3)
+               for cache in (False, True)]                # the fastest of 3 runs each
+    found = {"recompute_seconds": seconds[0], "cached_seconds": seconds[1], "identical": same,
+             "decoded": len(src), "max_tokens": max_out}
+    reports.report_cache(found)
+    found["same_answers"] = claims.equal(
+        "cache-identical", f"the cache gives the same answers as recomputing the prefix, {same} of {len(src)}",
+        same, len(src), measured=f"{same} of {len(src)}",
+        hint="the cache is exact only when the decoder's mask is causal (section 2)").say()
     return found
 
 
@@ -755,69 +681,153 @@ def decode(model, src, max_len, beam_size=1, length_penalty=0.0):
     return torch.cat([F.pad(p, (0, L - p.size(1)), value=PAD) for p in pieces])
 
 
-def section_5_evaluate(config: TrainConfig, model, test: Batch, args, device):
-    common.section(5, "Evaluating on the test set: greedy and beam search, teacher-forced and free-running")
-    max_out = output_len(config.task, config.seq_len, config.n_digits) + 1
-    common.explain(f"""The test set ({len(test)} sequences) was never trained on and never used to
-        pick the model. Exact-match counts whole answers; beside it, the 95% interval of the true
-        accuracy that such a count does not rule out (Wilson). "Teacher-forced" scores
-        each position given the correct prefix (what validation measured); "free-running" is
-        greedy decoding, where every position reads the model's own earlier tokens.""")
-    greedy = support.compare_decoded(decode(model, test.src.to(device), max_out).cpu(), test.tgt_out)
-    forced = evaluate_teacher_forced(model, test.to(device))
-    beam = None
-    if args.beam_size > 1:
-        beam_tokens = decode(model, test.src.to(device), max_out, args.beam_size, args.length_penalty).cpu()
-        beam = support.compare_decoded(beam_tokens, test.tgt_out)
-    found = support.report_test_set(config, test, greedy, forced, beam, args)
-    lp = (sequence_log_prob(model, test.src.to(device), greedy["tokens"].to(device)).mean(),
-          sequence_log_prob(model, test.src.to(device), beam["tokens"].to(device)).mean()) if beam else None
-    if lp is not None:
-        support.say(f"mean log-probability the model gives its answers: greedy {lp[0]:.4f}, beam {lp[1]:.4f}: beam "
-                    "search looks for answers the model rates more likely, which are not always the right ones")
-    support.report_where_wrong(config, test, greedy)
-    return {"greedy": greedy, "teacher_forced": forced, "beam": beam, **found}
+def score_answers(tokens, tgt_out):
+    """Decoded answers (B, L) against tgt_out: exact (every token, EOS too, nothing after it), and the
+    wrong tokens, those after an answer's first mistake written by a decoder that had read it."""
+    L = max(tokens.size(1), tgt_out.size(1))
+    tokens, tgt_out = (F.pad(t, (0, L - t.size(1)), value=PAD) for t in (tokens, tgt_out))
+    target = tgt_out != PAD                                           # (B, L) answer digits and EOS
+    wrong = (tokens != tgt_out) & target                              # (B, L)
+    after = wrong & (wrong.cumsum(1) > 1)                             # (B, L) wrong after an earlier mistake
+    last_digit = (target.sum(1) - 2).clamp(min=0)                     # (B,) just before EOS
+    right_at_end = wrong.any(1) & ~wrong.gather(1, last_digit[:, None]).squeeze(1)
+    exact, right = (tokens == tgt_out).all(dim=1), int((target & ~wrong).sum())
+    return {"tokens": tokens, "exact": exact, "n": len(exact), "exact_count": int(exact.sum()),
+            "exact_match": float(exact.float().mean()), "token_right": right, "token_count": int(target.sum()),
+            "token_accuracy": right / int(target.sum()), "wrong_tokens": int(wrong.sum()),
+            "wrong_after_first_mistake": int(after.sum()), "wrong_answers_right_at_end": int(right_at_end.sum()),
+            "position_wrong": [int(w) for w, c in zip(wrong.sum(0), target.sum(0)) if c > 0],
+            "position_count": [int(c) for c in target.sum(0) if c > 0]}
 
 
 @torch.no_grad()
 def sequence_log_prob(model, src, tokens):
-    """Sum of log-probabilities the model gives to `tokens` (B, L) (answer + EOS + PAD; PAD counts 0).
-    For comparing decoders: greedy, beam, exhaustive search."""
-    was_training = model.training
-    model.eval()
+    """Sum of the log-probabilities the model gives to `tokens` (B, L) (answer, EOS, PAD counting 0)."""
+    model.eval()                                     # no dropout; the model stays in eval mode
     tgt_in = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens[:, :-1]], dim=1)
     log_probs = F.log_softmax(model(src, tgt_in), dim=-1)                 # (B, L, V)
     picked = log_probs.gather(2, tokens[..., None]).squeeze(2)            # (B, L)
-    model.train(was_training)
     return torch.where(tokens == PAD, 0.0, picked).sum(1)
 
 
+def section_5_evaluate(config: TrainConfig, model, test: Batch, args, device):
+    common.section(5, "Evaluating on the test set: greedy and beam search, teacher-forced and free-running")
+    max_out = output_len(config.task, config.seq_len, config.n_digits) + 1
+    common.explain(f"""The test set ({len(test)} sequences) was never trained on or used to pick the
+        model. Exact-match counts whole answers, with the 95% interval of the true accuracy such a
+        count leaves open (Wilson). "Teacher-forced" scores each position given the correct prefix
+        (as validation does); "free-running" is greedy decoding, reading its own earlier tokens.""")
+    src = test.src.to(device)
+    greedy = score_answers(decode(model, src, max_out).cpu(), test.tgt_out)
+    forced = evaluate_teacher_forced(model, test.to(device))
+    beam = (score_answers(decode(model, src, max_out, args.beam_size, args.length_penalty).cpu(), test.tgt_out)
+            if args.beam_size > 1 else None)
+    forced_exact = round(forced["exact_match"] * greedy["n"])
+    reports.report_test_table(greedy, forced_exact, forced["token_accuracy"], beam, args.beam_size)
+    # Greedy writes an answer right iff every teacher-forced argmax is right (induction over the prefix).
+    same = claims.equal("cheap-equals-greedy", f"one teacher-forced pass gets {forced_exact} answers right, greedy "
+                        f"decoding {greedy['exact_count']}: the same, so validation can use the cheap pass",
+                        forced_exact, greedy["exact_count"], measured=f"{forced_exact} and {greedy['exact_count']}",
+                        hint="the decoder sees something in training that it lacks when it decodes; section 2's "
+                             "causality check is the first suspect").say()
+    forced_wrong = round((1 - forced["token_accuracy"]) * greedy["token_count"])
+    reports.report_wrong_tokens(greedy, forced_wrong)     # before and after each answer's first mistake
+    found = {"teacher_forced_exact_count": forced_exact, "teacher_forced_wrong_tokens": forced_wrong,
+             "free_running_wrong_tokens": greedy["wrong_tokens"], "cheap_equals_greedy": same,
+             "free_running_wrong_after_first_mistake": greedy["wrong_after_first_mistake"]}
+    if beam is not None:                                  # which answers beam search fixed, which it broke
+        fixed, broke = int((beam["exact"] & ~greedy["exact"]).sum()), int((greedy["exact"] & ~beam["exact"]).sum())
+        p = common.stats.sign_test(fixed, broke)
+        changed = int((beam["tokens"] != greedy["tokens"]).any(dim=1).sum())
+        reports.report_beam_changes(changed, fixed, broke, p, len(test))
+        # What beam search ranks by: the summed log-probability / length**length_penalty (the mean here).
+        rank = [float((sequence_log_prob(model, src, r["tokens"].to(device)).cpu() / (r["tokens"] != PAD).sum(1)
+                       .clamp(min=1) ** args.length_penalty).mean()) for r in (greedy, beam)]
+        found["beam_scores_higher"] = claims.at_least(
+            "beam-scores-higher", f"beam search's answers score at least as high as greedy decoding's "
+            f"(log-probability / length**{args.length_penalty:g}): {rank[1]:.4f} against {rank[0]:.4f}",
+            rank[1] - rank[0], -1e-6,
+            hint="beam_search should keep the K best-scoring hypotheses at every step").say()
+        if broke and found["beam_scores_higher"]:
+            text.say(f"scoring higher is not being right: beam search lost {broke} answers greedy decoding had right")
+        found.update(beam_fixed=fixed, beam_broke=broke, beam_p=p, beam_rank=rank)
+    reports.report_where_wrong(config, test, greedy)
+    return {"greedy": greedy, "teacher_forced": forced, "beam": beam, **found}
+
+
 # %% 6. What the attention learned
+def focus(weights, real_rows, keys):
+    """The largest weight of each real query row (weights (B, n_heads, T_q, T_k), real_rows (B, T_q)),
+    averaged; and that average if each row spread evenly over its keys (B, T_q) keys."""
+    rows = real_rows[:, None, :].expand(-1, weights.size(1), -1)
+    return float(weights.max(-1).values[rows].mean()), float((1 / keys.float())[real_rows].mean())
+
+
+def alignment(task, cross, src, tgt_in, tgt_out):
+    """{what: (shares (n_heads,), chance)}: per head, the share of answer positions whose strongest
+    cross-attention (B, n_heads, T_tgt, T_src) falls where the task points (reverse: input L-1-i;
+    copy: i; sort: an input holding the digit being written, or just written), and chance."""
+    real = src != PAD                                                 # (B, T_src)
+    lengths = real.sum(1, keepdim=True)                               # (B, 1)
+    answer = (tgt_out != PAD) & (tgt_out != EOS)                      # (B, T_tgt) answer digits
+    strongest = cross.argmax(-1)                                      # (B, n_heads, T_tgt)
+    i = torch.arange(tgt_out.size(1)).expand_as(tgt_out)
+    if task in ("reverse", "copy"):
+        where = lengths - 1 - i if task == "reverse" else i            # (B, T_tgt)
+        hit = strongest == where[:, None, :]
+        chance = (1 / lengths.float()).expand_as(tgt_out)[answer]
+        name = "the mirror input position" if task == "reverse" else "the same input position"
+        return {name: ((hit & answer[:, None, :]).sum((0, 2)).float() / answer.sum(), float(chance.mean()))}
+    looked_at = src.gather(1, strongest.flatten(1)).view_as(strongest)  # (B, n_heads, T_tgt) token there
+    found = {}
+    for name, digit, rows in (("an input holding the digit being written", tgt_out, answer),
+                              ("an input holding the digit just written", tgt_in, answer & (i > 0))):
+        hit = (looked_at == digit[:, None, :]) & rows[:, None, :]
+        holding = ((src[:, None, :] == digit[:, :, None]) & real[:, None, :]).sum(-1).float() / lengths  # (B, T_tgt)
+        found[name] = (hit.sum((0, 2)).float() / rows.sum(), float(holding[rows].mean()))
+    return found
+
+
 def section_6_attention(config: TrainConfig, model, test: Batch, device, args):
     common.section(6, "What the attention learned (trained model, eval mode)")
     model.eval()
     with torch.no_grad():
         weights = model.attention_weights(test.src.to(device), test.tgt_in.to(device))
     weights = {k: [w.cpu() for w in v] for k, v in weights.items() if k != "logits"}
-    common.explain("""Focus is the largest weight in a query row, averaged over real rows: 1 means
-        one key gets everything, 1/L means the weight is spread evenly over L keys. Alignment is
-        the share of answer positions whose strongest cross-attention weight falls on the input the
-        task points to; chance is that share for a key picked at random.""")
-    found = support.report_attention(config, weights, test)
-    support.plot_attention(config, weights, test, found, args.out_dir, args.show)
+    common.explain("""Focus: the largest weight in a query row, averaged over real rows (1: one key
+        gets everything; 1/L: spread evenly over L keys). Alignment: the share of answer positions
+        whose strongest cross-attention weight falls where the task points, beside chance.""")
+    src_real, tgt_real = test.src != PAD, test.tgt_out != PAD
+    n_src = src_real.sum(1, keepdim=True)                             # keys each query row may see
+    keys = {"encoder_self": (src_real, n_src.expand_as(src_real)), "cross": (tgt_real, n_src.expand_as(tgt_real)),
+            "decoder_self": (tgt_real, torch.arange(1, tgt_real.size(1) + 1).expand_as(tgt_real))}  # causal
+    focused = {name: [focus(w, *keys[name]) for w in weights[name]] for name in keys}
+    aligned = {}                                     # {what: [(shares per head, chance) per layer]}
+    for cross in weights["cross"] if config.task != "sum" else []:   # a sum depends on every input
+        for what, measured in alignment(config.task, cross, test.src, test.tgt_in, test.tgt_out).items():
+            aligned.setdefault(what, []).append(measured)
+    found = reports.report_attention(focused, aligned)
+    best = found["alignment"] and found["alignment"]["best"]          # (head, what, share, chance)
+    found["aligned"] = best and claims.at_least(
+        "cross-attention-aligned", f"most answer positions look at {best[1]}: {best[0]} for {best[2]:.1%} of them "
+        f"(chance {best[3]:.1%})", best[2], 0.5, measured=f"{best[2]:.1%} (chance {best[3]:.1%})",
+        hint="a model that did not learn the task, or positions missing, leave no head aligned").say()
+    figures.plot_attention(config, weights, test, found, args.out_dir, args.show)
     return found
 
 
 # %% 7. Loading the saved model back, predicting
-def predict(model, sequences, beam_size=1):
-    """Answer digit sequences with a trained model: e.g. [[1, 2, 3]] -> [[3, 2, 1]] for reversal.
+def tokens_to_digits(row):
+    """One row of tokens -> the digit list up to EOS (PAD and BOS dropped)."""
+    tokens = row.tolist()
+    tokens = tokens[:tokens.index(EOS)] if EOS in tokens else tokens
+    return [t - FIRST_DIGIT for t in tokens if t >= FIRST_DIGIT]
 
-    sequences: a list of digit lists (digits 0..n_digits-1), for the task the model was trained on
-    (model.config["task"]). beam_size 1 = greedy decoding. Returns a list of digit lists: each
-    answer up to its EOS. ValueError (a clear message) for sequences the model cannot take.
-    """
-    task, n_digits = model.config["task"], model.config["n_digits"]
-    support.check_sequences(sequences, model)
+
+def predict(model, sequences, beam_size=1):
+    """Answer digit lists with a trained model (its task: model.config["task"]), e.g. [[1, 2, 3]] ->
+    [[3, 2, 1]] for reversal; beam_size 1 is greedy. ValueError for sequences it cannot take."""
+    settings.check_sequences(sequences, model)
     if not sequences:
         return []
     T = max(len(s) for s in sequences)
@@ -825,44 +835,65 @@ def predict(model, sequences, beam_size=1):
     for i, digits in enumerate(sequences):
         src[i, :len(digits)] = torch.tensor([int(d) for d in digits]) + FIRST_DIGIT
     device = next(model.parameters()).device
-    tokens = decode(model, src.to(device), output_len(task, T, n_digits) + 1, beam_size).cpu()
-    return [support.tokens_to_digits(row) for row in tokens]
+    tokens = decode(model, src.to(device), output_len(model.config["task"], T, model.config["n_digits"]) + 1,
+                    beam_size).cpu()
+    return [tokens_to_digits(row) for row in tokens]
 
 
 def section_7_reload(test: Batch, greedy_tokens, path):
     common.section(7, "Loading the saved model back, predicting")
     loaded = load_checkpoint(path)
-    inputs = [support.tokens_to_digits(test.src[i]) for i in range(8)]
+    inputs = [tokens_to_digits(test.src[i]) for i in range(min(8, len(test)))]
     answers = predict(loaded, inputs)
-    same = sum(a == support.tokens_to_digits(b) for a, b in zip(answers, greedy_tokens[:8]))
-    support.say(f"load_checkpoint({path.name!r}) reads it with torch.load(..., weights_only=True): plain "
-                f"tensors and numbers only. predict() with it on 8 test inputs: {same} of 8 answers equal the "
-                "in-memory model's")
-    print(f"    predict(model, [{support.digits_text(inputs[0]).replace(' ', ', ')}]) -> {answers[0]}")
-    return same
+    same = sum(a == tokens_to_digits(b) for a, b in zip(answers, greedy_tokens))
+    reloaded = claims.equal("reload-same-answers", f"load_checkpoint({path.name!r}) (torch.load with weights_only="
+                            f"True: tensors and numbers only) gives a model whose predict() matches the in-memory "
+                            f"model's answers on {same} of {len(inputs)} test inputs", same, len(inputs),
+                            measured=f"{same} of {len(inputs)}", hint="the checkpoint holds the best model").say()
+    print(f"    predict(model, [{text.digits_text(inputs[0]).replace(' ', ', ')}]) -> {answers[0]}")
+    return reloaded
+
+
+def key_insights(config, result, found):
+    model, test, aligned = found["model"], found["test"], found["attention"]["aligned"]
+    common.key_insights([
+        model["causal"].restate("Teacher forcing trains every answer position in one pass, and the causal mask "
+                                f"keeps it honest: later inputs moved earlier outputs by {model['moved_before']:.3g}."),
+        found["reached"].restate(f"{model['parameters']:,} parameters: {found['reached'].text} on '{config.task}'."),
+        test["cheap_equals_greedy"].restate(
+            f"Greedy decoding got {common.stats.share_text(test['greedy']['exact_count'], test['greedy']['n'])} test "
+            "answers right (95% interval); one teacher-forced pass counts the same: validation needs no decoding."),
+        f"Wrong tokens: {test['teacher_forced_wrong_tokens']} teacher-forced, {test['free_running_wrong_tokens']} "
+        f"free-running, {test['free_running_wrong_after_first_mistake']} of them after an answer's first mistake.",
+        *([f"Beam search fixed {test['beam_fixed']} answers and broke {test['beam_broke']} (sign test p = "
+           f"{test['beam_p']:.2g}: {'a difference' if test['beam_p'] < 0.05 else 'no difference'} beyond chance)."]
+          if test["beam"] is not None else []),
+        *([aligned] if aligned else []), found["cache"]["same_answers"], found["reloaded"],
+        *(found.get("length_generalization") or {}).get("sentences", []),
+    ])
 
 
 @common.entry_point
 def main(argv=None):
-    args = common.parse_args(support.build_parser(__doc__, TrainConfig, TASKS, TASK_DEFAULTS), argv)
-    config, checkpoint = support.config_from_args(args, TrainConfig, TASK_DEFAULTS, Seq2SeqTransformer)
+    args = common.parse_args(flags.build_parser(__doc__, TrainConfig, TASKS, TASK_DEFAULTS), argv)
+    config, checkpoint = flags.config_from_args(args, TrainConfig, TASK_DEFAULTS, Seq2SeqTransformer)
     device = common.setup(args, "Lesson 05: a mini encoder-decoder transformer, trained end to end")
     val, test = heldout_sets(config)
-    section_1_data(config, val, test)
-    model_info = section_2_model(config, val, device)
-    support.keep_previous_outputs(args.out_dir, resumed_from=args.resume)
-    result = section_3_train(config, (val, test), device, checkpoint, args)       # saves the best model as it goes
-    metrics = support.Metrics(args.out_dir / "metrics.json", config, result)      # written now, then updated
-    support.plot_training(config, result, learning_rate, args.out_dir, args.show)
-    metrics.update(cache=section_4_decoding(config, result.model, test, device))
-    evaluation = section_5_evaluate(config, result.model, test, args, device)
-    metrics.update(test=evaluation)
-    metrics.update(attention=section_6_attention(config, result.model, test, device, args))
-    reloaded = section_7_reload(test, evaluation["greedy"]["tokens"], args.out_dir / CHECKPOINT_NAME)
-    if args.eval_lengths:                        # thin call: challenges/length_generalization.py
-        metrics.update(length_generalization=support.evaluate_lengths(args, config, result.model, device, checkpoint))
+    found = {"data": section_1_data(config, val, test), "model": section_2_model(config, val, device)}
+    keep_previous_outputs(args.out_dir, resumed_from=args.resume)
+    result, found["reached"] = section_3_train(config, (val, test), device, checkpoint, args)  # saves the best model
+    metrics = reports.Metrics(args.out_dir / "metrics.json", config, result)      # written now, then updated
+    figures.plot_training(config, result, learning_rate, args.out_dir, args.show)
+    found["cache"] = metrics.update(cache=section_4_decoding(config, result.model, test, device))
+    found["test"] = metrics.update(test=section_5_evaluate(config, result.model, test, args, device))
+    found["attention"] = metrics.update(attention=section_6_attention(config, result.model, test, device, args))
+    found["reloaded"] = section_7_reload(test, found["test"]["greedy"]["tokens"], args.out_dir / CHECKPOINT_NAME)
+    if args.eval_lengths:                        # python -m challenges.length_generalization on this model
+        from challenges import length_generalization
+        found["length_generalization"] = metrics.update(length_generalization=length_generalization.after_lesson_05(
+            config, result.model, args, device, checkpoint))
     metrics.update(complete=True)
-    common.key_insights(support.insights(config, model_info, result, metrics.data, reloaded))
+    key_insights(config, result, found)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 import common  # noqa: E402
 
 lesson05 = common.load_lesson(5)
+from lesson05_plumbing.settings import validate_config  # noqa: E402
 
 
 def ms_per_step(threads: int, steps: int, d_model: int, repeats: int) -> float:
@@ -49,7 +50,7 @@ def main(argv=None):
     if not (1 <= args.steps <= 10_000 and 1 <= args.repeats <= 50):
         parser.error("--steps must be from 1 to 10000 and --repeats from 1 to 50")
     try:
-        lesson05.validate_config(lesson05.TrainConfig(d_model=args.d_model))   # e.g. divisible by the heads
+        validate_config(lesson05.TrainConfig(d_model=args.d_model))   # e.g. divisible by the heads
     except common.UserError as exc:
         parser.error(str(exc))
 

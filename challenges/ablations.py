@@ -44,6 +44,8 @@ import common  # noqa: E402
 from challenges import components, variants  # noqa: E402
 from challenges.variants import Variant  # noqa: E402
 from common import load_lesson  # noqa: E402
+from lesson05_plumbing.settings import count_parameters, validate_config  # noqa: E402
+from lesson05_plumbing.training import TrainingDiverged  # noqa: E402
 
 # Reused from lesson 05 (one source for each component; edit it there and every row trains your
 # version): its config, its data, its evaluation, its checks.
@@ -51,8 +53,6 @@ lesson05 = load_lesson(5)
 TrainConfig = lesson05.TrainConfig
 heldout_sets = lesson05.heldout_sets
 evaluate_teacher_forced = lesson05.evaluate_teacher_forced
-count_parameters = lesson05.support.count_parameters
-TrainingDiverged = lesson05.TrainingDiverged
 
 # %% Knobs (learners: edit these, or use the flags)
 SEEDS = 3              # seeds per row: the spread of the same recipe is what a difference must beat
@@ -717,7 +717,7 @@ def base_config(task, quick):
     if quick:
         values.update(QUICK)
     base = TrainConfig(**values)
-    lesson05.validate_config(base)
+    validate_config(base)
     return base
 
 

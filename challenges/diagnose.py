@@ -40,10 +40,11 @@ import torch  # noqa: E402
 import common  # noqa: E402
 from challenges import bugs, variants  # noqa: E402
 from common import load_lesson  # noqa: E402
+from lesson05_plumbing import text, training  # noqa: E402
+from lesson05_plumbing.settings import validate_config  # noqa: E402
 
 # Reused from lesson 05 (one source for each component): its config, data, training loop and decoding.
 lesson05 = load_lesson(5)
-support = lesson05.support
 TrainConfig = lesson05.TrainConfig
 
 # %% Knobs (edit these, or use the flags)
@@ -105,7 +106,7 @@ def train_model(variant, base, device, bar=None):
         def after_validation(step, metrics):   # lesson 05's train() calls this after each validation
             tokens = lesson05.greedy_decode(model, checks[0], answer_len(config) + 1).cpu()
             curves["free_step"].append(step)
-            curves["free_exact_match"].append(exact_share(support.compare_decoded(tokens, checks[1])))
+            curves["free_exact_match"].append(exact_share(lesson05.score_answers(tokens, checks[1])))
             for key, value in (("val_step", step), ("val_loss", metrics["loss"]),
                                ("val_exact_match", metrics["exact_match"])):
                 validations[key].append(value)
@@ -115,7 +116,7 @@ def train_model(variant, base, device, bar=None):
         try:
             result = lesson05.train(config, device, quiet=True, data=(val, test), model=model,
                                     callback=after_validation)
-        except lesson05.TrainingDiverged as exc:          # "the training loss became nan at step N (...)"
+        except training.TrainingDiverged as exc:          # "the training loss became nan at step N (...)"
             result, diverged = None, str(exc).split(" (")[0]
         if result is not None and result.interrupted:
             raise KeyboardInterrupt
@@ -123,8 +124,8 @@ def train_model(variant, base, device, bar=None):
         found, answers = symptoms(model, config, test, device) if finite else ({}, None)
         example = attention_example(model, test, device, config) if finite else None
     shown = range(min(EXAMPLES, len(test))) if answers is not None else ()
-    examples = [[support.tokens_to_digits(test.src[i]), support.tokens_to_digits(test.tgt_out[i]),
-                 support.tokens_to_digits(answers[i])] for i in shown]      # input, expected, answer
+    examples = [[lesson05.tokens_to_digits(test.src[i]), lesson05.tokens_to_digits(test.tgt_out[i]),
+                 lesson05.tokens_to_digits(answers[i])] for i in shown]      # input, expected, answer
     record = {"history": validations, **curves, "symptoms": found, "example": example, "examples": examples}
     if result is None:
         record.update(stopped=f"diverged: {diverged}", steps_run=None, target_step=None)
@@ -140,12 +141,12 @@ def train_model(variant, base, device, bar=None):
 
 
 def exact_share(compared):
-    """Exact-match of support.compare_decoded's counts, as a plain float (the same as the teacher-forced one)."""
+    """Exact-match of lesson05.score_answers' counts, as a plain float (the same as the teacher-forced one)."""
     return compared["exact_count"] / compared["n"]
 
 
 def answer_len(config):
-    return support.output_len(config.task, config.seq_len, config.n_digits)
+    return lesson05.output_len(config.task, config.seq_len, config.n_digits)
 
 
 @torch.no_grad()
@@ -156,8 +157,8 @@ def symptoms(model, config, test, device):
     forced = lesson05.evaluate_teacher_forced(model, test.to(device))
     first = lesson05.greedy_decode(model, src, answer_len(config) + 1).cpu()
     again = lesson05.greedy_decode(model, src, answer_len(config) + 1).cpu()   # the same inputs once more
-    free = support.compare_decoded(first, test.tgt_out)
-    answers = [support.tokens_to_digits(row) for row in first]
+    free = lesson05.score_answers(first, test.tgt_out)
+    answers = [lesson05.tokens_to_digits(row) for row in first]
     model.eval()                   # as lesson 05 plots attention (a bug may stop eval() from working)
     weights = model.attention_weights(src, test.tgt_in.to(device))
     weights = {k: torch.cat(v, dim=1).cpu() for k, v in weights.items() if k != "logits"}  # layers as heads
@@ -435,7 +436,7 @@ def grade(args, count_flag):
                                                  if guess != truth else ""))
             explain_bug(bug, record, reference)
         else:
-            support.say(f"{letter}: {guess}: not that. {guess} would show: {bugs.CATALOGUE[guess].symptom} "
+            text.say(f"{letter}: {guess}: not that. {guess} would show: {bugs.CATALOGUE[guess].symptom} "
                         f"Look at {record.get('figure', f'mystery_{letter}.png')} again.")
     total, unfinished = len(drawn), [letter for letter in state["letters"] if letter not in drawn]
     print(f"\n{right} of {total} right" + (" - every bug found." if right == total else
@@ -446,11 +447,11 @@ def grade(args, count_flag):
 
 
 def explain_bug(bug, record, reference):
-    for title, text in (("the bug", bug.change), ("the mechanism", bug.mechanism),
+    for title, sentence in (("the bug", bug.change), ("the mechanism", bug.mechanism),
                         ("the symptom that gives it away", bug.symptom),
                         ("in this model", bug.evidence(record["symptoms"], reference, record)
                          if record["steps_run"] is not None and record["symptoms"] else record["stopped"])):
-        support.say(f"   {title}: {text}")
+        text.say(f"   {title}: {sentence}")
 
 
 def reveal(args, count_flag):
@@ -464,7 +465,7 @@ def reveal(args, count_flag):
 def list_bugs():
     print("The bugs a mystery model may have (use these names in --answer):")
     for name, bug in bugs.CATALOGUE.items():
-        support.say(f"{name}: {bug.change}" + ("" if bug.drawn else f" [never drawn: {bug.not_drawn}]"))
+        text.say(f"{name}: {bug.change}" + ("" if bug.drawn else f" [never drawn: {bug.not_drawn}]"))
     print(f"{len(drawable())} of the {len(bugs.CATALOGUE)} can be drawn; each model of a game has a different one.")
 
 
@@ -532,14 +533,14 @@ def plot_answers(ax, record):
     lines = [f"{'input':<17} {'expected':<17} answer"]
     for digits, expected, answer in record["examples"]:
         mark = "right" if answer == expected else "WRONG"
-        lines.append(f"{support.digits_text(digits):<17} {support.digits_text(expected):<17} "
-                     f"{support.digits_text(answer)}  {mark}")
+        lines.append(f"{text.digits_text(digits):<17} {text.digits_text(expected):<17} "
+                     f"{text.digits_text(answer)}  {mark}")
     ax.text(0.0, 0.95, "\n".join(lines), family="monospace", fontsize=9, va="top", transform=ax.transAxes)
     ax.set_title("Test inputs and the answers (free-running)")
 
 
 def token_labels(tokens):
-    return [f"{i}:{support.show_tokens(torch.tensor([t]), keep_pad=True)}" for i, t in enumerate(tokens)]
+    return [f"{i}:{text.show_tokens(torch.tensor([t]), keep_pad=True)}" for i, t in enumerate(tokens)]
 
 
 def plot_map(ax, weights, example, kind, title, ylabel, xlabel):
@@ -582,7 +583,7 @@ def settings(args):
                                f"bug of the {len(drawable())} that can be drawn)")
     values = {**asdict(TrainConfig()), **GAME, **(QUICK if args.quick else {}), "seed": args.seed}
     base = TrainConfig(**values)
-    lesson05.validate_config(base)
+    validate_config(base)
     return base, count
 
 

@@ -21,13 +21,17 @@ if __package__ in (None, ""):     # run as a file: common/ is one folder up
 import torch  # noqa: E402
 
 import common  # noqa: E402
+import lesson05_plumbing  # noqa: E402
+from lesson05_plumbing import checkpoints  # noqa: E402
+from lesson05_plumbing.flags import parse_lengths  # noqa: E402
 
 TEST_SIZE = 500                   # random inputs per length
 LENGTH_SEED = 3_000_003           # the set of length L is drawn from seed LENGTH_SEED + L
 
 
 def lesson05():
-    return common.load_lesson(5)
+    """Lesson 05: the running script under `python 05_mini_transformer.py --eval-lengths`, else loaded."""
+    return lesson05_plumbing.lesson()
 
 
 def trained_lengths(config, checkpoint=None) -> list:
@@ -37,19 +41,6 @@ def trained_lengths(config, checkpoint=None) -> list:
         saved = type(config)(**checkpoint["config"])
         lengths |= set(range(saved.resolved_min_len(), saved.seq_len + 1))
     return sorted(lengths)
-
-
-def longest_length(config) -> int:
-    """The longest input whose answer (plus EOS) still fits the positional-encoding table."""
-    from lesson05_support import positions_needed
-    return max(L for L in range(1, config.max_len + 1) if positions_needed(config.task, L, config.n_digits) <= config.max_len)
-
-
-def parse_lengths(text, config, flag="--lengths") -> list:
-    """'8,16,24' -> [8, 16, 24]; UserError naming the flag, and the longest length that fits, otherwise."""
-    largest = longest_length(config)
-    return common.flags.int_list(flag, text, 1, largest, why=f" (longer inputs need more positions than the "
-                                 f"model's --max-len {config.max_len})")
 
 
 def length_test_set(config, length: int, size: int = TEST_SIZE):
@@ -62,14 +53,12 @@ def length_test_set(config, length: int, size: int = TEST_SIZE):
 
 def measure(config, model, length, device):
     """Greedy exact-match, token accuracy, answer lengths and accuracy by position at one input length."""
-    from lesson05_support import compare_decoded, output_len, tokens_to_digits
-
     L5 = lesson05()
     data = length_test_set(config, length)
-    tokens = L5.decode(model, data.src.to(device), output_len(config.task, length, config.n_digits) + 1).cpu()
-    greedy = compare_decoded(tokens, data.tgt_out)
-    written = [len(tokens_to_digits(row)) for row in tokens]
-    expected = [len(tokens_to_digits(row)) for row in data.tgt_out]
+    tokens = L5.decode(model, data.src.to(device), L5.output_len(config.task, length, config.n_digits) + 1).cpu()
+    greedy = L5.score_answers(tokens, data.tgt_out)
+    written = [len(L5.tokens_to_digits(row)) for row in tokens]
+    expected = [len(L5.tokens_to_digits(row)) for row in data.tgt_out]
     return {"sequences": len(data), "exact_match": greedy["exact_match"], "exact_count": greedy["exact_count"],
             "token_accuracy": greedy["token_accuracy"],
             "answers_of_right_length": sum(w == e for w, e in zip(written, expected)) / len(data),
@@ -122,6 +111,13 @@ def evaluate(config, model, lengths, trained, device, out_dir, show=False) -> di
             "sentences": sentences}
 
 
+def after_lesson_05(config, model, args, device, checkpoint=None) -> dict:
+    """Lesson 05's --eval-lengths: this challenge's measurement on the model the lesson just trained."""
+    common.section(8, "Length generalization (--eval-lengths): inputs longer and shorter than in training")
+    return evaluate(config, model, args.eval_lengths, trained_lengths(config, checkpoint), device, args.out_dir,
+                    args.show)
+
+
 def plot(config, results, trained, reference, out_dir, show):
     """Left: exact-match by input length, trained lengths shaded. Right: accuracy by answer position.
     Only measured lengths get a marker; no line joins lengths that were not measured in between."""
@@ -159,11 +155,11 @@ def main(argv=None):
     parser.add_argument("--checkpoint", default="mini_transformer.pt", help="a model saved by lesson 05")
     parser.add_argument("--lengths", default="8,12,16,20,24", help="input lengths to test, e.g. 8,16,24")
     args = common.parse_args(parser, argv)
-    checkpoint = lesson05().read_checkpoint(args.checkpoint)
+    checkpoint = checkpoints.read_checkpoint(args.checkpoint)
     config = lesson05().TrainConfig(**checkpoint["config"])
     lengths = parse_lengths(args.lengths, config)
     device = common.setup(args, "Challenge: length generalization")
-    model = lesson05().load_checkpoint(args.checkpoint).to(device)
+    model = checkpoints.load_checkpoint(args.checkpoint).to(device)
     trained = trained_lengths(config)
     print(f"  model: {args.checkpoint} (task {config.task}, trained on lengths {trained[0]}..{trained[-1]})")
     found = evaluate(config, model, lengths, trained, device, args.out_dir, args.show)

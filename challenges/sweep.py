@@ -34,6 +34,8 @@ if __package__ in (None, ""):     # run as a file (python challenges/sweep.py): 
 
 import common  # noqa: E402
 from common import load_lesson  # noqa: E402
+from lesson05_plumbing.settings import count_parameters, validate_config  # noqa: E402
+from lesson05_plumbing.training import TrainingDiverged  # noqa: E402
 
 # Reused from lesson 05 (one source for each component; edit it there and the sweep uses your
 # version): its config, its training loop, its evaluation and its checks of a config.
@@ -42,10 +44,7 @@ TrainConfig = lesson05.TrainConfig
 train = lesson05.train
 heldout_sets = lesson05.heldout_sets
 evaluate_teacher_forced = lesson05.evaluate_teacher_forced
-count_parameters = load_lesson(5).support.count_parameters
-validate_config = lesson05.validate_config
 Seq2SeqTransformer = lesson05.Seq2SeqTransformer
-TrainingDiverged = lesson05.TrainingDiverged
 
 # %% Knobs (learners: edit these, or use the flags)
 AXES = {  # axis -> (TrainConfig field, values swept by default, its flag)

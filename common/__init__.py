@@ -9,8 +9,8 @@ Each lesson does, in `main()`:
 and then calls its sections; `@common.entry_point` on main() turns a UserError into one line and
 exit 2, and Ctrl-C into one line and exit 130. Outputs are written atomically (common.files). Components of earlier lessons come from `load_lesson(n)`.
 """
-from common.cli import (UserError, check_positive, entry_point, fail, flag_or_knob, lesson_parser, parse_args,
-                        plain_parser)
+from common.cli import (UserError, check_positive, entry_point, fail, flag_or_knob, interruption_name, lesson_parser,
+                        parse_args, plain_parser)
 from common.console import (
     explain,
     fmt,
@@ -42,6 +42,7 @@ __all__ = [
     "flag_or_knob",
     "fmt",
     "header",
+    "interruption_name",
     "key_insights",
     "lesson_parser",
     "load_lesson",

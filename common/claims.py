@@ -52,6 +52,10 @@ class Claim:
     def __repr__(self):
         return f"Claim({self.name!r}, holds={self.holds})"
 
+    def restate(self, text: str) -> "Claim":
+        """The same claim (name, verdict, numbers) in other words, e.g. for a key insight."""
+        return Claim(self.name, text, self.holds, self.measured, self.expected, self.hint)
+
     def title(self) -> str:
         """A figure title built from the claim: the sentence, or DOES NOT HOLD with the numbers."""
         if self.holds:

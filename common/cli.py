@@ -11,14 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common.errors import UserError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # --seed: a signed 64-bit number. torch.manual_seed accepts -2**63 .. 2**64 - 1; the signed range
 # leaves room for the small offsets some lessons add to the seed (seed + 1, ...).
 SEED_RANGE = (-2**63, 2**63 - 1)
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for. `main()` turns it into one line and exit 2."""
 
 
 def fail(message: str, status: int = 2):
@@ -154,6 +152,12 @@ def flag_or_knob(args, dest: str, knob: str, knob_value):
     if value is not None:
         return value, f"--{dest.replace('_', '-')} {value}"
     return knob_value, f"{knob} = {knob_value!r}"
+
+
+def interruption_name(exc) -> str:
+    """What an interruption came from, for one line: 'Ctrl-C' (KeyboardInterrupt), or the name of the
+    signal that raised it ('SIGTERM'), which entry_point's handler records on the exception."""
+    return getattr(exc, "signal_name", "Ctrl-C")
 
 
 def entry_point(main):

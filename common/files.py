@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from common.cli import UserError
+from common.errors import UserError
 
 # Paths written by this process, in order: the Ctrl-C message lists them as kept.
 written = []

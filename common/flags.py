@@ -49,7 +49,7 @@ def typed_values(args, table) -> dict:
 def int_list(flag: str, text: str, low: int = 1, high: int | None = None, why: str = "") -> list:
     """'4,1,2' -> [1, 2, 4] (sorted, each once). common.UserError naming the flag and the range
     that works for anything else; `why` explains the upper limit."""
-    from common.cli import UserError
+    from common.errors import UserError
 
     allowed = f"from {low} to {high}" if high is not None else f"of {low} or more"
     values = set()

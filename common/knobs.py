@@ -13,7 +13,7 @@ common.flag_or_knob ("--d-model 8" or "D_MODEL = 8"), used as it is.
 """
 import numbers
 
-from common.cli import UserError
+from common.errors import UserError
 
 
 def require(ok, message: str):

@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 import common
-import lesson05_support as S
+from lesson05_plumbing import checkpoints as C
+from lesson05_plumbing import flags, settings, training
 from common import load_lesson
 from conftest import expect_user_error
 
@@ -46,18 +47,18 @@ def half_trained():
 # ---------------------------------------------------------------- the data
 def test_task_outputs_on_known_examples():
     src = tokens([1, 2, 3], [4, 0, 9, 9], [7])
-    out = {task: [S.tokens_to_digits(row) for row in L.task_outputs(src, task, 10)] for task in L.TASKS}
+    out = {task: [L.tokens_to_digits(row) for row in L.task_outputs(src, task, 10)] for task in L.TASKS}
     assert out["reverse"] == [[3, 2, 1], [9, 9, 0, 4], [7]]
     assert out["copy"] == [[1, 2, 3], [4, 0, 9, 9], [7]]
     assert out["sort"] == [[1, 2, 3], [0, 4, 9, 9], [7]]
     assert out["sum"] == [[6], [2, 2], [7]]
-    assert [S.tokens_to_digits(r) for r in L.task_outputs(tokens([9] * 16), "sum", 10)] == [[1, 4, 4]]
-    assert [S.tokens_to_digits(r) for r in L.task_outputs(tokens([0, 0]), "sum", 10)] == [[0]]
+    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([9] * 16), "sum", 10)] == [[1, 4, 4]]
+    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([0, 0]), "sum", 10)] == [[0]]
     # the sum is written in base n_digits: 2 + 2 = 4 = "11" in base 3
-    assert [S.tokens_to_digits(r) for r in L.task_outputs(tokens([2, 2]), "sum", 3)] == [[1, 1]]
+    assert [L.tokens_to_digits(r) for r in L.task_outputs(tokens([2, 2]), "sum", 3)] == [[1, 1]]
     # least significant digit first: 144 -> 4 4 1, 22 -> 2 2, 7 -> 7; PAD stays at the end
     lsd = L.task_outputs(tokens([9] * 16, [4, 0, 9, 9], [7], T=16), "sum", 10, sum_order="lsd")
-    assert [S.tokens_to_digits(r) for r in lsd] == [[4, 4, 1], [2, 2], [7]]
+    assert [L.tokens_to_digits(r) for r in lsd] == [[4, 4, 1], [2, 2], [7]]
     assert lsd[2, 1:].tolist() == [L.PAD, L.PAD]
 
 
@@ -98,16 +99,7 @@ def test_predict_on_the_sum_task_gives_answers_of_their_own_length():
     answers = L.predict(model, [[1, 2, 3], [9] * 12], beam_size=2)
     assert len(answers) == 2
     # an untrained model may never write EOS: decoding stops after the longest answer (3) + 1 tokens
-    assert all(len(a) <= S.output_len("sum", 12, 10) + 1 and all(0 <= d <= 9 for d in a) for a in answers)
-
-
-def test_sequence_keys_equal_exactly_for_equal_rows():
-    src = tokens([1, 2, 3], [1, 2, 3], [3, 2, 1], [1, 2])
-    keys = L.sequence_keys(src, 10)
-    assert keys[0] == keys[1] and len(set(keys.tolist())) == 3
-    long = torch.randint(L.FIRST_DIGIT, 13, (50, 40))  # 13**40 does not fit: the hash path
-    keys = L.sequence_keys(torch.cat([long, long[:5]]), 10)
-    assert torch.equal(keys[:5], keys[50:])
+    assert all(len(a) <= L.output_len("sum", 12, 10) + 1 and all(0 <= d <= 9 for d in a) for a in answers)
 
 
 # ---------------------------------------------------------------- the model
@@ -184,27 +176,27 @@ def test_learning_rate_warmup_then_schedule():
     assert L.learning_rate(110, linear) == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("grad_clip", [0.0, 0.1])
-def test_our_adamw_equals_pytorch_adamw_with_clipping(grad_clip):
+def test_an_earlier_checkpoint_with_flat_adamw_moments_resumes_with_the_same_state():
+    """Checkpoints written before torch.optim.AdamW held its moments as flat vectors {"t", "m", "v"};
+    they are split back per parameter, so an earlier model resumes exactly where it stopped."""
     torch.manual_seed(0)
-    ours_model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
-    ref_model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
-    ref_model.load_state_dict(ours_model.state_dict())
-    ours = L.AdamW(ours_model.parameters(), lr=0.01, weight_decay=0.1)
-    ref = torch.optim.AdamW(ref_model.parameters(), lr=0.01, weight_decay=0.1)
-    for step in range(5):
-        x = torch.randn(16, 5)
-        for model in (ours_model, ref_model):
-            model.zero_grad()
-            (model(x) ** 2).mean().backward()
-        if grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(ref_model.parameters(), grad_clip)
-            assert norm > grad_clip  # the clipping really acts in this test
-        ours.lr = ref.param_groups[0]["lr"] = 0.01 * (step + 1)      # a changing learning rate
-        ours.step(grad_clip=grad_clip)
-        ref.step()
-    for a, b in zip(ours_model.parameters(), ref_model.parameters()):
-        torch.testing.assert_close(a, b)
+    model = L.Seq2SeqTransformer(d_model=16, n_heads=2, d_ff=32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randint(3, 13, (4, 5)), torch.randint(3, 13, (4, 6))).square().mean().backward()
+        optimizer.step()
+    state = optimizer.state_dict()["state"]
+    flat = {"t": 3, "m": torch.cat([state[i]["exp_avg"].reshape(-1) for i in range(len(state))]),
+            "v": torch.cat([state[i]["exp_avg_sq"].reshape(-1) for i in range(len(state))])}
+    converted = C.optimizer_state(flat, model)
+    assert converted is not None and len(converted["state"]) == len(state)
+    for i in state:
+        assert float(converted["state"][i]["step"]) == 3.0
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(converted["state"][i][key], state[i][key])
+    assert C.optimizer_state({"t": 3, "m": flat["m"][:-1], "v": flat["v"]}, model) is None   # a wrong size
+    assert C.optimizer_state(optimizer.state_dict(), model) is not None                      # today's layout
 
 
 def test_decoding_one_token_at_a_time_equals_the_full_decoder():
@@ -279,15 +271,15 @@ def test_ctrl_c_stops_training_and_keeps_the_best_model():
 def test_nan_loss_raises_with_advice(monkeypatch):
     real = torch.nn.functional.cross_entropy
     monkeypatch.setattr(L.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
-    with pytest.raises(L.TrainingDiverged, match="--lr"):
+    with pytest.raises(training.TrainingDiverged, match="--lr"):
         L.train(L.TrainConfig(**SMALL, steps=5), quiet=True)
 
 
 def test_resume_continues_from_the_saved_step(tmp_path):
     config = L.TrainConfig(**SMALL, steps=20, target=1.0)
     first = L.train(config, quiet=True)
-    path = L.save_checkpoint(tmp_path / "m.pt", first, config)
-    checkpoint = L.read_checkpoint(path)
+    path = C.save_checkpoint(tmp_path / "m.pt", first, config)
+    checkpoint = C.read_checkpoint(path)
     k = checkpoint["step"]
     assert k == first.best_step and k > 0
     seen = []
@@ -309,7 +301,7 @@ def test_a_resumed_run_reports_where_its_own_target_was_reached(tmp_path):
     config = L.TrainConfig(**SMALL, steps=200, target=0.9)
     first = L.train(config, quiet=True)
     assert first.target_step is not None
-    checkpoint = L.read_checkpoint(L.save_checkpoint(tmp_path / "m.pt", first, config))
+    checkpoint = C.read_checkpoint(C.save_checkpoint(tmp_path / "m.pt", first, config))
     stricter = L.TrainConfig(**{**SMALL, "steps": 300, "target": 1.0})
     second = L.train(stricter, quiet=True, resume=checkpoint)
     h = second.history
@@ -356,32 +348,32 @@ def test_beam_search_finds_the_most_likely_answer_of_an_exhaustive_search():
 # ---------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip(trained, tmp_path):
     config, result = trained
-    path = L.save_checkpoint(tmp_path / L.CHECKPOINT_NAME, result, config)
+    path = C.save_checkpoint(tmp_path / C.CHECKPOINT_NAME, result, config)
     raw = torch.load(path, weights_only=True)
     assert isinstance(raw["config"], dict) and raw["config"]["d_model"] == config.d_model
     assert all(isinstance(v, (int, float, str, bool)) for v in raw["config"].values())
-    loaded = L.load_checkpoint(path)
+    loaded = C.load_checkpoint(path)
     assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
     inputs = [[1, 2, 3, 4, 5], [0, 0, 7], [9, 8, 7, 6, 5]]
     assert L.predict(loaded, inputs) == L.predict(result.model, inputs)
     assert L.predict(loaded, inputs, beam_size=3) == L.predict(result.model, inputs, beam_size=3)
-    assert list(tmp_path.iterdir()) == [tmp_path / L.CHECKPOINT_NAME]  # no temporary file left
+    assert list(tmp_path.iterdir()) == [tmp_path / C.CHECKPOINT_NAME]  # no temporary file left
 
 
 def test_load_checkpoint_rejects_missing_corrupt_and_mismatched_files(trained, tmp_path):
     config, result = trained
-    with pytest.raises(L.CheckpointError, match="not found"):
-        L.load_checkpoint(tmp_path / "nothing.pt")
+    with pytest.raises(C.CheckpointError, match="not found"):
+        C.load_checkpoint(tmp_path / "nothing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(L.CheckpointError, match="corrupt"):
-        L.load_checkpoint(corrupt)
-    path = L.save_checkpoint(tmp_path / "good.pt", result, config)
+    with pytest.raises(C.CheckpointError, match="corrupt"):
+        C.load_checkpoint(corrupt)
+    path = C.save_checkpoint(tmp_path / "good.pt", result, config)
     payload = torch.load(path, weights_only=True)
     payload["config"]["d_model"] = 64
     torch.save(payload, tmp_path / "shape.pt")
-    with pytest.raises(L.CheckpointError, match="do not fit"):
-        L.load_checkpoint(tmp_path / "shape.pt")
+    with pytest.raises(C.CheckpointError, match="do not fit"):
+        C.load_checkpoint(tmp_path / "shape.pt")
 
 
 def test_predict_rejects_bad_sequences(trained):
@@ -396,7 +388,7 @@ def test_predict_rejects_bad_sequences(trained):
 @pytest.fixture(scope="module")
 def checkpoint_file(trained, tmp_path_factory):
     config, result = trained
-    return L.save_checkpoint(tmp_path_factory.mktemp("ckpt") / L.CHECKPOINT_NAME, result, config)
+    return C.save_checkpoint(tmp_path_factory.mktemp("ckpt") / C.CHECKPOINT_NAME, result, config)
 
 
 @pytest.mark.parametrize("flags, contains", [
@@ -470,7 +462,7 @@ def test_quick_run_writes_both_pngs_the_checkpoint_and_metrics(run_main):
     assert 0 <= greedy["exact_count"] <= greedy["n"] == 200
     assert metrics["test"]["teacher_forced_exact_count"] == greedy["exact_count"]   # the cheap pass is exact
     assert metrics["cache"]["identical"] == 200
-    checkpoint = L.read_checkpoint(out / L.CHECKPOINT_NAME)
+    checkpoint = C.read_checkpoint(out / C.CHECKPOINT_NAME)
     assert checkpoint["step"] == metrics["best_step"] and checkpoint["val"] == metrics["val"]  # the same run
 
 
@@ -490,7 +482,7 @@ def test_ctrl_c_in_training_keeps_the_best_model_and_the_lesson_goes_on(run_main
     assert metrics["stopped_because"].startswith("interrupted") and metrics["complete"] is True
     assert metrics["steps_run"] == 20 and metrics["test"]["beam"] is None
     assert (out / "training_progress.png").exists() and (out / "transformer_attention_patterns.png").exists()
-    assert L.read_checkpoint(out / L.CHECKPOINT_NAME)["step"] == metrics["best_step"] <= 10
+    assert C.read_checkpoint(out / C.CHECKPOINT_NAME)["step"] == metrics["best_step"] <= 10
 
 
 def test_any_seed_the_common_flag_accepts_trains():
@@ -501,10 +493,10 @@ def test_any_seed_the_common_flag_accepts_trains():
 
 
 def test_common_seed_flag_reaches_the_training_config(tmp_path):
-    parser = S.build_parser(L.__doc__, L.TrainConfig, L.TASKS, L.TASK_DEFAULTS)
+    parser = flags.build_parser(L.__doc__, L.TrainConfig, L.TASKS, L.TASK_DEFAULTS)
     for seed in (0, 3):
         args = common.parse_args(parser, ["--quick", "--seed", str(seed), "--out-dir", str(tmp_path)])
-        config, _ = S.config_from_args(args, L.TrainConfig, L.TASK_DEFAULTS, L.Seq2SeqTransformer)
+        config, _ = flags.config_from_args(args, L.TrainConfig, L.TASK_DEFAULTS, L.Seq2SeqTransformer)
         assert config.seed == seed
 
 
@@ -513,7 +505,7 @@ def test_common_seed_flag_reaches_the_training_config(tmp_path):
 def test_estimated_parameters_equal_numel(changes):
     config = L.TrainConfig(**changes)
     model = L.Seq2SeqTransformer(**config.model_config())
-    assert L.estimated_parameters(config) == sum(p.numel() for p in model.parameters())
+    assert settings.estimated_parameters(config) == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("flags, contains", [(["--d-model", "100000"], "too big"), (["--d-ff", "100000000"], "too big"),
@@ -545,7 +537,7 @@ def test_ctrl_c_before_the_first_validation_is_a_plain_interrupt(capsys, monkeyp
 def test_a_resume_on_other_data_starts_a_new_history(tmp_path):
     config = L.TrainConfig(**SMALL, steps=60, target=0.9)
     first = L.train(config, quiet=True)
-    checkpoint = L.read_checkpoint(L.save_checkpoint(tmp_path / "m.pt", first, config))
+    checkpoint = C.read_checkpoint(C.save_checkpoint(tmp_path / "m.pt", first, config))
     other = L.TrainConfig(**{**SMALL, "min_len": 2, "steps": 80, "target": 1.0})
     second = L.train(other, quiet=True, resume=checkpoint)
     assert second.data_changed == ["min_len 0 -> 2"]

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from challenges import ablations, components, variants
 from common import load_lesson
+from lesson05_plumbing.training import TrainingDiverged
 
 L2, L4, L5 = load_lesson(2), load_lesson(4), load_lesson(5)
 TINY = L5.TrainConfig(seq_len=4, d_model=16, n_heads=2, d_ff=32, steps=2, eval_every=1, warmup=1, val_size=16,
@@ -295,7 +296,7 @@ def test_a_diverging_run_is_recorded_and_the_rest_go_on(tmp_path, monkeypatch):
 
     def train(config, *args, **kwargs):
         if config.warmup == 0:
-            raise L5.TrainingDiverged("the training loss became nan at step 3")
+            raise TrainingDiverged("the training loss became nan at step 3")
         return real(config, *args, **kwargs)
 
     monkeypatch.setattr(L5, "train", train)

@@ -34,7 +34,7 @@ def test_edited_training_knobs_are_used(tmp_path, capsys):
     assert metrics["config"]["d_model"] == 48 and metrics["config"]["n_heads"] == 3
     assert metrics["test"]["greedy"]["n"] == 100
     out = " ".join(capsys.readouterr().out.split())
-    assert "over 30 steps" in out and "Every 5 steps" in out
+    assert "schedule to step 30" in out and "Every 5 steps" in out
 
 
 @pytest.mark.parametrize("fields, names", [

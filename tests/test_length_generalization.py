@@ -6,6 +6,7 @@ import torch
 
 from challenges import length_generalization as LG
 from common import load_lesson
+from lesson05_plumbing import checkpoints as C
 from conftest import expect_user_error
 
 L = load_lesson(5)
@@ -17,7 +18,7 @@ SMALL = dict(seq_len=5, d_model=32, n_heads=1, d_ff=64, lr=5e-3, warmup=10, val_
 def checkpoint_file(tmp_path_factory):
     config = L.TrainConfig(**SMALL, steps=200, target=0.99)
     result = L.train(config, quiet=True)
-    return L.save_checkpoint(tmp_path_factory.mktemp("ckpt") / L.CHECKPOINT_NAME, result, config)
+    return C.save_checkpoint(tmp_path_factory.mktemp("ckpt") / C.CHECKPOINT_NAME, result, config)
 
 
 def test_length_sets_are_fixed_full_length_and_answered():
@@ -31,8 +32,8 @@ def test_length_sets_are_fixed_full_length_and_answered():
 
 
 def test_evaluate_measures_every_length_and_draws_the_figure(checkpoint_file, tmp_path):
-    model = L.load_checkpoint(checkpoint_file)
-    config = L.TrainConfig(**L.read_checkpoint(checkpoint_file)["config"])
+    model = C.load_checkpoint(checkpoint_file)
+    config = L.TrainConfig(**C.read_checkpoint(checkpoint_file)["config"])
     found = LG.evaluate(config, model, [3, 5, 8], [5], "cpu", tmp_path)
     r = found["results"]
     assert list(r) == ["3", "5", "8"] and (tmp_path / "length_generalization.png").exists()

@@ -14,6 +14,7 @@ import torch
 
 import common
 from common import load_lesson
+from lesson05_plumbing import checkpoints as C
 from conftest import REPO_ROOT, expect_user_error, run_script
 
 L = load_lesson(5)
@@ -50,7 +51,8 @@ STALL = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from common import load_lesson
     L = load_lesson(5)
-    owner = L if {where!r} == "lesson" else L.support
+    from lesson05_plumbing import reports
+    owner = L if {where!r} == "lesson" else reports
     real = getattr(owner, {name!r})
     def stall(*args, **kwargs):
         print("STALLED HERE", flush=True)
@@ -61,7 +63,7 @@ STALL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("where, name", [("lesson", "decode"), ("support", "report_attention"),
+@pytest.mark.parametrize("where, name", [("lesson", "decode"), ("reports", "report_attention"),
                                          ("lesson", "load_checkpoint")])
 def test_sigint_after_training_ends_with_one_line_and_keeps_the_model(tmp_path, where, name):
     """SIGINT in section 5 (decoding the test set), 6 (attention) and 7 (reloading): exit 130, one
@@ -82,8 +84,8 @@ def test_sigint_after_training_ends_with_one_line_and_keeps_the_model(tmp_path, 
         process.kill()
     assert process.returncode == 130
     line = one_error_line(stderr, starts="interrupted (Ctrl-C)")
-    assert L.CHECKPOINT_NAME in line
-    checkpoint = L.read_checkpoint(out / L.CHECKPOINT_NAME)
+    assert C.CHECKPOINT_NAME in line
+    checkpoint = C.read_checkpoint(out / C.CHECKPOINT_NAME)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] is False and metrics["best_step"] == checkpoint["step"]
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []     # no temporary file left
@@ -100,7 +102,7 @@ def test_ctrl_c_in_any_lesson_is_one_line_and_exit_130(capsys, monkeypatch, tmp_
     assert exc.value.code == 130
     one_error_line(capsys.readouterr().err, starts="interrupted (Ctrl-C)")
     if n == 5:                                                  # its first figure comes after training
-        assert L.read_checkpoint(tmp_path / L.CHECKPOINT_NAME)["step"] >= 0
+        assert C.read_checkpoint(tmp_path / C.CHECKPOINT_NAME)["step"] >= 0
 
 
 def test_an_interrupted_sweep_is_marked_and_keeps_the_finished_runs(monkeypatch, tmp_path):
@@ -123,24 +125,24 @@ def test_an_interrupted_sweep_is_marked_and_keeps_the_finished_runs(monkeypatch,
 # ---------------------------------------------------------------- earlier models are kept
 def test_a_new_run_keeps_the_earlier_checkpoint_and_its_metrics(run_main, capsys):
     out = run_main(5, "--quick")
-    first = L.read_checkpoint(out / L.CHECKPOINT_NAME)
+    first = C.read_checkpoint(out / C.CHECKPOINT_NAME)
     first_metrics = (out / "metrics.json").read_text()
     capsys.readouterr()
     run_main(5, "--quick", "--steps", "5", "--beam-size", "1")
     assert "kept as mini_transformer.previous-1.pt" in " ".join(capsys.readouterr().out.split())
-    kept = L.read_checkpoint(out / "mini_transformer.previous-1.pt")
+    kept = C.read_checkpoint(out / "mini_transformer.previous-1.pt")
     assert kept["step"] == first["step"] and kept["val"] == first["val"]
     assert (out / "metrics.previous-1.json").read_text() == first_metrics
-    new = L.read_checkpoint(out / L.CHECKPOINT_NAME)
+    new = C.read_checkpoint(out / C.CHECKPOINT_NAME)
     assert new["step"] <= 5 and json.loads((out / "metrics.json").read_text())["best_step"] == new["step"]
     run_main(5, "--quick", "--steps", "5", "--beam-size", "1")           # a third run: nothing overwritten
     assert (out / "mini_transformer.previous-2.pt").exists()
-    assert L.read_checkpoint(out / "mini_transformer.previous-1.pt")["step"] == first["step"]
+    assert C.read_checkpoint(out / "mini_transformer.previous-1.pt")["step"] == first["step"]
 
 
 def test_resuming_in_place_continues_the_same_checkpoint(run_main):
     out = run_main(5, "--quick", "--steps", "20", "--target", "1.0")
-    path = str(out / L.CHECKPOINT_NAME)
+    path = str(out / C.CHECKPOINT_NAME)
     run_main(5, "--quick", "--resume", path, "--steps", "40", "--target", "1.0", "--beam-size", "1")
     assert not (out / "mini_transformer.previous-1.pt").exists()
     assert json.loads((out / "metrics.json").read_text())["resumed_at"] is not None
@@ -164,8 +166,8 @@ def test_a_full_disk_after_training_is_one_line_and_the_model_is_kept(capsys, mo
     monkeypatch.setattr(common.files.os, "replace", disk_full_for_pngs)
     err = expect_user_error(capsys, 5, "--quick", "--out-dir", str(tmp_path), contains="No space left")
     assert "training_progress.png" in err
-    assert L.read_checkpoint(tmp_path / L.CHECKPOINT_NAME)["step"] > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", L.CHECKPOINT_NAME]
+    assert C.read_checkpoint(tmp_path / C.CHECKPOINT_NAME)["step"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", C.CHECKPOINT_NAME]
 
 
 def test_two_runs_writing_one_folder_at_once_leave_whole_files(tmp_path):
@@ -211,7 +213,7 @@ def good_checkpoint(tmp_path_factory):
     config = L.TrainConfig(seq_len=5, d_model=16, n_heads=2, d_ff=32, steps=20, warmup=5, val_size=50,
                            test_size=50, target=1.0)
     result = L.train(config, quiet=True)
-    return L.save_checkpoint(tmp_path_factory.mktemp("good") / L.CHECKPOINT_NAME, result, config)
+    return C.save_checkpoint(tmp_path_factory.mktemp("good") / C.CHECKPOINT_NAME, result, config)
 
 
 def unequal_history(payload):
@@ -240,8 +242,8 @@ def test_damaged_checkpoints_are_one_line_naming_the_problem(capsys, good_checkp
 
 
 def test_nan_weights_are_refused_by_load_checkpoint_too(good_checkpoint, tmp_path):
-    with pytest.raises(L.CheckpointError, match="NaN"):
-        L.load_checkpoint(damaged(good_checkpoint, tmp_path, nan_weights))
+    with pytest.raises(C.CheckpointError, match="NaN"):
+        C.load_checkpoint(damaged(good_checkpoint, tmp_path, nan_weights))
 
 
 def test_a_folder_and_a_fifo_are_not_called_missing(capsys, tmp_path):
