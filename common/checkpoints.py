@@ -4,13 +4,14 @@ Everything saved is a plain type (tensors, numbers, strings, lists, dicts), so t
 weights_only=True) can read it: such a file can hold no code. Writing is atomic (common.files),
 reading checks every part and reports a problem as one clear line (a common.UserError subclass).
 """
+import io
 import math
 import os
 from dataclasses import asdict, fields
 
 import torch
 
-from common.files import atomic_write
+from common.files import write_bytes
 
 
 def shorten(text: str, limit: int = 160) -> str:
@@ -25,7 +26,9 @@ def save(path, format_name: str, config, state_dict, **extra):
     """Write {"format", "config": asdict(config), "state_dict" (on the CPU), **extra} atomically."""
     payload = {"format": format_name, "config": asdict(config),
                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **extra}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)      # in memory first: a full disk then fails in a plain file write
+    return write_bytes(path, buffer.getvalue())
 
 
 def load(path, formats, required, error):

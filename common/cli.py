@@ -135,7 +135,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
             check_threads(args.threads, f"--threads {args.threads}")
         else:
             args.threads = threads_from_environment()
-        if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
+        if args.seed is not None and not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
             raise UserError(f"--seed {args.seed} is out of range for torch's random generator; use a whole "
                             f"number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, e.g. --seed 0")
         args.out_dir = check_out_dir(args.out_dir)

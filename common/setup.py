@@ -1,11 +1,12 @@
 """Threads, seeds and the lesson header: what every lesson's main() does first."""
 import random
+import textwrap
 
 import numpy as np
 import torch
 
 from common.cli import threads_from_environment
-from common.console import header
+from common.console import WIDTH, header
 from common.device import choose_device
 
 # Thread policy, chosen by measurement (bench/bench_threads.py, 2-core machine, torch 2.13 CPU,
@@ -39,4 +40,6 @@ def setup(args, title: str) -> torch.device:
     seed_everything(args.seed)
     header(title, device=device, reason=reason, seed=args.seed, threads=threads,
            out_dir=args.out_dir, quick=getattr(args, "quick", False))
+    if getattr(args, "quick_note", None):   # which knobs --quick overrides, said once
+        print(textwrap.fill(args.quick_note, WIDTH, subsequent_indent="  "))
     return device

@@ -10,6 +10,8 @@ from lesson05_plumbing.checkpoints import CheckpointError
 from lesson05_plumbing.settings import ARCHITECTURE_FIELDS, CHOICES, FLAGS, QUICK
 
 def build_parser(doc, config_class, tasks, task_defaults):
+    """The lesson's parser; every knob is checked first (the flags take their types from TrainConfig)."""
+    settings.check_knobs()
     parser = common.lesson_parser(doc, quick_help="tiny sizes (length 6, at most 100 steps, 200 held-out): "
                                                   "a few seconds, for smoke tests")
     group = parser.add_argument_group("lesson 05 (task, model, training)")
@@ -24,6 +26,7 @@ def build_parser(doc, config_class, tasks, task_defaults):
                        help="beam width for beam search on the test set (1 = off)")
     group.add_argument("--length-penalty", type=float, default=0.0,
                        help="beam search ranks by log-probability / length**this (0 = plain log-probability)")
+    parser.set_defaults(seed=None)       # no --seed typed: TrainConfig.seed is the seed
     group.add_argument("--resume", metavar="PATH", default=None,
                        help="continue training from a checkpoint (its task and model shape are kept)")
     group.add_argument("--eval-lengths", metavar="L1,L2,...", default=None,
@@ -39,7 +42,8 @@ def typed_values(args) -> dict:
         given["norm_first"] = args.norm == "pre"
     if hasattr(args, "embed_scale"):
         given["embed_scale"] = True
-    given["seed"] = args.seed  # the common --seed flag: model initialisation and training batches
+    if args.seed is not None:    # the common --seed flag: model initialisation and training batches
+        given["seed"] = args.seed
     return given
 
 
@@ -50,6 +54,8 @@ def config_from_args(args, config_class, task_defaults, model_class):
     values = asdict(config_class())
     values.update(QUICK if args.quick else {})
     checkpoint = None
+    if args.resume is not None and not args.resume.strip():
+        raise UserError("--resume '': give the path of a checkpoint to continue, e.g. --resume mini_transformer.pt")
     if args.resume:
         checkpoint = checkpoints.read_checkpoint(args.resume, config_class)
         saved = checkpoint["config"]
@@ -63,6 +69,7 @@ def config_from_args(args, config_class, task_defaults, model_class):
         values.update(task_defaults.get(given.get("task", values["task"]), {}))
     values.update(given)
     config = config_class(**values)
+    args.quick_note = quick_note(config_class(), given) if args.quick else None
     if checkpoint is not None:
         settings.check_positions(config, set(given), fixed_by=repr(args.resume))
     settings.validate_config(config, typed=set(given) | (set(QUICK) if args.quick else set()))
@@ -73,7 +80,14 @@ def config_from_args(args, config_class, task_defaults, model_class):
             raise CheckpointError(f"the checkpoint {args.resume!r} is already at step {checkpoint['step']} "
                                   f"and --steps is {config.steps}; pass a larger --steps to train further")
     check_decoding_flags(args, config)
+    args.seed = config.seed                 # what common.setup seeds and prints
     return config, checkpoint
+
+
+def quick_note(defaults, given) -> str:
+    """One line: the knobs --quick overrides (flags typed still win), with their values."""
+    changed = [f"{k} {getattr(defaults, k)!r} -> {v!r}" for k, v in QUICK.items() if k not in given]
+    return f"--quick overrides TrainConfig's {', '.join(changed)} (a flag you type wins)" if changed else ""
 
 
 def check_decoding_flags(args, config):

@@ -185,7 +185,9 @@ def plain(value):
 
 class Metrics:
     """metrics.json: written as soon as training ends, then updated (atomically) after each section.
-    "complete" stays false until the lesson finishes, so an interrupted run says so."""
+    "complete" stays false until the lesson finishes, so an interrupted run says so. A run that
+    SIGTERM stopped during training ends right after this first write: its model and metrics.json
+    describe the same run, and the interruption goes on to common.entry_point (one line, exit 143)."""
 
     def __init__(self, path, config, result):
         self.path = path
@@ -197,6 +199,8 @@ class Metrics:
                      "val": result.best_val, "heldout_sequences_removed_from_training": result.heldout_removed,
                      "checkpoint": CHECKPOINT_NAME}
         self.write()
+        if result.interruption is not None and common.interruption_name(result.interruption) != "Ctrl-C":
+            raise result.interruption
 
     def update(self, **parts):
         """Add the parts (one section's findings) and rewrite the file; returns the part as given."""

@@ -3,7 +3,10 @@ TASK_DEFAULTS, the held-out seeds) and every flag gets one `error:` line naming 
 work, instead of a traceback minutes later. Also the sizes these checks need: parameters, memory,
 positions."""
 import math
+import numbers
+from dataclasses import fields
 
+from common.cli import SEED_RANGE
 from common.errors import UserError
 from lesson05_plumbing import lesson
 
@@ -64,7 +67,8 @@ ARCHITECTURE_FIELDS = ("task", "n_digits", "d_model", "n_heads", "n_layers", "d_
                        "embed_scale", "max_len")
 
 
-FLAG_OF = {**{field: flag for flag, (field, _) in FLAGS.items()}, "norm_first": "--norm", "embed_scale": "--embed-scale"}
+FLAG_OF = {**{field: flag for flag, (field, _) in FLAGS.items()}, "norm_first": "--norm", "embed_scale": "--embed-scale",
+           "seed": "--seed"}
 
 
 def positions_needed(task: str, src_len: int, n_digits: int) -> int:
@@ -109,29 +113,101 @@ def namer(c, typed):
     fix(field, value): a flag that sets it, which always works."""
     def name(field):
         value = getattr(c, field)
-        if typed is not None and field not in typed:
+        if field not in FLAG_OF and typed is not None and field in QUICK and field in typed:
+            return f"--quick's {field} = {value!r}"
+        if field not in FLAG_OF or (typed is not None and field not in typed):
             return f"TrainConfig.{field} = {value!r}"
         return f"{FLAG_OF[field]} {value}"
 
     def fix(field, value):
-        return f"{FLAG_OF[field]} {value}"
+        return f"{FLAG_OF[field]} {value}" if field in FLAG_OF else f"TrainConfig.{field} = {value!r}"
     return name, fix
+
+
+MAX_HELDOUT = 100_000            # --val-size, --test-size: held-out sequences kept in memory and decoded
+KINDS = {int: "a whole number", float: "a number", bool: "True or False", str: "a text"}
+
+
+def of_kind(value, kind) -> bool:
+    """Whether value fits a TrainConfig field's type: an int is no bool, a float may be any real number."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def field_kinds(config_class) -> dict:
+    """{field: int | float | bool | str} from the dataclass's annotations."""
+    kinds = {k.__name__: k for k in KINDS}
+    return {f.name: f.type if f.type in KINDS else kinds.get(str(f.type), str) for f in fields(config_class)}
+
+
+def check_knobs():
+    """The lesson's knobs other than TrainConfig's fields: the token ids, TASKS, the held-out seeds and
+    TASK_DEFAULTS, each checked for type and range before anything runs (UserError names the knob)."""
+    L = lesson()
+    tokens = {"PAD": L.PAD, "BOS": L.BOS, "EOS": L.EOS, "FIRST_DIGIT": L.FIRST_DIGIT}
+    for knob, value in tokens.items():
+        if not of_kind(value, int) or not 0 <= value <= MAX_DIGITS:
+            raise UserError(f"{knob} = {value!r}: a token id is a whole number from 0 to {MAX_DIGITS}")
+    special = (L.PAD, L.BOS, L.EOS)
+    if len(set(special)) < 3 or max(special) >= L.FIRST_DIGIT:
+        raise UserError(f"PAD, BOS, EOS = {special} and FIRST_DIGIT = {L.FIRST_DIGIT!r}: the three special tokens "
+                        "need three different ids below FIRST_DIGIT (digit d is token d + FIRST_DIGIT), e.g. 0, 1, 2 and 3")
+    known = ("reverse", "copy", "sort", "sum")
+    if not isinstance(L.TASKS, (tuple, list)) or not L.TASKS or any(t not in known for t in L.TASKS):
+        raise UserError(f"TASKS = {L.TASKS!r}: each task needs an answer in task_outputs; use some of {known}")
+    for knob, value in (("VAL_SEED", L.VAL_SEED), ("TEST_SEED", L.TEST_SEED)):
+        if not of_kind(value, int) or not 0 <= value <= SEED_RANGE[1]:
+            raise UserError(f"{knob} = {value!r}: a seed is a whole number from 0 to {SEED_RANGE[1]}")
+    if L.VAL_SEED == L.TEST_SEED:
+        raise UserError(f"VAL_SEED and TEST_SEED are both {L.VAL_SEED}: the two held-out sets need seeds of their own")
+    kinds = field_kinds(L.TrainConfig)
+    for field, kind in kinds.items():
+        value = getattr(L.TrainConfig, field)
+        if not of_kind(value, kind):
+            raise UserError(f"TrainConfig.{field} = {value!r} must be {KINDS[kind]} (like its default in the lesson)")
+    if not isinstance(L.TASK_DEFAULTS, dict):
+        raise UserError(f"TASK_DEFAULTS = {L.TASK_DEFAULTS!r} must be a dict {{task: {{field: value}}}}")
+    for task, values in L.TASK_DEFAULTS.items():
+        if task not in L.TASKS or not isinstance(values, dict):
+            raise UserError(f"TASK_DEFAULTS[{task!r}]: the keys are tasks from {tuple(L.TASKS)}, each holding a "
+                            "dict of TrainConfig fields, e.g. {'copy': {'steps': 300}}")
+        for field, value in values.items():
+            if field not in kinds:
+                raise UserError(f"TASK_DEFAULTS[{task!r}][{field!r}]: TrainConfig has no field {field!r}; "
+                                f"fields are {', '.join(kinds)}")
+            if not of_kind(value, kinds[field]):
+                raise UserError(f"TASK_DEFAULTS[{task!r}][{field!r}] = {value!r} must be {KINDS[kinds[field]]}")
 
 
 def validate_config(c, typed=None):
     """Raise UserError, naming the value and what would work, for settings that cannot run.
     typed: the fields set by flags (they are named as flags; the others as TrainConfig knobs)."""
     name, fix = namer(c, typed)
+    for key, kind in field_kinds(type(c)).items():  # a wrong type would fail minutes later, or silently
+        if not of_kind(getattr(c, key), kind):
+            raise UserError(f"{name(key)}: must be {KINDS[kind]}")
     for key in ("lr", "weight_decay", "grad_clip", "dropout", "target", "label_smoothing"):
         if not math.isfinite(getattr(c, key)):      # nan slips through every comparison below
             raise UserError(f"{name(key)}: must be a finite number")
     for key, zero_ok in (("seq_len", False), ("n_digits", False), ("d_model", False), ("n_heads", False),
                            ("n_layers", False), ("d_ff", False), ("max_len", False), ("steps", False),
                            ("batch_size", False), ("eval_every", False), ("lr", False), ("min_len", True),
+                           ("val_size", False), ("test_size", False),
                            ("warmup", True), ("patience", True), ("grad_clip", True), ("weight_decay", True)):
         value = getattr(c, key)
         if value < 0 or (value == 0 and not zero_ok):
             raise UserError(f"{name(key)}: must be {'0 or more' if zero_ok else 'a positive number'}")
+    for key in ("val_size", "test_size"):
+        if getattr(c, key) > MAX_HELDOUT:
+            raise UserError(f"{name(key)}: at most {MAX_HELDOUT:,} held-out sequences (they are kept in memory and "
+                            f"decoded); the default is 1000")
+    if not SEED_RANGE[0] <= c.seed <= SEED_RANGE[1]:
+        raise UserError(f"{name('seed')}: use a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
     if c.task not in lesson().TASKS or c.sum_order not in CHOICES["sum_order"] or c.schedule not in CHOICES["schedule"]:
         raise UserError(f"{name('task')}, {name('sum_order')}, {name('schedule')}: expected a task from "
                         f"{lesson().TASKS}, a sum order from {CHOICES['sum_order']}, a schedule from {CHOICES['schedule']}")
