@@ -658,7 +658,7 @@ def section_4_decoding(config: TrainConfig, model, test: Batch, device):
         attention saw and run only the newest one (section 4b). Beam search keeps the K best answers.""")
     src = test.src[:200].to(device)
     recomputed, cached = (greedy_decode(model, src, max_out, cache=cache) for cache in (False, True))
-    same = int((recomputed == cached).all(dim=1).sum())
+    same = score_answers(cached, recomputed)["exact_count"]      # answers equal token for token
     seconds = [common.best_time(lambda c=cache: greedy_decode(model, src, max_out, cache=c), device, repeats=3)
                for cache in (False, True)]                # the fastest of 3 runs each
     found = {"recompute_seconds": seconds[0], "cached_seconds": seconds[1], "identical": same,
