@@ -103,6 +103,14 @@ def _folder(text):
     return Path(text)
 
 
+def _shown_path(path) -> str:
+    """A path relative to the repository when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _exercise(name):
     if name not in EXERCISES:
         raise _UsageError(f"unknown exercise {name!r}; valid names: {', '.join(EXERCISES)}")
@@ -129,8 +137,10 @@ def _list(args):
     else:
         print("Exercises: write each from memory in its file, then run: python -m exercises check NAME\n")
     width = max(len(n) for n in EXERCISES)
+    files = {e.name: _shown_path(folder / e.file) for e in EXERCISES.values()}
+    file_width = max(len(f) for f in files.values())
     for exercise in EXERCISES.values():
-        print(f"  {exercise.name:<{width}}  exercises/{exercise.file:<24} {exercise.entry} "
+        print(f"  {exercise.name:<{width}}  {files[exercise.name]:<{file_width}}  {exercise.entry} "
               f"(lesson {exercise.lesson:02d})")
         if not args.exam:
             _print_wrapped(exercise.covers, " " * (width + 4))

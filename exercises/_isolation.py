@@ -131,7 +131,8 @@ def _grade_in_child(conn, sandbox, name, folder, reference, seconds):
         implementation, path = (load_reference(name) if reference else
                                 load_attempt(name, folder or PACKAGE_DIR, seconds))
     except CannotLoad as problem:
-        return ExerciseResult(name, len(checks_of(name)), state="cannot load", note=str(problem)), *sandbox.take_events()
+        result = ExerciseResult(name, len(checks_of(name)), state="cannot load", note=str(problem))
+        return result, *sandbox.take_events()
     refused, lesson = sandbox.take_events()
     if not reference and implementation is getattr(load_lesson(exercise.lesson), exercise.entry, None):
         lesson.append(f"{exercise.entry} is the lesson's own")
@@ -291,7 +292,8 @@ RECHECK_FAILED = Hint(
     "checker (or the objects it hands you) from inside the attempt cannot turn a wrong result into a pass.",
     "compute the result from the arguments; leave the checker and the model alone")
 REFUSED = Hint(
-    "sandbox", "Your code tried something the checker does not allow while grading: look at the line named.",
+    "sandbox", "Your code tried something the checker does not allow while grading (named above): look for "
+    "the line that does it.",
     "An attempt runs in a sandbox: it may write files only in a scratch folder (tempfile gives you one), and "
     "may not start processes or change the checker.", "compute the result in the function itself")
 

@@ -26,8 +26,10 @@ def _valid(data) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("exercises"), dict):
         return False
     whole = ("tries", "best", "total", "exam_tries", "exam_best", "exam_total")
-    return all(isinstance(entry, dict) and all(isinstance(entry.get(k, 0), int) and not isinstance(entry.get(k, 0), bool)
-                                               for k in whole)
+    def whole_number(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    return all(isinstance(entry, dict) and all(whole_number(entry.get(k, 0)) for k in whole)
                for entry in data["exercises"].values())
 
 

@@ -78,16 +78,15 @@ class Sandbox:
     def install(self):
         """Install the audit hook and the profiler (for good: neither can be removed)."""
         import _posixsubprocess  # subprocess's way to start processes, with no audit event of its own
+        import subprocess
 
         def refuse_fork_exec(*args, **kwargs):
             self.refused.append("starting a process")
             raise PermissionError("the exercise checker does not let an attempt start processes")
 
-        original = _posixsubprocess.fork_exec
-        for module in list(sys.modules.values()):  # subprocess keeps it as _fork_exec, too
-            for name, value in list(getattr(module, "__dict__", {}).items()):
-                if value is original:
-                    setattr(module, name, refuse_fork_exec)
+        _posixsubprocess.fork_exec = refuse_fork_exec
+        if hasattr(subprocess, "_fork_exec"):  # subprocess keeps its own name for it
+            subprocess._fork_exec = refuse_fork_exec
         sys.dont_write_bytecode = True  # importing the attempt writes no .pyc next to it
         sys.setprofile(self._profile)
         sys.addaudithook(self._audit)
@@ -115,8 +114,8 @@ class Sandbox:
         filename = code.co_filename
         known = self._is_lesson_file.get(filename)
         if known is None:
-            known = self._is_lesson_file[filename] = (
-                os.path.basename(filename) == os.path.basename(self.lesson_file) and _real(filename) == self.lesson_file)
+            same_name = os.path.basename(filename) == os.path.basename(self.lesson_file)
+            known = self._is_lesson_file[filename] = same_name and _real(filename) == self.lesson_file
         if known:
             qualname = getattr(code, "co_qualname", code.co_name)
             if (qualname == self.entry or qualname.startswith(self.entry + ".")) and not qualname.endswith(".__init__"):

@@ -142,8 +142,8 @@ def test_building_on_another_lessons_component_is_allowed(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------
 # Writing files: only the scratch folder
-@pytest.mark.parametrize("target", ["exercises/_checker.py", "exercises/checks/causal_mask.py", "exercises/.progress.json",
-                                    "01_attention_mechanism.py"])
+@pytest.mark.parametrize("target", ["exercises/_checker.py", "exercises/checks/causal_mask.py",
+                                    "exercises/.progress.json", "01_attention_mechanism.py"])
 @pytest.mark.parametrize("how", ["open", "os.remove", "os.replace"])
 def test_an_attempt_cannot_write_the_checkers_files(tmp_path, capsys, target, how):
     path = REPO_ROOT / target
@@ -207,8 +207,8 @@ def _running_with(marker):
 def test_an_attempt_cannot_start_a_process_that_outlives_the_check(tmp_path, capsys, how):
     marker = f"exercise-sandbox-{uuid.uuid4().hex}"
     source = ("import subprocess\n" + CAUSAL_HEADER + f"MARKER = {marker!r}\n\n" +
-              RIGHT_CAUSAL.replace("    return", f"    try:\n{textwrap.indent(how, ' ' * 8)}\n    except PermissionError:\n"
-                                                 f"        pass\n    return"))
+              RIGHT_CAUSAL.replace("    return", f"    try:\n{textwrap.indent(how, ' ' * 8)}\n"
+                                                 f"    except PermissionError:\n        pass\n    return"))
     status, out, score = grade(tmp_path, capsys, "causal_mask", source)
     assert not _running_with(marker)  # nothing was left running
     assert status == 1 and score[1] == "0/4", out
@@ -217,7 +217,8 @@ def test_an_attempt_cannot_start_a_process_that_outlives_the_check(tmp_path, cap
 
 def test_an_attempt_cannot_signal_the_checker(tmp_path, capsys):
     source = CAUSAL_HEADER + RIGHT_CAUSAL.replace(
-        "    return", "    try:\n        os.kill(os.getppid(), 0)\n    except PermissionError:\n        pass\n    return")
+        "    return", "    try:\n        os.kill(os.getppid(), 0)\n    except PermissionError:\n        pass\n"
+                     "    return")
     status, out, score = grade(tmp_path, capsys, "causal_mask", source)
     assert status == 1 and "your code tried signalling another process: refused" in " ".join(out.split())
 

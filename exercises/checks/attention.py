@@ -75,8 +75,9 @@ SCALE_MISSING = Hint(
     "scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))")
 SCALE_DK = Hint(
     "divided by d_k", "The weights are too flat: look at what the scores are divided by.",
-    "The scale that keeps the scores' variance near 1 is the square root of d_k: dot products of d_k terms "
-    "have a variance of d_k, not d_k squared.", "scores = query @ key.transpose(-2, -1) / math.sqrt(d_k)")
+    "Dot products of d_k terms have a variance of about d_k, so a spread of sqrt(d_k): dividing by sqrt(d_k) "
+    "brings it to 1, dividing by d_k shrinks it to 1/sqrt(d_k) and flattens the softmax.",
+    "scores = query @ key.transpose(-2, -1) / math.sqrt(d_k)")
 SCALE_DV = Hint(
     "divided by sqrt(d_v)", "The scores are divided by the wrong size: look at where d_k comes from.",
     "The dot products run over the query/key size d_k = query.size(-1); value's size d_v plays no part in "
@@ -216,7 +217,8 @@ def attention_rows_sum_to_one(fn):
            hint=match_variant(weights, _attention_hints(q, k, v, mask, 1)) or MASK_POLARITY)
     expect(bool((weights >= 0).all()), f"a weight is negative ({float(weights.min()):.4g})",
            hint=Hint("negative weight", "A weight is negative: look at what happens after the softmax.",
-                     "Weights come out of a softmax, so they lie in [0, 1].", "weights = torch.softmax(scores, dim=-1)"))
+                     "Weights come out of a softmax, so they lie in [0, 1].",
+                     "weights = torch.softmax(scores, dim=-1)"))
 
 
 @CHECKS.add("a query with nothing to attend to: no NaN, its weights and output are 0")

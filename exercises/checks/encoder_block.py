@@ -124,7 +124,8 @@ NO_RESIDUAL = Hint(
 NORM_ON_SUBLAYER = Hint(
     "norm on the sublayer", "The LayerNorm is applied to the sublayer's output only: look at what each norm "
     "receives.", "Post-LN normalises the residual sum x + sublayer(x); pre-LN normalises the sublayer's input. "
-    "Neither normalises the sublayer's output alone.", "post-LN: norm1(x + attention(x)); pre-LN: x + attention(norm1(x))")
+    "Neither normalises the sublayer's output alone.",
+    "post-LN: norm1(x + attention(x)); pre-LN: x + attention(norm1(x))")
 NORMS_SWAPPED = Hint(
     "norms swapped", "norm1 and norm2 are used the other way round: look at which norm goes with which "
     "sublayer.", "norm1 belongs to the attention sublayer and norm2 to the feed-forward; the checker gave them "
@@ -133,6 +134,9 @@ NORM1_TWICE = Hint(
     "norm1 twice", "The same LayerNorm serves both sublayers: look at the feed-forward line's norm.",
     "Each sublayer has its own LayerNorm with its own learned weights: norm1 for the attention, norm2 for the "
     "feed-forward.", "the feed-forward sublayer uses self.norm2")
+NORM2_TWICE = Hint(
+    "norm2 twice", "The same LayerNorm serves both sublayers: look at the attention line's norm.",
+    NORM1_TWICE.concept, "the attention sublayer uses self.norm1")
 FF_ON_INPUT = Hint(
     "feed-forward on the input", "The feed-forward reads the block's input: look at what the feed-forward "
     "receives.", "The two sublayers run in sequence: the feed-forward reads the attention sublayer's result.",
@@ -152,7 +156,7 @@ def _block_mistakes(norm_first):
             (MASK_NOT_PASSED, "mask_ignored"), (MASK_POLARITY, "mask_inverted"),
             (NO_ATTN_RESIDUAL, "no_attn_residual"), (NO_FF_RESIDUAL, "no_ff_residual"), (NO_RESIDUAL, "no_residual"),
             (NORM_ON_SUBLAYER, "norm_on_sublayer"), (NORMS_SWAPPED, "norms_swapped"), (NORM1_TWICE, "norm1_twice"),
-            (NORM1_TWICE, "norm2_twice"), (FF_ON_INPUT, "ff_on_input")]
+            (NORM2_TWICE, "norm2_twice"), (FF_ON_INPUT, "ff_on_input")]
 
 
 RETURN_TENSOR = Hint(

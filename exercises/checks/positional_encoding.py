@@ -35,7 +35,8 @@ def pe_variant(max_len, d_model, mistake=None):
 SWAPPED = Hint(
     "sin and cos swapped", "Row 0 starts with 1 instead of 0: look at which columns get the sines.",
     "Sines go in the even columns (0, 2, 4, ...) and cosines in the odd ones: at position 0 every sine is 0 and "
-    "every cosine 1, so row 0 reads 0, 1, 0, 1, ...", "pe[:, 0::2] = torch.sin(angles); pe[:, 1::2] = torch.cos(angles)")
+    "every cosine 1, so row 0 reads 0, 1, 0, 1, ...",
+    "pe[:, 0::2] = torch.sin(angles); pe[:, 1::2] = torch.cos(angles)")
 HALVES = Hint(
     "concatenated halves", "All the sines come first, then all the cosines: look at how the two are put into the "
     "table.", "The paper (and this course) interleave them: column 2i is a sine, 2i+1 the cosine of the same "
@@ -76,7 +77,8 @@ def _pe_case(fn, max_len, d_model, rows=slice(None)):
     expect_shape(f"sinusoidal_positional_encoding({max_len}, {d_model})", pe, (max_len, d_model),
                  legend=" = (max_len, d_model)", hints={(d_model, max_len): ROWS_COLUMNS,
                                                         (max_len, d_model + 1): ODD_D_MODEL})
-    variants = [(hint, functools.partial(lambda m: pe_variant(max_len, d_model, m)[rows], m)) for hint, m in PE_MISTAKES]
+    variants = [(hint, functools.partial(lambda m: pe_variant(max_len, d_model, m)[rows], m))
+                for hint, m in PE_MISTAKES]
     compare(f"PE({max_len}, {d_model})[{'row 0' if rows == 0 else 'all rows'}]", pe[rows],
             pe_variant(max_len, d_model)[rows].float(), variants=variants, atol=2e-4, rtol=1e-4)
 

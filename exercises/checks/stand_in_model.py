@@ -1,9 +1,10 @@
 """The stand-in model the beam-search checks decode with, and exhaustive search over its answers.
 
-TableModel has lesson 05's decoding interface (encode, decode, vocab_size) and nothing to learn: the scores of each next token come from a fixed table, so every possible
-answer can be scored (sequence_scores, all_answers, exhaustive_best) and compared with what a
-beam search returns. Unlike the real model it names a wrong use of memory at the call, where the
-real model would fail with a shape error.
+TableModel has lesson 05's decoding interface (encode, decode, vocab_size) and nothing to learn:
+the scores of each next token come from a fixed table, so every possible answer can be scored
+(sequence_scores, all_answers, exhaustive_best) and compared with what a beam search returns.
+Unlike the real model it names a wrong use of memory at the call, where the real model would fail
+with a shape error.
 """
 import functools
 import random
