@@ -29,8 +29,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Values: what a call into the learner's code returned, in a form torch.load(weights_only=True) reads
 def encode_value(value):
     if torch.is_tensor(value):
-        if value.layout != torch.strided:
-            return {"opaque": describe(value) + f" ({value.layout})"}
+        if value.layout != torch.strided or value.device.type != "cpu":  # every check wants CPU tensors: these
+            return {"opaque": f"{describe(value)} on device {value.device} ({value.layout})"}  # fail in any case
         return value.detach().clone()
     if isinstance(value, (tuple, list)):
         items = [encode_value(v) for v in value]

@@ -6,6 +6,7 @@ object that common.load_lesson(n) gives, so it is the code that runs, wherever i
 """
 import ast
 import inspect
+import textwrap
 from pathlib import Path
 
 from exercises import EXERCISES
@@ -84,13 +85,14 @@ def compare(name, folder) -> int:
     """Print the learner's version, then the lesson's; returns the exit status (1: not attempted yet)."""
     exercise = EXERCISES[name]
     where, first, lines, untouched = attempt_source(name, folder)
-    if untouched:
+    if untouched:  # one line: nothing to compare yet, and the lesson's version stays closed
         print(f"{name}: {where} is not attempted yet (its {exercise.entry} still raises NotImplementedError). "
               f"Write it, run python -m exercises check {name}, then compare.")
         return 1
     lesson_file, lesson_first, lesson_lines = lesson_source(name)
-    print(f"{name}: your {exercise.entry}, then the lesson's. Line by line, what differs? Where both are right "
-          f"in different words, python -m exercises check {name} tells you whether yours behaves the same.\n")
+    print(textwrap.fill(f"{name}: your {exercise.entry}, then the lesson's. Line by line, what differs? Where "
+                        f"both are right in different words, python -m exercises check {name} tells you whether "
+                        f"yours behaves the same.", len(RULE), break_on_hyphens=False) + "\n")
     _show(f"Yours: {where}, lines {first}-{first + len(lines) - 1}", first, lines)
     print()
     _show(f"The lesson's: {lesson_file}, lines {lesson_first}-{lesson_first + len(lesson_lines) - 1}", lesson_first,

@@ -21,7 +21,7 @@ from pathlib import Path
 from exercises import EXERCISES
 
 PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system",
-                  "subprocess.Popen", "os.startfile", "pty.spawn"}
+                  "subprocess.Popen", "os.startfile", "pty.spawn", "_winapi.CreateProcess"}
 # events that change the file system, and which of their arguments are paths they change
 WRITE_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
                 "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
@@ -77,14 +77,18 @@ class Sandbox:
     # -- installing --------------------------------------------------------------------------------
     def install(self):
         """Install the audit hook and the profiler (for good: neither can be removed)."""
-        import _posixsubprocess  # subprocess's way to start processes, with no audit event of its own
         import subprocess
 
         def refuse_fork_exec(*args, **kwargs):
             self.refused.append("starting a process")
             raise PermissionError("the exercise checker does not let an attempt start processes")
 
-        _posixsubprocess.fork_exec = refuse_fork_exec
+        try:
+            import _posixsubprocess  # subprocess's way to start processes, with no audit event of its own
+        except ImportError:          # Windows: processes start through _winapi, which has one
+            _posixsubprocess = None
+        if _posixsubprocess is not None:
+            _posixsubprocess.fork_exec = refuse_fork_exec
         if hasattr(subprocess, "_fork_exec"):  # subprocess keeps its own name for it
             subprocess._fork_exec = refuse_fork_exec
         sys.dont_write_bytecode = True  # importing the attempt writes no .pyc next to it

@@ -19,6 +19,8 @@ from exercises._checker import check
 
 L1, L2, L3, L4, L5 = (load_lesson(n) for n in range(1, 6))
 PAD, BOS, EOS = L5.PAD, L5.BOS, L5.EOS
+# the key.T attempts: PyTorch warns that .T on more than 2 dimensions is deprecated (the attempt's mistake)
+pytestmark = pytest.mark.filterwarnings("ignore:The use of `x.T`:UserWarning")
 
 
 class Attempt(NamedTuple):

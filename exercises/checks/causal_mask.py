@@ -82,13 +82,29 @@ DEVICE_IGNORED = Hint(
     "are, or masked_fill fails on a GPU.", "torch.ones(T, T, dtype=torch.bool, device=device)")
 
 
+def _cuda_usable() -> bool:
+    """Whether this process can create CUDA tensors (not in a child forked after its parent used CUDA)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        torch.empty(0, device="cuda")
+        return True
+    except RuntimeError:
+        return False
+
+
+def _where(fn, *args, **kwargs):
+    """fn(...)'s result in words and its device: all the check needs, and no CUDA tensor to pass on."""
+    result = fn(*args, **kwargs)
+    return torch.is_tensor(result), describe(result), str(getattr(result, "device", "no device"))
+
+
 @CHECKS.add("the device argument is used")
 def causal_device(fn):
-    if torch.cuda.is_available():
-        mask = call(fn, 4, device=torch.device("cuda"))
-        expect(torch.is_tensor(mask) and mask.device.type == "cuda",
-               f"causal_mask(4, device='cuda') returned {describe(mask)} on "
-               f"{getattr(mask, 'device', 'no device')}", hint=DEVICE_IGNORED)
+    if call(_cuda_usable):  # asked through call(): a re-check elsewhere follows the same branch
+        is_tensor, what, device = call(_where, fn, 4, device=torch.device("cuda"))
+        expect(is_tensor and device.startswith("cuda"), f"causal_mask(4, device='cuda') returned {what} on {device}",
+               hint=DEVICE_IGNORED)
         return
     # Without CUDA, creating a tensor on "cuda" raises; a mask that comes back means the device was ignored.
     try:
