@@ -3,13 +3,16 @@
 Each file here is a stub with the same signature and docstring as the lesson's version and a body
 that raises NotImplementedError. Replace the body, then run from the repository root:
 
-    python -m exercises list                  # the exercises and what each covers
-    python -m exercises check attention       # check one exercise
+    python -m exercises list                  # the exercises, and your progress in each
+    python -m exercises check attention       # check one exercise (--hint 2 or 3 for more help)
     python -m exercises check                 # check all of them, with a score
+    python -m exercises check --exam          # from memory: pass or fail per property, no hints
+    python -m exercises compare attention     # your version, then the lesson's
     python -m exercises check --reference     # the same checks on the lessons' own code
 
 The checks are the ones the lessons are held to: shapes, equality with PyTorch's own modules after
-copying weights, every mask case, no NaN on rows with nothing to attend to. See README.md here.
+copying weights, every mask case, no NaN on rows with nothing to attend to, dropout in training and
+eval mode. See README.md here.
 
 This file imports no torch, so `python -m exercises list` answers at once.
 """
@@ -31,17 +34,19 @@ EXERCISES = {
     exercise.name: exercise
     for exercise in (
         Exercise("attention", "attention.py", "scaled_dot_product_attention", 1,
-                 "softmax(Q K^T / sqrt(d_k)) V with a boolean mask; empty rows give 0, not NaN"),
+                 "each query's weighted average of the values, weighted by its similarity to the keys; a boolean "
+                 "mask; a query with nothing to attend to gets 0"),
         Exercise("causal_mask", "causal_mask.py", "causal_mask", 1,
-                 "the (T, T) mask that lets query t see keys 0..t"),
+                 "the (T, T) mask that lets each query see only the past and itself"),
         Exercise("multi_head_attention", "multi_head_attention.py", "MultiHeadAttention", 2,
-                 "split into heads, attend per head, merge back, project with W_o"),
+                 "several heads side by side, each on its own slice of d_model, merged and projected back; dropout "
+                 "on the attention weights"),
         Exercise("positional_encoding", "positional_encoding.py", "sinusoidal_positional_encoding", 3,
-                 "the sin/cos table PE[p, 2i], PE[p, 2i+1]"),
+                 "the paper's table of sines and cosines that tells a model where each token is, for any d_model"),
         Exercise("encoder_block", "encoder_block.py", "TransformerEncoderBlock", 4,
-                 "attention + feed-forward, residuals and LayerNorm, post-LN and pre-LN"),
+                 "attention and feed-forward with residual connections, LayerNorm and dropout; post-LN and pre-LN"),
         Exercise("beam_search", "beam_search.py", "beam_search", 5,
-                 "keep the best beam_size partial outputs; finished ones end in EOS"),
+                 "keep the beam_size most likely partial answers; finished ones compete; an optional length penalty"),
     )
 }
 

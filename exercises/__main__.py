@@ -1,4 +1,4 @@
-"""`python -m exercises list | check [NAME ...] [--reference] [--dir FOLDER]` (see _cli.py)."""
+"""`python -m exercises list | check [NAME ...] | compare NAME` (the options: see _cli.py)."""
 import os
 import sys
 

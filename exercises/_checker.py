@@ -6,7 +6,11 @@ and a hint about the likely mistake. The checks themselves are in checks/<exerci
 
     result = check("attention", my_function)      # an ExerciseResult
     result.passed, result.total, result.state      # e.g. 8, 8, "checked"
+
+This runs the learner's code in the calling process: the command line (_isolation.py) calls it in
+a sandboxed child process and confirms every pass in its own.
 """
+import contextlib
 import importlib.util
 import inspect
 import linecache
@@ -21,7 +25,7 @@ import torch
 
 from exercises import EXERCISES
 from exercises.checks import checks_of
-from exercises.checks.helpers import CheckFailed
+from exercises.checks.helpers import CheckFailed, Hint, reseed, routed
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -39,6 +43,7 @@ class CheckResult:
     title: str
     passed: bool
     lines: list = field(default_factory=list)  # why it failed (empty when it passed)
+    hint: Hint = None                          # the likely mistake, in three levels
     timed_out: bool = False                    # stopped by the time limit: later checks are not run
 
 
@@ -47,12 +52,13 @@ class ExerciseResult:
     name: str
     total: int                                  # checks this exercise has
     checks: list = field(default_factory=list)  # CheckResult of each check that ran
-    state: str = "checked"                      # "checked", "not attempted" or "cannot load"
-    note: str = ""                              # the one line for "not attempted" / "cannot load"
+    state: str = "checked"                      # "checked", "not attempted", "cannot load", "lesson's code"
+    note: str = ""                              # the one line for a state other than "checked"
     source: str = ""                            # the file that was checked
     ended: str = ""                             # why grading did not finish: "stopped after 12 s", ...
     output: list = field(default_factory=list)  # the first lines the learner's code printed
     output_lines: int = 0                       # how many lines it printed in all
+    refused: list = field(default_factory=list) # what the sandbox refused while it ran (_sandbox.py)
 
     @property
     def passed(self) -> int:
@@ -69,6 +75,11 @@ def relative(path) -> str:
         return str(Path(path).resolve().relative_to(REPO_ROOT))
     except ValueError:
         return str(path)
+
+
+# In the sandbox (_sandbox.py) a read of the graded lesson's file counts as using the lesson's code,
+# except the checker's own reads of a line to show; the sandbox replaces this to mark them.
+reading_source = contextlib.nullcontext
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,7 +126,8 @@ def describe_exception(exc, source_file=None) -> list:
                     f"your result: {message}"]
         return [f"{name}: {message}" if message else name]
     frame, lineno = picked
-    code = linecache.getline(frame.f_code.co_filename, lineno).strip()
+    with reading_source():
+        code = linecache.getline(frame.f_code.co_filename, lineno).strip()
     lines = [f"{name}: {message}" if message else name,
              f"at {relative(frame.f_code.co_filename)}:{lineno}, in {_qualname(frame)}:"]
     if code:
@@ -124,10 +136,12 @@ def describe_exception(exc, source_file=None) -> list:
 
 
 def _about_shapes(exc) -> bool:
-    """Whether an exception complains about tensor shapes (then a check's shape hint applies)."""
+    """Whether an exception complains about tensor shapes, or a tuple where a tensor was due (then a
+    check's on_error hint applies)."""
     text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, ValueError, IndexError)) and any(
-        word in text for word in ("size", "shape", "dimension", "broadcast"))
+    return (isinstance(exc, (RuntimeError, ValueError, IndexError)) and any(
+        word in text for word in ("size", "shape", "dimension", "broadcast"))) or (
+        isinstance(exc, TypeError) and "tuple" in text)
 
 
 def _not_implemented_note(exc, entry: str) -> str:
@@ -168,32 +182,59 @@ class _TimeLimit:
         return False
 
 
+EXIT_HINT = Hint("sys.exit", "Your code ends the program: look for sys.exit() or exit() in it.",
+                 "A function reports a problem by raising an exception; sys.exit would end the checker (or a "
+                 "training run) too.", "raise ValueError('...') instead, or return the result")
+BASE_EXCEPTION_HINT = Hint(
+    "BaseException", "Your code raised an exception that is not an Exception: look at the raise statement.",
+    "KeyboardInterrupt is what Ctrl-C raises, and BaseException subclasses are meant to end a program; code "
+    "that reports a problem raises a subclass of Exception, which callers can catch.",
+    "raise ValueError('...')  # or RuntimeError, TypeError, ...")
+
+
 def _exit_lines(exc: SystemExit, source_file) -> list:
     """What to say when the learner's code calls sys.exit (or exit()): the call ends the program."""
     lines = describe_exception(exc, source_file)
     lines[0] = f"your code called sys.exit({exc.code!r}) (or exit()), which would end the checker too"
-    return lines + ["hint: return the result; to give up early, raise an exception (e.g. ValueError) instead"]
+    return lines
 
 
-def _run_check(check_, i, implementation, source_file, seconds) -> CheckResult:
+def _base_exception_lines(exc: BaseException, source_file) -> list:
+    """What to say when the learner's code raises KeyboardInterrupt or another non-Exception."""
+    lines = describe_exception(exc, source_file)
+    lines[0] = (f"your code raised {type(exc).__name__}, which is not an Exception: it would end the checker "
+                f"(or any program) instead of reporting a problem" + (f": {exc}" if str(exc) else ""))
+    return lines
+
+
+def _error_hint(check_, lines, exc, line_hints):
+    """The hint for an exception the learner's code raised: first from its line, then from the check."""
+    code = lines[2].strip() if len(lines) > 2 else ""
+    return line_hints(code) or (check_.on_error if check_.on_error and _about_shapes(exc) else None)
+
+
+def _run_check(check_, i, implementation, source_file, seconds, line_hints=lambda code: None) -> CheckResult:
     """Run check number i (0-based) once; NotImplementedError is left to the caller."""
     try:
-        # no_grad: the learner's results are compared, never differentiated
+        # no_grad: the learner's results are compared, never differentiated. The check's inputs come from
+        # its own generator (reseed); torch's global one, which the learner's code uses, is seeded too.
         with torch.random.fork_rng(devices=[]), torch.no_grad(), _TimeLimit(seconds):
             torch.manual_seed(1234 + i)
+            reseed(1234 + i)
             check_.run(implementation)
         return CheckResult(check_.title, True)
     except CheckFailed as failure:
-        return CheckResult(check_.title, False, failure.lines)
+        return CheckResult(check_.title, False, failure.lines, failure.hint)
     except NotImplementedError:
         raise
     except SystemExit as exc:
-        return CheckResult(check_.title, False, _exit_lines(exc, source_file))
+        return CheckResult(check_.title, False, _exit_lines(exc, source_file), EXIT_HINT)
     except Exception as exc:  # the learner's code raised: say where
         lines = describe_exception(exc, source_file)
-        if check_.on_error and _about_shapes(exc):
-            lines.append("hint: " + check_.on_error)
-        return CheckResult(check_.title, False, lines, timed_out=isinstance(exc, CheckTimedOut))
+        return CheckResult(check_.title, False, lines, _error_hint(check_, lines, exc, line_hints),
+                           timed_out=isinstance(exc, CheckTimedOut))
+    except BaseException as exc:  # KeyboardInterrupt, GeneratorExit, a class of its own
+        return CheckResult(check_.title, False, _base_exception_lines(exc, source_file), BASE_EXCEPTION_HINT)
 
 
 def not_run(title: str, stopped_at: int) -> CheckResult:
@@ -201,12 +242,14 @@ def not_run(title: str, stopped_at: int) -> CheckResult:
 
 
 def check(name: str, implementation, source_file=None, seconds=SECONDS_PER_CHECK,
-          progress=None) -> ExerciseResult:
+          progress=None, route=None) -> ExerciseResult:
     """Run every check of exercise `name` on `implementation` (a function or class).
 
     source_file: where the implementation lives, to name the line of an exception
     (default: the file that defines it). seconds: each check's time limit (POSIX; see _TimeLimit).
     progress(i, result=None): called before check i (0-based) starts and with its CheckResult after.
+    route: a function that returns, before each check, how that check reaches the learner's code
+    (helpers.routed; the sandbox records each result); None calls it directly.
     """
     checks = checks_of(name)
     if source_file is None:
@@ -223,7 +266,8 @@ def check(name: str, implementation, source_file=None, seconds=SECONDS_PER_CHECK
             continue
         progress(i)
         try:
-            outcome = _run_check(check_, i, implementation, source_file, seconds)
+            with routed(route()) if route else contextlib.nullcontext():
+                outcome = _run_check(check_, i, implementation, source_file, seconds, checks.hint_for_line)
         except NotImplementedError as exc:
             if i == 0:  # the very first call: nothing written yet
                 return ExerciseResult(name, len(checks), state="not attempted", source=result.source,
@@ -252,8 +296,9 @@ def load_attempt(name: str, folder=PACKAGE_DIR, seconds=SECONDS_PER_CHECK):
     except SyntaxError as exc:
         where = f" at line {exc.lineno}" if exc.lineno else ""           # some errors have no line
         raise CannotLoad(f"cannot import {relative(path)}: SyntaxError{where}: {exc.msg}") from None
-    except (Exception, SystemExit) as exc:
-        problem, *where = _exit_lines(exc, path) if isinstance(exc, SystemExit) else describe_exception(exc, path)
+    except BaseException as exc:  # Exception, SystemExit, KeyboardInterrupt, ...: one line
+        problem, *where = (_exit_lines(exc, path) if isinstance(exc, SystemExit) else describe_exception(exc, path)
+                           if isinstance(exc, Exception) else _base_exception_lines(exc, path))
         place = f" ({where[0][3:].rstrip(':')})" if where else ""
         raise CannotLoad(f"cannot import {relative(path)}: {problem}{place}") from None
     implementation = getattr(module, exercise.entry, None)

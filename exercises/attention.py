@@ -5,15 +5,16 @@ Replace the body of the function below, then check it from the repository root:
     python -m exercises check attention
 
 The reference version is `scaled_dot_product_attention` in 01_attention_mechanism.py: look at it
-only after the checker has had its say.
+only after the checker has had its say (`python -m exercises compare attention` shows it beside
+yours). `python -m exercises check attention --exam` grades without hints.
 """
-import math  # noqa: F401  (you will probably want math.sqrt)
+import math  # noqa: F401
 
 import torch  # noqa: F401
 
 
 def scaled_dot_product_attention(query, key, value, mask=None):
-    """Attention: each query takes a weighted average of the values, weighted by key similarity.
+    """Scaled dot-product attention, as F.scaled_dot_product_attention computes it, with the weights.
 
     query (..., T_q, d_k), key (..., T_k, d_k), value (..., T_k, d_v).
     mask: optional boolean, broadcastable to (..., T_q, T_k), True = may attend.

@@ -4,7 +4,8 @@ Replace the body of the function below, then check it from the repository root:
 
     python -m exercises check causal_mask
 
-The reference version is `causal_mask` in 01_attention_mechanism.py.
+The reference version is `causal_mask` in 01_attention_mechanism.py; after the checker has had its
+say, `python -m exercises compare causal_mask` shows it beside yours.
 """
 import torch  # noqa: F401
 

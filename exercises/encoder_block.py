@@ -10,21 +10,26 @@ Write forward, then check from the repository root:
     python -m exercises check encoder_block
 
 forward may ignore return_weights (the checker never asks for the weights).
-The reference version is `TransformerEncoderBlock` in 04_transformer_block.py.
+The reference version is `TransformerEncoderBlock` in 04_transformer_block.py; after the checker
+has had its say, `python -m exercises compare encoder_block` shows it beside yours.
 """
 import torch.nn as nn
 
 from common import load_lesson
 
 MultiHeadAttention = load_lesson(2).MultiHeadAttention  # forward(q, k, v, mask) -> (output, weights)
-FeedForward = load_lesson(4).FeedForward                # forward(x) -> linear2(relu(linear1(x)))
+FeedForward = load_lesson(4).FeedForward                # forward(x) -> (B, T, d_model), position by position
 
 
 class TransformerEncoderBlock(nn.Module):
     """Self-attention and a feed-forward, each wrapped in a residual connection and a LayerNorm.
 
-    post-LN (norm_first=False, the paper): x = norm(x + sublayer(x))
-    pre-LN  (norm_first=True, most modern code): x = x + sublayer(norm(x))
+    norm_first=False is post-LN (the paper's placement), norm_first=True pre-LN (most modern code):
+    equal to nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout, norm_first=norm_first,
+    batch_first=True) with the same weights (activation ReLU). norm1 belongs to the attention
+    sublayer, norm2 to the feed-forward. Dropout as in that layer: in training mode on the attention
+    weights, inside the feed-forward, and on each sublayer's output (dropout1, dropout2) before it
+    joins the residual; in eval mode, none.
     forward(x (B, T, d_model), mask=None) -> (B, T, d_model); mask as in lesson 02, True = may attend.
     With return_weights=True it returns (x, attention weights (B, n_heads, T, T)).
     """

@@ -7,7 +7,8 @@ Write split_heads, merge_heads and forward, then check from the repository root:
     python -m exercises check multi_head_attention
 
 forward may ignore need_weights and fused (the checker always asks for the weights).
-The reference version is `MultiHeadAttention` in 02_multi_head_attention.py.
+The reference version is `MultiHeadAttention` in 02_multi_head_attention.py; after the checker
+has had its say, `python -m exercises compare multi_head_attention` shows it beside yours.
 """
 import math  # noqa: F401
 
@@ -29,10 +30,11 @@ class MultiHeadAttention(nn.Module):
     forward(query (B, T_q, d_model), key (B, T_k, d_model), value (B, T_k, d_model), mask=None,
     need_weights=True) -> (output (B, T_q, d_model), weights (B, n_heads, T_q, T_k) or None).
     mask: boolean, True = may attend, of shape (T_q, T_k), (B, T_q, T_k), (B, 1, T_k) or
-    (B, n_heads, T_q, T_k). Attention is lesson 01's scaled_dot_product_attention in every call.
-    fused=True is an explicit opt-in: calls with need_weights=False then use PyTorch's fused
-    F.scaled_dot_product_attention (same result, faster on a GPU; an edit to lesson 01 does not
-    reach it).
+    (B, n_heads, T_q, T_k). A query with nothing to attend to gets weights 0, not NaN.
+    Equal to nn.MultiheadAttention(d_model, n_heads, dropout, batch_first=True) with the same
+    weights (W_q, W_k, W_v are the thirds of its in_proj, W_o its out_proj) and the mask inverted.
+    Dropout, as in nn.MultiheadAttention: in training mode on the attention weights at rate
+    `dropout`; the weights returned are the ones that multiplied the values. In eval mode, none.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -55,7 +57,7 @@ class MultiHeadAttention(nn.Module):
         raise NotImplementedError("write MultiHeadAttention.split_heads")
 
     def merge_heads(self, x):
-        """(B, n_heads, T, d_head) -> (B, T, d_model). The transpose back is essential."""
+        """(B, n_heads, T, d_head) -> (B, T, d_model), the inverse of split_heads."""
         raise NotImplementedError("write MultiHeadAttention.merge_heads")
 
     def forward(self, query, key, value, mask=None, need_weights: bool = True):

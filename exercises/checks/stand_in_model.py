@@ -1,9 +1,10 @@
 """The stand-in model the beam-search checks decode with, and exhaustive search over its answers.
 
-TableModel has lesson 05's decoding interface (encode, decode, vocab_size) and nothing to learn: the scores of each next token come from a fixed table, so every possible
-answer can be scored (sequence_scores, all_answers, exhaustive_best) and compared with what a
-beam search returns. Unlike the real model it names a wrong use of memory at the call, where the
-real model would fail with a shape error.
+TableModel has lesson 05's decoding interface (encode, decode, vocab_size) and nothing to learn:
+the scores of each next token come from a fixed table, so every possible answer can be scored
+(sequence_scores, all_answers, exhaustive_best) and compared with what a beam search returns.
+Unlike the real model it names a wrong use of memory at the call, where the real model would fail
+with a shape error.
 """
 import functools
 import random
@@ -12,7 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from exercises.checks.helpers import NEG_INF, CheckFailed, describe, expect, shape_str
+from exercises.checks.helpers import NEG_INF, Hint, describe, expect
+
+
+TOKENS_SO_FAR = Hint(
+    "tokens so far", "model.decode received something other than a (rows, t) tensor of token ids: look at what "
+    "you pass it.", "Each row of ys is one hypothesis: BOS, then the tokens chosen so far, as integer ids.",
+    "ys = torch.full((B * K, 1), BOS, dtype=torch.long)")
+MEMORY_ROWS = Hint(
+    "memory rows", "model.decode received more hypotheses than rows of memory: look at how memory is prepared "
+    "for the beams.", "Every hypothesis is decoded against its own example's memory, so each example's rows are "
+    "repeated for its beam_size hypotheses (src_mask likewise when it is not None).",
+    "memory = memory.repeat_interleave(beam_size, dim=0)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,12 +76,10 @@ class TableModel(nn.Module):
         """The source of each row of tgt_in, read from memory (which must have one row per row)."""
         expect(torch.is_tensor(tgt_in) and tgt_in.dim() == 2 and not tgt_in.dtype.is_floating_point,
                f"model.{method}: expected the tokens so far as an integer tensor (rows, t), got {describe(tgt_in)}",
-               "hint: each row is one hypothesis: BOS, then the tokens chosen so far")
+               hint=TOKENS_SO_FAR)
         expect(memory.size(0) == tgt_in.size(0),
                f"model.{method}: memory has {memory.size(0)} rows but the tokens have {tgt_in.size(0)}: "
-               "the model needs one row of memory per hypothesis",
-               "hint: repeat each example's memory for its beam_size hypotheses, "
-               "memory.repeat_interleave(beam_size, dim=0) (and src_mask the same way when it is not None)")
+               "the model needs one row of memory per hypothesis", hint=MEMORY_ROWS)
         return [tuple(row) for row in memory[..., 0].long().tolist()]
 
     def decode(self, tgt_in, memory, src_mask=None):
@@ -124,10 +134,11 @@ def all_answers(model, max_len):
     return answers + prefixes  # the unfinished ones have exactly max_len digits
 
 
-def exhaustive_best(model, src_row, max_len, length_penalty=0.0, **rule):
+def exhaustive_best(model, src_row, max_len, length_penalty=0.0, length=len, **rule):
+    """The best possible answer (and its summed log-probability) ranked by score / length(answer)**length_penalty."""
     answers = all_answers(model, max_len)
     scores = sequence_scores(model, src_row, answers, **rule)
-    lengths = torch.tensor([len(a) for a in answers], dtype=torch.float32)
+    lengths = torch.tensor([length(a) for a in answers], dtype=torch.float32)
     ranking = scores / lengths.clamp(min=1) ** length_penalty if length_penalty else scores
     best = int(ranking.argmax())
     return answers[best], float(scores[best])
