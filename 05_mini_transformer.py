@@ -519,12 +519,9 @@ def section_3_train(config: TrainConfig, data, device, resume, args):
         without a new best (0 = never), or at the last step. Does warmup matter? challenges.ablations.""")
     result = train(config, device, resume=resume, data=data, checkpoint_path=args.out_dir / CHECKPOINT_NAME)
     reports.report_training(config, result, resume)
-    seconds = f", {result.target_seconds:.2f} s of training" if result.target_seconds is not None else ""
-    when = f" first at step {result.target_step}{seconds}" if result.target_step is not None else ""
-    reached = claims.check("reached-target", result.target_step is not None,
-                           f"validation exact-match reached {config.target:.0%}{when}",
+    reached = claims.check("reached-target", result.target_step is not None, "validation exact-match reached "
+                           f"{config.target:.0%}{reports.when_reached(result)}", expected=f"{config.target:.0%} or more",
                            measured=f"best {result.best_val.get('exact_match', 0):.1%} in {result.steps_run} steps",
-                           expected=f"{config.target:.0%} or more",
                            hint="more --steps, another --lr, or a component broken in an earlier section").say()
     return result, reached
 

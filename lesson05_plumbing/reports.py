@@ -65,6 +65,14 @@ def report_training(config, result, resume):
     say(f"the best model is saved in {CHECKPOINT_NAME} (rewritten whenever it improved)")
 
 
+def when_reached(result) -> str:
+    """' first at step 110, 1.14 s of training' (or '' when the target was not reached)."""
+    if result.target_step is None:
+        return ""
+    seconds = f", {result.target_seconds:.2f} s of training" if result.target_seconds is not None else ""
+    return f" first at step {result.target_step}{seconds}"
+
+
 def report_cache(found):
     """Section 4's measurement: recomputing the prefix against the cache, and whether they agree."""
     n, ratio = found["decoded"], found["recompute_seconds"] / found["cached_seconds"]
