@@ -57,7 +57,8 @@ TOLERANCE = 1e-5      # float32: the course's assembly "equals" Hugging Face's b
 PINNED = "5.25.0"     # the transformers version in requirements.txt
 JSON_NAME, PARTIAL_NAME = "real_models.json", "real_models.partial.json"
 
-L1, L4 = load_lesson(1), load_lesson(4)
+# The lessons are looked up when a block is built (load_lesson(4).TransformerEncoderBlock), not copied
+# here: an edit to a lesson reaches the comparisons below.
 
 
 def import_transformers():
@@ -75,8 +76,8 @@ def import_transformers():
 # %% The course's assemblies: lesson 04's block with other parts
 def bert_block(config):
     """BertLayer = lesson 04's post-LN TransformerEncoderBlock with BERT's activation and LayerNorm eps."""
-    block = L4.TransformerEncoderBlock(config.hidden_size, config.num_attention_heads, config.intermediate_size,
-                                       norm_first=False)
+    block = load_lesson(4).TransformerEncoderBlock(config.hidden_size, config.num_attention_heads,
+                                                   config.intermediate_size, norm_first=False)
     block.feed_forward.activation = nn.GELU()                    # BERT's hidden_act "gelu" (lesson 04: ReLU)
     block.norm1.eps = block.norm2.eps = config.layer_norm_eps    # 1e-12 (nn.LayerNorm's default: 1e-5)
     return block
@@ -87,7 +88,8 @@ def llama_block(config):
     RMSNorm for LayerNorm, grouped-query attention with RoPE and no biases for lesson 02's attention,
     and SwiGLU for the ReLU feed-forward (challenges/components.py). Causal: give it decoder_only_mask."""
     d = config.hidden_size
-    block = L4.TransformerEncoderBlock(d, config.num_attention_heads, config.intermediate_size, norm_first=True)
+    block = load_lesson(4).TransformerEncoderBlock(d, config.num_attention_heads, config.intermediate_size,
+                                                   norm_first=True)
     block.norm1 = components.RMSNorm(d, config.rms_norm_eps)
     block.norm2 = components.RMSNorm(d, config.rms_norm_eps)
     block.self_attn = components.GroupedQueryAttention(d, config.num_attention_heads, config.num_key_value_heads,
@@ -104,8 +106,9 @@ class CourseDecoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.stack = L4.TransformerEncoder(config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
-                                           config.intermediate_size, norm_first=True)
+        self.stack = load_lesson(4).TransformerEncoder(config.num_hidden_layers, config.hidden_size,
+                                                       config.num_attention_heads, config.intermediate_size,
+                                                       norm_first=True)
         self.stack.layers = nn.ModuleList(llama_block(config) for _ in range(config.num_hidden_layers))
         self.stack.norm = components.RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -323,7 +326,7 @@ def rope_layout_gaps():
     pairs = components.GroupedQueryAttention(D_MODEL, N_HEADS, N_KV_HEADS, bias=False, rope="interleaved").eval()
     pairs.load_state_dict(halves.state_dict())                                # copied as is
     x = torch.randn(2, max(LENGTHS), D_MODEL)
-    causal = L1.causal_mask(x.size(1))
+    causal = load_lesson(1).causal_mask(x.size(1))
     with torch.no_grad():
         as_is = (pairs(x, x, x, causal)[0] - halves(x, x, x, causal)[0]).abs().max().item()
         for W, n in ((pairs.attention.W_q, N_HEADS), (pairs.attention.W_k, N_KV_HEADS)):
@@ -423,7 +426,7 @@ def conventions(tf, d=4):
         return run
 
     eager, sdpa = hf_attention(tf, "eager", d), hf_attention(tf, "sdpa", d)
-    course = lambda v, m: L1.scaled_dot_product_attention(zero, v, v, m[None])[0][0]     # noqa: E731
+    course = lambda v, m: load_lesson(1).scaled_dot_product_attention(zero, v, v, m[None])[0][0]     # noqa: E731
     return [("course: lesson 01's mask (bool)", course),
             ("F.scaled_dot_product_attention attn_mask (bool)",
              lambda v, m: F.scaled_dot_product_attention(zero[None], v[None], v[None], attn_mask=m[None, None])[0, 0]),

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from challenges import components, real_models
-from common import claims, load_lesson
+from breakit import Edit, edited_lessons
+from common import claims
 
-L1 = load_lesson(1)
 
 
 @pytest.fixture(scope="session")
@@ -168,6 +168,21 @@ def test_ctrl_c_keeps_the_finished_models_beside_an_earlier_complete_json(tmp_pa
     partial = json.loads((tmp_path / real_models.PARTIAL_NAME).read_text())
     assert partial["complete"] is False and partial["interrupted"] is True
     assert [m["name"] for m in partial["models"]] == NAMES[:2]
+
+
+@pytest.mark.parametrize("edit, broken", [
+    (Edit(4, "x = x + self.dropout2(self.feed_forward(self.norm2(x)))", "x = x + self.dropout2(self.feed_forward(x))"),
+     ["LlamaDecoderLayer-float32", "MistralDecoderLayer-float32", "LlamaModel-float32", "llama-float64"]),
+    (Edit(1, "/ math.sqrt(d_k)  # (...", "/ d_k  # (..."),
+     ["BertLayer-float32", "LlamaDecoderLayer-float32", "MistralDecoderLayer-float32", "LlamaModel-float32",
+      "bert-float64", "llama-float64"]),
+])
+def test_an_edit_to_a_lesson_breaks_the_models_built_from_it(tmp_path, capsys, edit, broken):
+    claims.reset()
+    with edited_lessons(edit):
+        real_models.main(["--out-dir", str(tmp_path)])
+    assert claims.broken() == broken
+    assert "DOES NOT HOLD" in capsys.readouterr().out
 
 
 def one_error_line(capsys, *flags, contains=()):
