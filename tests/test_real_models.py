@@ -12,10 +12,9 @@ import sys
 import pytest
 import torch
 
-from challenges import components, real_models
 from breakit import Edit, edited_lessons
+from challenges import components, real_models
 from common import claims
-
 
 
 @pytest.fixture(scope="session")
