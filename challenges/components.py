@@ -353,12 +353,18 @@ class DecoderOnlyTransformer(nn.Module):
         self.stack = load_lesson(4).TransformerEncoder(n_layers, d_model, n_heads, d_ff, dropout, norm_first)
         self.out = nn.Linear(d_model, self.vocab_size)
 
-    def forward(self, src, tgt_in):
+    def inputs(self, src, tgt_in):
+        """(the stack's input (B, T, d_model), its mask (B, T, T)) for the sequence input, BOS, answer."""
         L5 = load_lesson(5)
-        T_src = src.size(1)
         x = torch.cat([src, tgt_in], dim=1)                                   # (B, T) with T = T_src + T_tgt
-        T = x.size(1)
         # True = may attend: earlier positions (causal) that are not PAD (inputs shorter than T_src)
-        mask = L5.causal_mask(T, device=x.device) & (x != L5.PAD).unsqueeze(1)  # (T, T) & (B, 1, T) -> (B, T, T)
-        h = self.stack(self.positions(self.embed(x) * self.scale), mask)      # (B, T, d_model)
-        return self.out(h[:, T_src:])                                         # (B, T_tgt, V): the answer positions
+        mask = L5.causal_mask(x.size(1), device=x.device) & (x != L5.PAD).unsqueeze(1)  # (T, T) & (B, 1, T)
+        return self.positions(self.embed(x) * self.scale), mask               # (B, T, d_model), (B, T, T)
+
+    def forward(self, src, tgt_in):
+        h = self.stack(*self.inputs(src, tgt_in))                             # (B, T, d_model)
+        return self.out(h[:, src.size(1):])                                   # (B, T_tgt, V): the answer positions
+
+    def attention_weights(self, src, tgt_in):
+        """Every block's self-attention weights, [(B, n_heads, T, T), ...] (use eval mode)."""
+        return self.stack(*self.inputs(src, tgt_in), return_weights=True)[1]
