@@ -29,6 +29,7 @@ conventions table says otherwise.
 """
 import copy
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -511,8 +512,8 @@ def show_mapping(c: Comparison):
     """The course's names -> Hugging Face's, layer 0 standing for every layer of a stack."""
     seen = set()
     for r in c.mapping:
-        course, hf = r.course.replace(".0.", ".{i}."), r.hf.replace(".0.", ".{i}.")
-        if ".1." in r.course or (course, hf) in seen:
+        course, hf = (re.sub(r"\.\d+\.", ".{i}.", name) for name in (r.course, r.hf))
+        if (course, hf) in seen:
             continue
         seen.add((course, hf))
         names = ", ".join(name for name, _ in c.theirs.get_submodule(r.hf).named_parameters(recurse=False))
@@ -520,13 +521,13 @@ def show_mapping(c: Comparison):
 
 
 def compare(c: Comparison, tol=TOLERANCE):
-    """Print one comparison; returns (its json entry, its claims)."""
+    """Print one comparison; returns (its json entry, its claim)."""
     print(f"\n  {c.name} ({c.reference})")
     print(f"  the course's assembly: {c.course}")
     print("  " + ", ".join(f"{k} {v}" for k, v in c.config.items()))
     show_mapping(c)
     (d32, pad32), (d64, _) = largest_differences(c, torch.float32), largest_differences(c, torch.float64)
-    x, keep = batch(D_MODEL)
+    keep = batch(D_MODEL)[1]
     print(f"  largest difference over the {int(keep.sum())} real positions of {keep.numel()}: float32 {fmt(d32, 2)}, "
           f"float64 {fmt(d64, 2)}")
     print(f"  (padded positions feed nothing and are left out; float32 there: {fmt(pad32, 2)})")
