@@ -5,19 +5,22 @@ What you will learn
     why positional encodings, pre-LN or post-LN, why warmup and gradient clipping, and what
     dropout, label smoothing and tied embeddings do to a small model that sees fresh data;
   - what the building blocks of modern LLMs (LLaMA, Mistral: RoPE, RMSNorm, SwiGLU, one
-    decoder-only stack) change, measured the same way;
-  - that a difference is a finding only when it is larger than the seed-to-seed spread.
+    decoder-only stack, grouped-query attention, a sliding window) change, measured the same way;
+  - that a difference is a finding only when it is larger than the seed-to-seed spread, and that a
+    change that fails has a mechanism: each such row names it with numbers from its own runs (where
+    the untrained model starts, where the trained one looks, which answer digits it gets right).
 
 Every row is lesson 05's model and training loop (reused through common.load_lesson(5)) with one
 change, compared with its reference: lesson 05's default, or for a change that needs another
 starting point (a wider head, a 4+4 stack, a higher learning rate) that starting point without
 the change. All runs of a task share the validation and test sets, the learning-rate schedule
 and, for the same seed, the training batches. A run stops at 99% validation exact-match or at its
-row's step budget (a multiple of its reference's median steps). The changed parts are in
+row's step budget (a multiple of its reference's median steps: 3, or 5 for the tied embeddings,
+which learn slowly). The changed parts are in
 challenges/components.py, each tested against a reference.
 
 Run it (from the repository root)
-  python -m challenges.ablations                       # reverse, every row, 3 seeds (about 5 min)
+  python -m challenges.ablations                       # reverse, every row, 3 seeds (about 7 min)
   python -m challenges.ablations --list                # the rows and the questions they answer
   python -m challenges.ablations --only no_warmup,no_clipping --seeds 5
   python -m challenges.ablations --task sum --only lsd_first    # sum: which digit to write first
@@ -33,6 +36,7 @@ import textwrap
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 if __package__ in (None, ""):     # run as a file (python challenges/ablations.py): common/ is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,6 +61,7 @@ evaluate_teacher_forced = lesson05.evaluate_teacher_forced
 # %% Knobs (learners: edit these, or use the flags)
 SEEDS = 3              # seeds per row: the spread of the same recipe is what a difference must beat
 BUDGET_FACTOR = 3      # a row's step budget: this many times its reference's median steps to the target
+SLOW_BUDGET_FACTOR = 5  # ... for the tied embeddings, known to learn slowly: slower is then told from failing
 VAL_SIZE = 500         # validation sequences (lesson 05: 1000): half the time spent validating
 WIDE_HEAD = 64         # the wider head of the sqrt(d_k) question: one head of this width (d_model = d_head)
 DEEP_LAYERS = 4        # the deeper stack of the pre-LN question: this many encoder and decoder blocks
@@ -64,6 +69,7 @@ HIGH_LR_FACTOR = 10    # the high learning rate: this many times lesson 05's
 # --quick: tiny sizes for smoke tests (every row, 1 seed unless --seeds is given)
 QUICK = dict(seq_len=6, d_ff=64, warmup=4, eval_every=4, val_size=64, test_size=64, steps=100)
 QUICK_WIDE_HEAD, QUICK_DEEP_LAYERS = 32, 2
+GQA_HEADS = 4          # query heads of the grouped-query rows (and their reference, four_heads)
 MAX_SEEDS = 20         # 20 seeds of every row is hours already
 JSON_NAME, PNG_NAME = "ablations.json", "ablations.png"
 
@@ -75,6 +81,8 @@ class Row:
     reference: str | None      # the row it is compared with; None: a starting point only
     hint: str = ""             # what might show a difference that this size does not
     task: str | None = None    # only for this task (None: every task)
+    mechanism: Callable | None = None   # mechanism(row, runs, reference runs) -> why, with this run's numbers
+    budget_factor: float | None = None  # None: BUDGET_FACTOR
 
 
 NO_SCALE = ((2, "scaled_dot_product_attention", components.attention_without_scale),)   # lesson 02's name
@@ -144,9 +152,37 @@ def decoder_only(model, config):
     return components.DecoderOnlyTransformer(**{**kwargs, "d_ff": d_ff})
 
 
-def row(name, question, change, reference="default", hint="", task=None, **variant):
+def decoder_only_rope(model, config):
+    """decoder_only with RoPE in every self-attention (LLaMA's placement) and nothing added to the tokens."""
+    model = decoder_only(model, config)
+    model.positions = components.NoPositions(config.dropout)
+    for layer in model.stack.layers:
+        layer.self_attn = components.RotarySelfAttention(layer.self_attn)
+    return model
+
+
+def grouped_queries(n_kv_heads):
+    """An edit: every attention (self and cross) computes n_kv_heads key/value heads for its query heads."""
+    def edit(model, config):
+        def make(attention):
+            return components.GroupedQueryAttention(config.d_model, config.n_heads, n_kv_heads, dropout=config.dropout)
+        return replace_modules(model, load_lesson(2).MultiHeadAttention, make)
+    edit.__name__ = f"grouped_queries_{n_kv_heads}"
+    return edit
+
+
+def sliding_window(window):
+    """A patch: lesson 05's causal_mask becomes a sliding window of `window` keys (Mistral): a query sees
+    itself and the window - 1 positions before it. decoder_only's stack takes its mask from there."""
+    def causal_mask(T, device=None):
+        return components.sliding_window_mask(T, window, device)
+    return ((5, "causal_mask", causal_mask),)
+
+
+def row(name, question, change, reference="default", hint="", task=None, mechanism=None, budget_factor=None,
+        **variant):
     """A Row: name, question, change in words, reference; config=, patches=, edit= make the Variant."""
-    return Row(Variant(name, question, change, **variant), reference, hint, task)
+    return Row(Variant(name, question, change, **variant), reference, hint, task, mechanism, budget_factor)
 
 
 def make_rows(base, wide_head=WIDE_HEAD, deep_layers=DEEP_LAYERS):
@@ -170,7 +206,7 @@ def model_rows(base, wide_head, deep_layers):
             hint="still wider heads, or larger initial weights"),
         row("embed_scale", "Why multiply the embeddings by sqrt(d_model)?",
             f"token embeddings x sqrt({base.d_model}), PyTorch's N(0, 1) initialisation",
-            config=dict(embed_scale=True), edit=pytorch_embedding_init,
+            config=dict(embed_scale=True), edit=pytorch_embedding_init, mechanism=positions_drowned,
             hint="a larger d_model (the scaled tokens grow further against the positions)"),
         row("embed_scale_small_init", "... with the initialisation the paper's scaling assumes?",
             f"token embeddings x sqrt({base.d_model}), initialised N(0, 1/{base.d_model})",
@@ -178,14 +214,15 @@ def model_rows(base, wide_head, deep_layers):
             hint="longer training (at initialisation the scaled tokens are N(0, 1) as in the default; only how "
                  "fast they move differs)"),
         row("no_positions", "Why positional encodings at all?", "no positional encoding added to the tokens",
-            edit=without_positions, hint="a task whose answer depends on the order of the input (reverse, copy)"),
+            edit=without_positions, mechanism=order_blind,
+            hint="a task whose answer depends on the order of the input (reverse, copy)"),
         row("learned_positions", "Learned or sinusoidal positions?",
             "a trained table of position vectors (BERT, GPT-2)", edit=learned_positions,
             hint="input lengths never trained on (see challenges.length_generalization)"),
         row("rope", "Rotary position embeddings (RoPE, as in LLaMA)?",
             "queries and keys rotated by position in every self-attention; nothing added to the tokens; "
-            "cross-attention without positions", edit=rotary_positions,
-            hint="a task that needs offsets between positions more than absolute positions"),
+            "cross-attention without positions", edit=rotary_positions, mechanism=relative_only,
+            hint="a task that needs offsets between positions more than absolute positions (copy)"),
         row("post_ln", "Why pre-LN rather than the paper's post-LN?", f"post-LN, {base.n_layers}+{base.n_layers} "
             "layers", config=dict(norm_first=False), hint="depth (see deep_post_ln)"),
         row("deep", "the reference for the deeper stack", f"{deep_layers}+{deep_layers} layers, pre-LN", None,
@@ -212,14 +249,22 @@ def training_rows(base):
             hint="a small fixed training set that can be memorised (here every batch is new)"),
         row("label_smoothing", "Why (not) label smoothing?", "label smoothing 0.1 (lesson 05: 0)",
             config=dict(label_smoothing=0.1), hint="noisy labels or a fixed training set"),
-        row("tied_embeddings", "Why tie the input and output embeddings?",
-            "the output layer's weight is the embedding table", edit=tied_embeddings,
+        row("tied_embeddings", "Why tie the input and output embeddings (the paper's recipe)?",
+            f"the output layer's weight is the embedding table, drawn N(0, 1/{base.d_model}) and multiplied by "
+            f"sqrt({base.d_model}) on the way in", "embed_scale_small_init", config=dict(embed_scale=True),
+            edit=tied_embeddings, mechanism=copy_prior, budget_factor=SLOW_BUDGET_FACTOR,
             hint="a large vocabulary, where the shared table saves many parameters"),
+        row("tied_embeddings_unscaled", "... tied as nn.Embedding draws the table, N(0, 1) and unscaled?",
+            "the output layer's weight is the embedding table, N(0, 1), no scale", edit=tied_embeddings,
+            mechanism=copy_prior, budget_factor=SLOW_BUDGET_FACTOR,
+            hint="the paper's recipe (tied_embeddings), or logits scaled by 1/sqrt(d_model)"),
     ]
 
 
 def modern_rows(base):
     """The building blocks of LLaMA-style models, and the order of a sum's digits."""
+    heads, long, short = dict(n_heads=GQA_HEADS), base.seq_len + 1, max(1, base.seq_len // 2)
+    n_blocks = 2 * base.n_layers                                            # decoder_only's causal blocks
     return [
         row("rmsnorm", "RMSNorm instead of LayerNorm (LLaMA)?", "every LayerNorm replaced by RMSNorm",
             edit=rms_norms, hint="larger models, where its cheaper computation shows in seconds"),
@@ -229,6 +274,28 @@ def modern_rows(base):
         row("decoder_only", "One decoder-only stack instead of encoder + decoder (GPT, LLaMA)?",
             f"{2 * base.n_layers} causal blocks reading input, BOS, answer; d_ff set for the same parameter count",
             edit=decoder_only, hint="longer inputs or more layers"),
+        row("decoder_only_rope", "RoPE in one decoder-only stack, as LLaMA places it?",
+            "decoder_only with queries and keys rotated by position in every self-attention, nothing added to the "
+            "tokens", "decoder_only", edit=decoder_only_rope, mechanism=relative_only,
+            hint="a task that needs offsets between positions more than absolute positions (copy)"),
+        row("sliding_window", "A sliding window, as in Mistral?", f"decoder_only whose queries see the {long} most "
+            f"recent positions only ({n_blocks} blocks: {n_blocks * (long - 1)} positions back)", "decoder_only",
+            patches=sliding_window(long), edit=decoder_only, mechanism=window_reach(long, n_blocks),
+            hint="longer sequences, where the window saves memory and time"),
+        row("short_sliding_window", "... a window shorter than the input?", f"decoder_only whose queries see the "
+            f"{short} most recent positions only ({n_blocks} blocks: {n_blocks * (short - 1)} positions back)",
+            "decoder_only", patches=sliding_window(short), edit=decoder_only, mechanism=window_reach(short, n_blocks),
+            hint="more blocks (each passes information window - 1 positions further back)"),
+        row("four_heads", "the reference for grouped queries",
+            f"{GQA_HEADS} heads of {base.d_model // GQA_HEADS} instead of {base.n_heads}", None, config=heads),
+        row("grouped_queries", "Grouped-query attention (LLaMA 2 70B, Mistral)?",
+            f"{GQA_HEADS // 2} key/value heads shared by the {GQA_HEADS} query heads, in every attention",
+            "four_heads", config=heads, edit=grouped_queries(GQA_HEADS // 2), mechanism=smaller_cache(base),
+            hint="longer sequences and a cache of keys and values, where its memory counts"),
+        row("multi_query", "Multi-query attention: one key/value head?",
+            f"1 key/value head shared by the {GQA_HEADS} query heads, in every attention", "four_heads",
+            config=heads, edit=grouped_queries(1), mechanism=smaller_cache(base),
+            hint="longer sequences and a cache of keys and values, where its memory counts"),
         row("lsd_first", "Which digit of a sum to write first?", "least significant digit first (lesson 05: most)",
             config=dict(sum_order="lsd"), task="sum", hint="more training steps"),
     ]
@@ -287,15 +354,15 @@ def median_steps(runs):
 
 
 def budget_for(row, budgets, runs_by_row, base):
-    """Steps a row may train: its reference's median times BUDGET_FACTOR, rounded up to a validation,
-    at most the schedule's length; the whole schedule for a starting point; the reference's own
-    budget when the reference mostly missed the target."""
+    """Steps a row may train: its reference's median times BUDGET_FACTOR (or the row's own factor), rounded up
+    to a validation, at most the schedule's length; the whole schedule for a starting point; the reference's
+    own budget when the reference mostly missed the target."""
     if row.reference is None:
         return base.steps
     middle = median_steps(runs_by_row[row.reference])
     if middle is None:
         return budgets[row.reference]
-    steps = math.ceil(BUDGET_FACTOR * middle / base.eval_every) * base.eval_every
+    steps = math.ceil((row.budget_factor or BUDGET_FACTOR) * middle / base.eval_every) * base.eval_every
     return min(base.steps, steps)
 
 
@@ -318,9 +385,12 @@ def train_one(row, base, seed, budget, data, device):
                  "parameters": count_parameters(model)}
         if config.task == "sum":
             found["place_accuracy"] = place_accuracy(model, test.to(device), config)
+        if config.task == "reverse":
+            found.update(reversal_measures(model, test.to(device)))
         return found
 
-    record = {"seed": seed, "budget": budget}
+    record = {"seed": seed, "budget": budget,
+              **at_start(row.variant, variants.configure(row.variant, base, seed), data[0], device)}
     start = time.perf_counter()
     try:
         _, result, found = variants.run(variant, base, seed, data, device, evaluate=evaluate, callback=keep_best)
@@ -385,6 +455,154 @@ def data_for(config, cache):
     if key not in cache:
         cache[key] = heldout_sets(config)
     return cache[key]
+
+
+# %% Mechanisms: why a row does what it does, with numbers from its own runs
+@torch.no_grad()
+def at_start(variant, config, val, device):
+    """The run's model before training (same seed, same change): its validation loss, how often its top
+    guess repeats the decoder's input digit, and how long its token vectors are against its positions."""
+    with variants.applied(variant):
+        model = variants.build(variant, config).to(device).eval()
+        found = {"start_loss": evaluate_teacher_forced(model, val.to(device))["loss"],
+                 "uniform_loss": math.log(model.vocab_size)}
+        src, tgt_in, tgt_out = (t.to(device) for t in (val.src, val.tgt_in, val.tgt_out))
+        guess = lesson05.restrict_logits(model(src, tgt_in)).argmax(-1)          # (B, T_tgt)
+    reads_digit = (tgt_in >= lesson05.FIRST_DIGIT) & (tgt_out != lesson05.PAD)   # answer positions reading a digit
+    found["start_copy_share"] = float((guess == tgt_in)[reads_digit].float().mean())
+    table = getattr(model.positions, "pe", None)                                  # lesson 03's, when it is used
+    if table is not None:
+        tokens = (model.embed.weight[lesson05.FIRST_DIGIT:] * model.scale).norm(dim=-1).mean()
+        found["token_to_position_length"] = float(tokens / table[:src.size(1)].norm(dim=-1).mean())
+    return found
+
+
+@torch.no_grad()
+def reversal_measures(model, test):
+    """Reverse only. mirror_attention: the attention answer position j puts on input position L-1-j (the digit
+    it must write), averaged over positions and inputs, in the layer and head that put the most there
+    (uniform over the input: 1/L, mirror_chance); position_accuracy: teacher-forced accuracy per answer position."""
+    model.eval()
+    src, tgt_in, tgt_out = test.src, test.tgt_in, test.tgt_out
+    T_src, lengths = src.size(1), (src != lesson05.PAD).sum(1)                   # (B,) L of each input
+    j = torch.arange(T_src, device=src.device)                                   # answer positions
+    mirror, valid = (lengths[:, None] - 1 - j).clamp(min=0), j < lengths[:, None]  # (B, T_src) each
+    if isinstance(model, components.DecoderOnlyTransformer):                    # one sequence: input, BOS, answer
+        maps = [w[:, :, T_src:2 * T_src, :T_src] for w in model.attention_weights(src, tgt_in)]
+    else:                                                                        # cross-attention reads the input
+        maps = [w[:, :, :T_src] for w in model.attention_weights(src, tgt_in)["cross"]]
+    best = max(float(w.gather(-1, mirror[:, None, :, None].expand(-1, w.size(1), -1, 1)).squeeze(-1)
+                     .transpose(0, 1)[:, valid].mean(-1).max()) for w in maps)   # (n_heads,) per map, then the best
+    right = lesson05.restrict_logits(model(src, tgt_in)).argmax(-1) == tgt_out     # (B, T_tgt)
+    real = tgt_out != lesson05.PAD
+    accuracy = [float(right[:, k][real[:, k]].float().mean()) for k in range(T_src) if real[:, k].any()]
+    return {"mirror_attention": best, "mirror_chance": float((1 / lengths.float()).mean()),
+            "position_accuracy": accuracy}
+
+
+def mean_of(runs, key):
+    values = [r[key] for r in runs or [] if r.get(key) is not None]
+    return statistics.mean(values) if values else None
+
+
+def start_text(row, runs, reference_runs):
+    """'untrained, it starts at validation loss 24.4 (...) and its top guess repeats ... at 100% (...)'."""
+    loss, copies = mean_of(runs, "start_loss"), mean_of(runs, "start_copy_share")
+    ref_loss, ref_copies = mean_of(reference_runs, "start_loss"), mean_of(reference_runs, "start_copy_share")
+    if loss is None or ref_loss is None:
+        return ""
+    uniform = runs[0]["uniform_loss"]
+    return (f"untrained (mean over its seeds) it starts at validation loss {loss:.3g} (guessing uniformly: "
+            f"ln {round(math.exp(uniform))} = {uniform:.3g}; {row.reference}: {ref_loss:.3g}), and its top guess "
+            f"repeats the digit the decoder reads at {copies:.0%} of answer positions "
+            f"({row.reference}: {ref_copies:.0%})")
+
+
+def mirror_text(row, runs, reference_runs):
+    """'trained, the answer positions put 9.1% of their attention on the mirrored input (...)', or ''."""
+    share, chance = mean_of(runs, "mirror_attention"), mean_of(runs, "mirror_chance")
+    reference = mean_of(reference_runs, "mirror_attention")
+    if share is None or reference is None:
+        return ""
+    return (f"trained, the answer positions put {share:.1%} of their attention on the mirrored input position "
+            f"(best layer and head, mean over seeds; uniform: {chance:.1%}; {row.reference}: {reference:.1%})")
+
+
+def sentence(*parts):
+    return "; ".join(p for p in parts if p)
+
+
+def measured(row, runs, reference_runs):
+    """For a row that fails or does worse without a mechanism of its own: where it started, where it looks."""
+    found = sentence(start_text(row, runs, reference_runs), mirror_text(row, runs, reference_runs))
+    return f"Measured: {found}" if found else ""
+
+
+def copy_prior(row, runs, reference_runs):
+    """The tied rows: the output layer is the input table, so the untrained model scores highest the token the
+    decoder reads (its vector rides the residual stream, and its dot product with itself is its squared length)."""
+    return sentence("Mechanism: the output layer is the input table, so at the start the token the decoder reads "
+                    "scores highest (its vector rides the residual stream; with itself its dot product is its "
+                    "squared length)", start_text(row, runs, reference_runs), "a prior training must first undo")
+
+
+def positions_drowned(row, runs, reference_runs):
+    ratio, reference = mean_of(runs, "token_to_position_length"), mean_of(reference_runs, "token_to_position_length")
+    drowned = "" if ratio is None or reference is None else (
+        f"Mechanism: scaled by sqrt(d_model), N(0, 1) token vectors are {ratio:.3g} times as long as lesson 03's "
+        f"position vectors ({row.reference}: {reference:.3g}): the positions are a ripple on the tokens")
+    return sentence(drowned, mirror_text(row, runs, reference_runs))
+
+
+def order_blind(row, runs, reference_runs):
+    return sentence("Mechanism: without positions the encoder reads a set (permute the input and its outputs are "
+                    "permuted alike), so no answer position can find input L-1-j",
+                    mirror_text(row, runs, reference_runs))
+
+
+def relative_only(row, runs, reference_runs):
+    where = ("in one sequence the input digit that answer digit j writes lies 2j+1 positions back, an offset that "
+             "changes with j, so each query would need its absolute j" if row.variant.edit is decoder_only_rope
+             else "and cross-attention here compares content only")
+    return sentence("Mechanism: reversal needs an absolute mirror mapping (answer digit j is input digit L-1-j); "
+                    f"RoPE gives relative offsets only (rotated scores depend on p_k - p_q), {where}",
+                    mirror_text(row, runs, reference_runs))
+
+
+def window_reach(window, n_blocks):
+    """The mechanism of a sliding-window row on reverse: which answer digits reach their input, and how."""
+    reach = n_blocks * (window - 1)
+
+    def mechanism(row, runs, reference_runs):
+        accuracy = [statistics.mean(a) for a in zip(*[r["position_accuracy"] for r in runs
+                                                       if r.get("position_accuracy")])]
+        groups = [("in one hop", lambda back: back <= window - 1),
+                  ("relayed through a position between", lambda back: window - 1 < back <= reach),
+                  ("out of reach", lambda back: back > reach)]
+        parts = []
+        for name, holds in groups:
+            digits = [j for j in range(len(accuracy)) if holds(2 * j + 1)]
+            if digits:
+                parts.append(f"digits {digits[0]}-{digits[-1]} {name}: right "
+                             f"{statistics.mean(accuracy[j] for j in digits):.1%}")
+        return "" if not parts else (
+            f"Mechanism: answer digit j writes input digit L-1-j, 2j+1 positions back; a window of {window} reads "
+            f"{window - 1} positions back, {n_blocks} blocks pass information {reach} back. Teacher-forced, mean "
+            f"over seeds (guessing: 10%): " + "; ".join(parts))
+    return mechanism
+
+
+def smaller_cache(base):
+    """The mechanism of a grouped-query row: fewer key/value weights, a smaller cache of keys and values."""
+    def mechanism(row, runs, reference_runs):
+        n_kv = int(row.variant.edit.__name__.rsplit("_", 1)[1])
+        d_head = base.d_model // GQA_HEADS
+        cache = components.cache_bytes_per_token(components.GroupedQueryAttention(base.d_model, GQA_HEADS, n_kv))
+        params, reference = runs[0].get("parameters"), (reference_runs or [{}])[0].get("parameters")
+        return (f"W_k and W_v keep {n_kv} x {d_head} rows: {params:,} parameters against {reference:,} for "
+                f"{row.reference}, and a cache of keys and values holds {cache} bytes per token and attention "
+                f"layer against {cache * GQA_HEADS // n_kv} (float32)") if params and reference else ""
+    return mechanism
 
 
 # %% Summaries and verdicts: a difference counts only outside the seed spread
@@ -460,7 +678,8 @@ def summarize(row, runs, reference_runs):
     """The summary of a row: steps, seconds, test exact-match over its seeds, and the verdict."""
     reached = [r for r in runs if r["target_step"] is not None]
     tests = [r["test_exact_match"] for r in runs if r["test_exact_match"] is not None]
-    word, sentence = ("", "") if row.reference and not reference_runs else verdict(row, runs, reference_runs)
+    word, said = ("", "") if row.reference and not reference_runs else verdict(row, runs, reference_runs)
+    why = row.mechanism or (measured if word in ("fails", "worse") else None)
     return {"seeds_run": len(runs), "reached": len(reached), "budget": runs[0]["budget"],
             "median_steps": median_steps(runs),
             "steps_to_target": [r["target_step"] for r in runs],
@@ -469,7 +688,8 @@ def summarize(row, runs, reference_runs):
             "test_exact_match_median": statistics.median(tests) if tests else None,
             "test_exact_match": [r["test_exact_match"] for r in runs],
             "parameters": next((r["parameters"] for r in runs if r["parameters"]), None),
-            "verdict": word, "sentence": sentence}
+            "verdict": word, "sentence": said,
+            "mechanism": why(row, runs, reference_runs) if why and reference_runs else ""}
 
 
 def fisher_exact(a, n, b, m):
@@ -597,7 +817,7 @@ def section_3_table(rows, runs_by_row, base):
         lines.append([row.variant.name, row.reference or "-", str(s["budget"]), f"{s['reached']}/{s['seeds_run']}",
                       cell(s["steps_to_target"], "{:.0f}"), cell(s["seconds_to_target"], "{:.1f}"),
                       cell(s["test_exact_match"], "{:.1%}"), f"{s['parameters']:,}" if s["parameters"] else "-"])
-        notes.append(s["sentence"] + place_text(runs, base))
+        notes.append(s["sentence"] + place_text(runs, base) + (f". {s['mechanism']}" if s["mechanism"] else ""))
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *lines)]
     print("  " + "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
     print("  " + "  ".join("-" * w for w in widths))

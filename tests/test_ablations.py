@@ -17,7 +17,7 @@ from challenges import ablations, components, variants
 from common import load_lesson
 from lesson05_plumbing.training import TrainingDiverged
 
-L2, L4, L5 = load_lesson(2), load_lesson(4), load_lesson(5)
+L1, L2, L4, L5 = load_lesson(1), load_lesson(2), load_lesson(4), load_lesson(5)
 TINY = L5.TrainConfig(seq_len=4, d_model=16, n_heads=2, d_ff=32, steps=2, eval_every=1, warmup=1, val_size=16,
                       test_size=16, patience=0)
 ROWS = {r.variant.name: r for r in ablations.make_rows(TINY, wide_head=8, deep_layers=2)}   # every task's rows
@@ -108,11 +108,113 @@ def test_training_rows_change_their_config_fields():
     assert ROWS["lr_10x_no_warmup"].reference == "lr_10x" and ROWS["deep_post_ln"].reference == "deep"
 
 
-def test_tied_embeddings_share_one_tensor():
+def test_tied_embeddings_share_one_tensor_with_the_papers_recipe_and_without_it():
     default, _ = build("default")
-    tied, _ = build("tied_embeddings")
-    assert tied.out.weight is tied.embed.weight
+    tied, config = build("tied_embeddings")
+    assert tied.out.weight is tied.embed.weight and config.embed_scale and tied.scale == math.sqrt(16)
+    assert float(tied.embed.weight.detach().std()) < 0.4                          # N(0, 1/d_model)
+    assert ROWS["tied_embeddings"].reference == "embed_scale_small_init"          # the same recipe, untied
     assert n_params(default) - n_params(tied) == tied.vocab_size * 16           # one (V, d_model) table fewer
+    unscaled, config = build("tied_embeddings_unscaled")
+    assert unscaled.out.weight is unscaled.embed.weight and unscaled.scale == 1.0 and not config.embed_scale
+    assert 0.8 < float(unscaled.embed.weight.detach().std()) < 1.2                # nn.Embedding's N(0, 1)
+
+
+def test_the_untrained_n01_tie_starts_far_above_uniform_and_copies_the_decoders_input():
+    base = L5.TrainConfig(**{**vars(TINY), "val_size": 200})
+    val = L5.heldout_sets(base)[0]
+    found = {name: ablations.at_start(ROWS[name].variant, variants.configure(ROWS[name].variant, base, 0), val, "cpu")
+             for name in ("default", "tied_embeddings_unscaled", "tied_embeddings", "embed_scale")}
+    uniform = math.log(L5.vocab_size(10))
+    assert found["default"]["uniform_loss"] == pytest.approx(uniform)
+    assert found["tied_embeddings_unscaled"]["start_loss"] > 3 * uniform > 2 * found["default"]["start_loss"]
+    assert found["tied_embeddings_unscaled"]["start_copy_share"] > 0.7 > 0.3 > found["default"]["start_copy_share"]
+    assert found["tied_embeddings"]["start_loss"] < found["tied_embeddings_unscaled"]["start_loss"] / 2
+    assert found["embed_scale"]["token_to_position_length"] > 3 * found["default"]["token_to_position_length"]
+
+
+def test_grouped_query_rows_share_key_value_heads_in_every_attention():
+    reference, config = build("four_heads")
+    assert config.n_heads == ablations.GQA_HEADS
+    for name, n_kv in (("grouped_queries", ablations.GQA_HEADS // 2), ("multi_query", 1)):
+        model, _ = build(name)
+        attentions = [m for m in model.modules() if isinstance(m, components.GroupedQueryAttention)]
+        assert len(attentions) == 3 and all(a.n_kv_heads == n_kv for a in attentions)    # enc self, dec self, cross
+        assert not any(isinstance(m, L2.MultiHeadAttention) and m not in [a.attention for a in attentions]
+                       for m in model.modules())
+        d_head, fewer = 16 // ablations.GQA_HEADS, 2 * (16 + 1) * (16 - n_kv * 16 // ablations.GQA_HEADS)
+        assert attentions[0].attention.W_k.weight.shape == (n_kv * d_head, 16)
+        assert n_params(reference) - n_params(model) == 3 * fewer                  # W_k and W_v, weights and biases
+
+
+def test_decoder_only_rope_and_the_sliding_windows():
+    rope, _ = build("decoder_only_rope")
+    assert isinstance(rope, components.DecoderOnlyTransformer) and isinstance(rope.positions, components.NoPositions)
+    assert all(isinstance(layer.self_attn, components.RotarySelfAttention) for layer in rope.stack.layers)
+    src = torch.randint(L5.FIRST_DIGIT, L5.FIRST_DIGIT + 10, (2, 4))
+    tgt_in = torch.cat([torch.full((2, 1), L5.BOS), src.flip(1)], dim=1)         # T = 4 + 5
+    for name, window in (("sliding_window", 5), ("short_sliding_window", 2)):
+        variant = ROWS[name].variant
+        with variants.applied(variant):
+            model = variants.build(variant, variants.configure(variant, TINY, seed=0))
+            _, mask = model.inputs(src, tgt_in)
+        assert torch.equal(mask[0], components.sliding_window_mask(9, window)), name
+    _, mask = build("decoder_only")[0].inputs(src, tgt_in)
+    assert torch.equal(mask[0], L1.causal_mask(9))                                # the patch is gone afterwards
+
+
+def test_reversal_measures_find_the_mirrored_input_and_the_accuracy_per_position():
+    test = L5.heldout_sets(TINY)[1]
+    L = test.src.size(1)
+
+    class Mirror(nn.Module):
+        """Cross-attention entirely on input L-1-j, and the right answer everywhere but position 0."""
+
+        def attention_weights(self, src, tgt_in):
+            w = torch.zeros(len(src), 1, tgt_in.size(1), L)
+            for j in range(L):
+                w[:, 0, j, L - 1 - j] = 1.0
+            return {"cross": [torch.full_like(w, 1 / L), w]}                     # a uniform layer, then the mirror
+
+        def forward(self, src, tgt_in):
+            logits = torch.zeros(*tgt_in.shape, 13).scatter_(2, test.tgt_out.unsqueeze(-1), 1.0)
+            logits[:, 0] = 0.0
+            logits[:, 0, L5.EOS] = 1.0
+            return logits
+
+    found = ablations.reversal_measures(Mirror(), test)
+    assert found["mirror_attention"] == pytest.approx(1.0) and found["mirror_chance"] == pytest.approx(1 / L)
+    assert found["position_accuracy"][0] == 0.0 and found["position_accuracy"][1:] == [1.0] * (L - 1)
+    decoder_only, _ = build("decoder_only")
+    found = ablations.reversal_measures(decoder_only, test)                      # a real, untrained model
+    assert 0.0 < found["mirror_attention"] < 1.0 and len(found["position_accuracy"]) == L
+
+
+def test_every_row_that_fails_names_a_mechanism_with_its_numbers():
+    rows = {r.variant.name: r for r in ablations.make_rows(L5.TrainConfig())}
+
+    def measured(seed, step, loss, copies, mirror, accuracy=None):
+        return {**run(seed, step), "start_loss": loss, "start_copy_share": copies, "uniform_loss": math.log(13),
+                "mirror_attention": mirror, "mirror_chance": 1 / 16, "position_accuracy": accuracy}
+
+    reference = [measured(s, 110 + 10 * s, 2.6, 0.08, 0.9, [1.0] * 16) for s in range(3)]
+    failing = [measured(s, None, 24.4, 1.0, 0.07, [0.5] * 8 + [0.1] * 8) for s in range(3)]
+    texts = {}
+    own = ["no_positions", "rope", "decoder_only_rope", "tied_embeddings_unscaled", "short_sliding_window",
+           "embed_scale"]
+    for name in own + ["lr_10x", "deep_post_ln", "no_attention_scale"]:         # these 3: the measured fallback
+        summary = ablations.summarize(rows[name], failing, reference)
+        assert summary["verdict"] == "fails" and summary["mechanism"], name
+        texts[name] = summary["mechanism"]
+    assert "7.0% of their attention on the mirrored input" in texts["rope"] and "90.0%" in texts["rope"]
+    assert "2j+1 positions back" in texts["decoder_only_rope"]
+    assert "starts at validation loss 24.4" in texts["tied_embeddings_unscaled"] and "100%" in texts[
+        "tied_embeddings_unscaled"] and "(default: 8%)" in texts["tied_embeddings_unscaled"]
+    assert "a window of 8 reads 7 positions back, 2 blocks pass information 14 back" in texts["short_sliding_window"]
+    assert ("digits 0-3 in one hop: right 50.0%; digits 4-6 relayed through a position between: right 50.0%; "
+            "digits 7-15 out of reach: right 14.4%") in texts["short_sliding_window"]
+    assert "starts at validation loss 24.4" in texts["lr_10x"]                   # the measured fallback
+    assert ablations.summarize(rows["no_warmup"], reference, reference)["mechanism"] == ""
 
 
 def test_swiglu_and_decoder_only_keep_the_parameter_count():
@@ -165,6 +267,8 @@ def test_budgets_follow_the_reference_median():
     assert ablations.budget_for(rows["default"], budgets, runs, base) == 600         # a starting point
     assert ablations.budget_for(rows["no_warmup"], budgets, runs, base) == 360       # 3 x 120
     assert ablations.budget_for(rows["deep_post_ln"], budgets, runs, base) == 600    # 3 x 260, capped
+    runs["embed_scale_small_init"] = [run(0, 90), run(1, 100), run(2, 110)]
+    assert ablations.budget_for(rows["tied_embeddings"], budgets, runs, base) == 500  # 5 x 100: slow, told from failing
     budgets["lr_10x"] = 360
     assert ablations.budget_for(rows["lr_10x_no_warmup"], budgets, runs, base) == 360   # its reference mostly missed
     assert ablations.median_steps(runs["default"]) == 120 and ablations.median_steps(runs["lr_10x"]) is None

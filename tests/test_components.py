@@ -179,3 +179,113 @@ def test_decoder_only_never_looks_at_the_future_and_reads_the_input():
         assert (model(other, batch.tgt_in) - logits)[:, 0].abs().max() > 1e-3  # the first answer reads the input
     # and lesson 05's teacher-forced evaluation and training loop take it as they are
     assert set(L5.evaluate_teacher_forced(model, batch)) == {"loss", "token_accuracy", "exact_match"}
+
+
+# ---------------------------------------------------------------- LLaMA's and Mistral's pieces
+def test_rope_halves_is_the_hand_computed_rotation_and_the_course_rope_reordered():
+    x = torch.tensor([[1.0, 3.0, 2.0, -1.0]])                                   # pairs (0, 2) and (1, 3)
+    p, w = 3.0, L3.pair_frequencies(4)
+    rotated = components.apply_rope_halves(x, torch.tensor([p]))
+    for i, (a, b) in enumerate(((1.0, 2.0), (3.0, -1.0))):
+        c, s = math.cos(p * w[i]), math.sin(p * w[i])
+        torch.testing.assert_close(rotated[0, [i, i + 2]], torch.tensor([a * c - b * s, a * s + b * c]))
+    order = components.halves_order(8)
+    assert order.tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    torch.manual_seed(9)
+    y, positions = torch.randn(2, 3, 6, 8), torch.arange(6)
+    torch.testing.assert_close(components.apply_rope_halves(y[..., order], positions),
+                               components.apply_rope(y, positions)[..., order])
+    assert (components.apply_rope_halves(y, positions) - components.apply_rope(y, positions)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_interleaved_rope_with_reordered_rows_equals_halves_rope(n_kv_heads):
+    torch.manual_seed(10)
+    halves = components.GroupedQueryAttention(32, 4, n_kv_heads, bias=False, rope="halves").eval()
+    pairs = components.GroupedQueryAttention(32, 4, n_kv_heads, bias=False, rope="interleaved").eval()
+    pairs.load_state_dict(halves.state_dict())
+    x, causal = torch.randn(2, 7, 32), L1.causal_mask(7)
+    with torch.no_grad():
+        assert (pairs(x, x, x, causal)[0] - halves(x, x, x, causal)[0]).abs().max() > 1e-2   # as is: differs
+        for W, n in ((pairs.attention.W_q, 4), (pairs.attention.W_k, n_kv_heads)):
+            W.weight.copy_(components.halves_to_interleaved(W.weight, n))
+        torch.testing.assert_close(pairs(x, x, x, causal)[0], halves(x, x, x, causal)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_halves_to_interleaved_reorders_rows_inside_each_head_only():
+    weight = torch.arange(16.0)[:, None].expand(16, 3)                          # row r holds r: 2 heads of 8
+    moved = components.halves_to_interleaved(weight, n_heads=2)[:, 0]
+    order = components.halves_order(8)
+    assert moved[:8][order].tolist() == list(range(8)) and moved[8:][order].tolist() == list(range(8, 16))
+
+
+def test_gqa_with_as_many_kv_heads_as_heads_is_lesson_02s_attention():
+    torch.manual_seed(11)
+    mha = L2.MultiHeadAttention(16, 4).eval()
+    gqa = components.GroupedQueryAttention(16, 4).eval()                       # n_kv_heads = n_heads
+    assert isinstance(gqa.attention, L2.MultiHeadAttention)
+    gqa.attention.load_state_dict(mha.state_dict())
+    x, memory = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    mask = torch.rand(3, 5, 7) > 0.3                                            # (B, T_q, T_k), True = may attend
+    for ours, theirs in zip(gqa(x, memory, memory, mask), mha(x, memory, memory, mask)):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("n_kv_heads", [2, 1])
+def test_gqa_equals_lesson_02s_attention_with_each_kv_head_copied_to_its_query_heads(n_kv_heads):
+    torch.manual_seed(12)
+    gqa = components.GroupedQueryAttention(16, 4, n_kv_heads).eval()
+    assert gqa.attention.W_k.weight.shape == (n_kv_heads * 4, 16)               # smaller W_k and W_v
+    mha = L2.MultiHeadAttention(16, 4).eval()
+    group, head_of = 4 // n_kv_heads, lambda h: slice(h * 4, (h + 1) * 4)       # noqa: E731
+    with torch.no_grad():
+        for name in ("W_q", "W_o"):
+            getattr(mha, name).load_state_dict(getattr(gqa.attention, name).state_dict())
+        for name in ("W_k", "W_v"):
+            ours, theirs = getattr(gqa.attention, name), getattr(mha, name)
+            for h in range(4):                                                  # query head h reads kv head h // group
+                theirs.weight[head_of(h)] = ours.weight[head_of(h // group)]
+                theirs.bias[head_of(h)] = ours.bias[head_of(h // group)]
+    x = torch.randn(2, 6, 16)
+    for ours, theirs in zip(gqa(x, x, x, L1.causal_mask(6)), mha(x, x, x, L1.causal_mask(6))):
+        torch.testing.assert_close(ours, theirs)
+    with pytest.raises(ValueError, match="must divide"):
+        components.GroupedQueryAttention(16, 4, 3)
+
+
+def test_gqa_cache_bytes_shrink_with_the_kv_heads_and_decoding_reads_the_cache():
+    sizes = {n: components.cache_bytes_per_token(components.GroupedQueryAttention(32, 4, n)) for n in (4, 2, 1)}
+    assert sizes == {4: 2 * 4 * 8 * 4, 2: 2 * 2 * 8 * 4, 1: 2 * 1 * 8 * 4}     # 2 (k, v) x n_kv x d_head x 4 bytes
+    with torch.device("meta"):
+        big = components.GroupedQueryAttention(4096, 32, 8, bias=False).to(torch.bfloat16)
+    assert components.cache_bytes_per_token(big) == 2 * 8 * 128 * 2             # Mistral 7B: 4 KiB per layer
+    torch.manual_seed(13)
+    gqa = components.GroupedQueryAttention(32, 4, 2, rope="interleaved").eval()
+    x = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        full = gqa(x, x, x, L1.causal_mask(6))[0]
+        torch.testing.assert_close(gqa(x[:, -1:], x, x)[0], full[:, -1:], atol=1e-5, rtol=1e-5)  # newest query
+
+
+def test_sliding_window_blocks_keys_further_back_than_the_window_and_never_the_diagonal():
+    T = 9
+    for window in (1, 2, 3, 8):
+        mask = components.sliding_window_mask(T, window)
+        for i in range(T):
+            for j in range(T):
+                assert mask[i, j] == (i - window < j <= i), (window, i, j)
+        assert mask.diagonal().all()
+    assert torch.equal(components.sliding_window_mask(T, T), L1.causal_mask(T))    # window >= T: causal
+    assert torch.equal(components.sliding_window_mask(T, 1), torch.eye(T, dtype=torch.bool))
+    with pytest.raises(ValueError, match="window >= 1"):
+        components.sliding_window_mask(T, 0)
+
+
+def test_decoder_only_mask_is_causal_and_blocks_padded_keys():
+    keep = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    mask = components.decoder_only_mask(5, keep)
+    assert mask.shape == (2, 5, 5) and torch.equal(mask[0], L1.causal_mask(5))
+    assert not mask[1, :, 2:].any() and torch.equal(mask[1, :, :2], L1.causal_mask(5)[:, :2])
+    windowed = components.decoder_only_mask(5, keep, window=2)
+    assert torch.equal(windowed[0], components.sliding_window_mask(5, 2))
+    assert not windowed[1, 4].any()                                             # keys 3, 4 are padding: nothing left
