@@ -38,11 +38,11 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 import lesson05_support as support
 from common import load_lesson
 from lesson05_support import (  # noqa: F401  (re-exported: load_lesson(5).X keeps working)
