@@ -555,9 +555,9 @@ def section_1_plan(base, rows, seeds, data, quick):
 # %% 2. Training
 def section_2_train(rows, base, seeds, device, data_cache, save):
     """Train every row once per seed, references first; returns {row name: [run, ...]}.
-    save(runs_by_row, interrupted_run) is called after every finished run: the partial json is always
-    current. Ctrl-C or SIGTERM: it is marked interrupted and names the cut-short run, which is left
-    out of the results; then KeyboardInterrupt."""
+    save(runs_by_row, interrupted_run, interrupted) is called after every finished run: the partial json
+    is always current. Ctrl-C or SIGTERM: it is marked interrupted and names the cut-short run (None:
+    between two runs), which is left out of the results; then KeyboardInterrupt."""
     common.section(2, f"Training every row (Ctrl-C stops; the finished runs stay in {PARTIAL_NAME})")
     runs_by_row, budgets, current = {}, {}, None
     bar = common.progress(total=len(rows) * len(seeds), desc="ablations", unit="run")
@@ -578,7 +578,7 @@ def section_2_train(rows, base, seeds, device, data_cache, save):
     except KeyboardInterrupt:
         bar.close()
         if any(runs_by_row.values()):            # nothing finished: the files stay as they were
-            save(runs_by_row, interrupted_run=current)
+            save(runs_by_row, interrupted_run=current, interrupted=True)
         raise
     bar.close()
     return runs_by_row
@@ -760,9 +760,9 @@ def main(argv=None):
     load_before, wall, cpu = load_average(), time.perf_counter(), os.times()
     section_1_plan(base, rows, seeds, data_for(base, data_cache), args.quick)
 
-    def save(runs_by_row, interrupted_run):
+    def save(runs_by_row, interrupted_run, interrupted=False):
         result.save(measurements(base, rows, runs_by_row, seeds, {
-            "interrupted": interrupted_run is not None, "interrupted_run": interrupted_run, "complete": False}))
+            "interrupted": interrupted, "interrupted_run": interrupted_run, "complete": False}))
 
     runs_by_row = section_2_train(rows, base, seeds, device, data_cache, save)
     now = os.times()
