@@ -11,16 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import process
+from common import files, process
+from common.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # --seed: a signed 64-bit number. torch.manual_seed accepts -2**63 .. 2**64 - 1; the signed range
 # leaves room for the small offsets some lessons add to the seed (seed + 1, ...).
 SEED_RANGE = (-2**63, 2**63 - 1)
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for. `main()` turns it into one line and exit 2."""
 
 
 def fail(message: str, status: int = 2):
@@ -167,8 +164,6 @@ def entry_point(main):
 
     @functools.wraps(main)
     def run(argv=None):
-        from common import files
-
         for_good = getattr(sys.modules.get("__main__"), "main", None) is run    # python lesson.py, python -m ...
         process.begin_run()
         files.start_run()
@@ -202,9 +197,7 @@ def entry_point(main):
 
 def interrupted(for_good: bool):
     """Ctrl-C or SIGTERM: one line naming what was kept, exit 130 or 143; further signals are ignored."""
-    from common.files import kept_text
-
     process.stopping(for_good)
     name = process.interruption()
-    process.say(f"\ninterrupted ({name}); {kept_text()}")
+    process.say(f"\ninterrupted ({name}); {files.kept_text()}")
     sys.exit(process.EXIT_STATUS[name])

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from common import process
-from common.cli import UserError
+from common.errors import UserError
 
 # Paths written by this run, in order: the Ctrl-C message lists them as kept.
 written = []
@@ -187,3 +187,6 @@ def start_run():
     """Forget what an earlier run in this process wrote (tests run many in one process)."""
     written.clear()
     in_progress.clear()
+
+
+process.kept_text = kept_text          # what an interruption outside a run (while importing) names as kept

@@ -103,16 +103,16 @@ def end_run():
     _state.update(stopping=False, pending=None)
 
 
+def kept_text() -> str:
+    """What this process kept, for the line an interruption prints (common.files replaces this)."""
+    return "nothing was written"
+
+
 def _excepthook(kind, value, traceback):
     """Ctrl-C or SIGTERM outside a run (while Python imports torch, say): one line, 130 or 143."""
     if not issubclass(kind, KeyboardInterrupt):
         return sys.__excepthook__(kind, value, traceback)
-    try:
-        from common.files import kept_text
-        kept = kept_text()
-    except Exception:                        # interrupted while the course itself was being imported
-        kept = "nothing was written"
-    say(f"\ninterrupted ({interruption()}); {kept}")
+    say(f"\ninterrupted ({interruption()}); {kept_text()}")
     os._exit(EXIT_STATUS[interruption()])
 
 
