@@ -673,9 +673,9 @@ def main(argv=None):
         for label, record in state["models"].items():
             plot_model(label, record, base, args.out_dir, show=True, name=record["figure"])
     if not finished:
+        kept = f"kept in {result.partial_path}" if state["models"] else "nothing to keep"
         print(f"  interrupted ({common.process.interruption()}): {len(state['models'])} of {len(labels)} models "
-              f"finished; kept in {result.partial_path}" + (f" ({STATE_NAME} still holds the last finished game)"
-                                                            if path.is_file() else ""))
+              f"finished; {kept}" + (f" ({STATE_NAME} still holds the last finished game)" if path.is_file() else ""))
         raise KeyboardInterrupt
     section_4_next(state, args.seed, args.out_dir)
 
