@@ -671,7 +671,7 @@ def main(argv=None):
     section_3_summary(state, base)
     if args.show:                                # the windows now, not one by one between trainings
         for label, record in state["models"].items():
-            plot_model(label, record, base, args.out_dir, show=True, name=record["figure"])
+            plot_model(label, record, base, args.out_dir, show=True, name=record.get("figure"))
     if not finished:
         kept = f"kept in {result.partial_path}" if state["models"] else "nothing to keep"
         print(f"  interrupted ({common.process.interruption()}): {len(state['models'])} of {len(labels)} models "
