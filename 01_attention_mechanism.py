@@ -27,11 +27,11 @@ Shapes
 """
 import math
 
+import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 from common import fmt
 
 # %% Knobs: edit these and re-run

@@ -23,11 +23,11 @@ Masks are boolean with True = may attend (as in lesson 01 and F.scaled_dot_produ
 """
 import math
 
+import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 from common.report import differ, percent  # a share with its 95% interval; two shares apart beyond it
 
 # Reused from lesson 01 (one source for each component): attention for one head. Every

@@ -27,10 +27,10 @@ i a dimension pair (columns 2i and 2i+1).
 """
 import math
 
+import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 
-import common
 from common import fmt
 
 # Reused from earlier lessons (one source for each component).

@@ -17,11 +17,11 @@ Shapes: B batch, T sequence length, d_model token width, n_heads heads, d_head =
 d_ff feed-forward hidden width.
 Masks are boolean with True = may attend (lesson 01); PyTorch's modules use True = blocked.
 """
+import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 from common import fmt, load_lesson
 from common.report import seed_range  # '0.515 (0.47-0.56)': the mean over seeds, and their range
 

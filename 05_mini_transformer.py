@@ -25,11 +25,11 @@ import contextlib
 import math
 from dataclasses import dataclass
 
+import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 from common import claims, load_lesson
 from lesson05_plumbing import figures, flags, reports, settings, text, training
 from lesson05_plumbing.checkpoints import CHECKPOINT_NAME, keep_previous_outputs, load_checkpoint

@@ -26,7 +26,9 @@ Run it (from the repository root)
   python -m challenges.ablations --task sum --only lsd_first    # sum: which digit to write first
   python -m challenges.ablations --task copy           # every row on another task
   python -m challenges.ablations --quick               # tiny sizes, end to end in well under a minute
-Writes ablations.json (after every finished run) and ablations.png to --out-dir.
+Writes ablations.json and ablations.png to --out-dir. While the runs go on, the finished ones are in
+ablations.partial.json (after every run); only a complete set of runs replaces ablations.json, so
+an interrupted rerun (Ctrl-C, SIGTERM) keeps the last complete result.
 """
 import math
 import os
@@ -41,10 +43,10 @@ from typing import Callable
 if __package__ in (None, ""):     # run as a file (python challenges/ablations.py): common/ is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import common  # noqa: E402  (first: it checks $OMP_NUM_THREADS before torch reads it)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-import common  # noqa: E402
 from challenges import components, variants  # noqa: E402
 from challenges.variants import Variant  # noqa: E402
 from common import load_lesson  # noqa: E402
@@ -72,6 +74,7 @@ QUICK_WIDE_HEAD, QUICK_DEEP_LAYERS = 32, 2
 GQA_HEADS = 4          # query heads of the grouped-query rows (and their reference, four_heads)
 MAX_SEEDS = 20         # 20 seeds of every row is hours already
 JSON_NAME, PNG_NAME = "ablations.json", "ablations.png"
+PARTIAL_NAME = common.files.partial_name(JSON_NAME)     # the runs finished so far, while the rest go on
 
 
 # %% The rows: one change each, and the question it answers
@@ -322,6 +325,9 @@ def parse_only(text, base, quick=False):
     names = []
     for item in text.split(","):
         name = item.strip().replace("-", "_")
+        if not name:
+            raise common.UserError(f"--only {text!r} names an empty row; give row names separated by commas, e.g. "
+                                   "--only no_warmup,rope (python -m challenges.ablations --list shows them)")
         if name in available:
             names.append(name)
         elif name in others:
@@ -724,17 +730,16 @@ def row_record(row, runs, summary):
             "summary": summary}
 
 
-def write_json(path, base, rows, runs_by_row, seeds, extra):
-    """Everything measured so far, atomically: one record per row that has finished runs."""
+def measurements(base, rows, runs_by_row, seeds, extra):
+    """Everything measured so far (the json): one record per row that has finished runs."""
     records = []
     for row in rows:
         runs = runs_by_row.get(row.variant.name)
         if runs:
             reference = runs_by_row.get(row.reference) if row.reference else None
             records.append(row_record(row, runs, summarize(row, runs, reference)))
-    common.write_json(path, {"task": base.task, "base_config": asdict(base), "schedule_steps": base.steps,
-                             "budget_factor": BUDGET_FACTOR, "target": base.target, "seeds": seeds,
-                             **extra, "rows": records})
+    return {"task": base.task, "base_config": asdict(base), "schedule_steps": base.steps,
+            "budget_factor": BUDGET_FACTOR, "target": base.target, "seeds": seeds, **extra, "rows": records}
 
 
 # %% 1. The plan
@@ -770,10 +775,10 @@ def section_1_plan(base, rows, seeds, data, quick):
 # %% 2. Training
 def section_2_train(rows, base, seeds, device, data_cache, save):
     """Train every row once per seed, references first; returns {row name: [run, ...]}.
-    save(runs_by_row, interrupted_run) is called after every finished run: the json is always current.
-    Ctrl-C: the json is marked interrupted and names the cut-short run, which is left out of the
-    results; then KeyboardInterrupt."""
-    common.section(2, "Training every row (Ctrl-C stops; the finished runs stay in the json)")
+    save(runs_by_row, interrupted_run, interrupted) is called after every finished run: the partial json
+    is always current. Ctrl-C or SIGTERM: it is marked interrupted and names the cut-short run (None:
+    between two runs), which is left out of the results; then KeyboardInterrupt."""
+    common.section(2, f"Training every row (Ctrl-C stops; the finished runs stay in {PARTIAL_NAME})")
     runs_by_row, budgets, current = {}, {}, None
     bar = common.progress(total=len(rows) * len(seeds), desc="ablations", unit="run")
     try:
@@ -792,7 +797,8 @@ def section_2_train(rows, base, seeds, device, data_cache, save):
                       + (f" (budget {budget})" if row.reference else ""))
     except KeyboardInterrupt:
         bar.close()
-        save(runs_by_row, interrupted_run=current)
+        if any(runs_by_row.values()):            # nothing finished: the files stay as they were
+            save(runs_by_row, interrupted_run=current, interrupted=True)
         raise
     bar.close()
     return runs_by_row
@@ -959,7 +965,7 @@ def load_average():
 def main(argv=None):
     args = common.parse_args(build_parser(), argv)
     base = base_config(args.task, args.quick)
-    names = parse_only(args.only, base, args.quick) if args.only else None
+    names = parse_only(args.only, base, args.quick) if args.only is not None else None
     rows = rows_for(base, names, args.quick)
     if args.list:
         print_rows(rows)
@@ -970,20 +976,20 @@ def main(argv=None):
         raise common.UserError(f"--seeds {n_seeds}: at most {MAX_SEEDS} (each seed trains every row once more)")
     seeds = [args.seed + i for i in range(n_seeds)]
     device = common.setup(args, "Challenge: the 'why' questions, measured one change at a time")
-    data_cache, path = {}, args.out_dir / JSON_NAME
+    data_cache, result = {}, common.files.Result(args.out_dir, JSON_NAME)
     load_before, wall, cpu = load_average(), time.perf_counter(), os.times()
     section_1_plan(base, rows, seeds, data_for(base, data_cache), args.quick)
 
-    def save(runs_by_row, interrupted_run):
-        write_json(path, base, rows, runs_by_row, seeds, {"interrupted": interrupted_run is not None,
-                                                          "interrupted_run": interrupted_run, "complete": False})
+    def save(runs_by_row, interrupted_run, interrupted=False):
+        result.save(measurements(base, rows, runs_by_row, seeds, {
+            "interrupted": interrupted, "interrupted_run": interrupted_run, "complete": False}))
 
     runs_by_row = section_2_train(rows, base, seeds, device, data_cache, save)
     now = os.times()
     seconds = {"wall": time.perf_counter() - wall, "cpu_user": now.user - cpu.user,
                "cpu_system": now.system - cpu.system, "load_before": load_before, "load_after": load_average()}
-    write_json(path, base, rows, runs_by_row, seeds, {"interrupted": False, "interrupted_run": None, "complete": True,
-                                                      "time": seconds})
+    path = result.complete(measurements(base, rows, runs_by_row, seeds, {
+        "interrupted": False, "interrupted_run": None, "complete": True, "time": seconds}))
     print(f"  saved the measurements: {path}")
     section_3_table(rows, runs_by_row, base)
     section_4_plot(rows, runs_by_row, base, seeds, args.out_dir, args.show)

@@ -21,11 +21,15 @@ Run it (from the repository root)
   python -m challenges.diagnose --quick              # tiny models in seconds (a smoke test)
 Writes to --out-dir: mystery_reference.png, mystery_A.png, ... (one figure per model) and
 mystery_models.json (the numbers; --answer and --reveal read it, so they need no retraining).
-Ctrl-C keeps the models finished so far, with their figures and numbers.
+While a game trains, its finished models are in mystery_models.partial.json and
+mystery_reference.partial.png, ...; only a finished game replaces the files of the last one, so
+Ctrl-C (or SIGTERM) keeps both: the last finished game, and the models this one finished (--answer
+grades those when no finished game of that seed is there).
 """
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -35,9 +39,9 @@ from pathlib import Path
 if __package__ in (None, ""):     # run as a file (python challenges/diagnose.py): common/ is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import common  # noqa: E402  (first: it checks $OMP_NUM_THREADS before torch reads it)
 import torch  # noqa: E402
 
-import common  # noqa: E402
 from challenges import bugs, variants  # noqa: E402
 from common import load_lesson  # noqa: E402
 from lesson05_plumbing import text, training  # noqa: E402
@@ -65,6 +69,7 @@ QUICK = dict(seq_len=5, min_len=3, d_model=32, d_ff=64, steps=60, val_size=100, 
 FREE_RUNNING_CHECKS = 100  # validation inputs decoded greedily at every validation (the free-running curve)
 EXAMPLES = 5               # test inputs shown with each model's answers
 STATE_NAME = "mystery_models.json"
+PARTIAL_STATE_NAME = common.files.partial_name(STATE_NAME)   # the models of a game that is not finished
 STATE_FORMAT = "mystery-models-v1"
 REFERENCE = "reference"
 
@@ -228,42 +233,80 @@ def new_state(seed, count, quick, base, drawn):
 
 
 def read_state(out_dir, seed, count_flag):
-    """The state of the game trained in out_dir, checked against --seed (and --count if given).
-    UserError (one line) when there is none, it is another seed's, or it cannot be read."""
-    path = Path(out_dir) / STATE_NAME
+    """The state of the game of --seed trained in out_dir: the last finished one (mystery_models.json),
+    else the finished models of an interrupted one (mystery_models.partial.json), checked against
+    --seed (and --count if given). UserError (one line) when there is none, it is another seed's, or
+    it cannot be read. The state's "file" says which file it came from."""
     train_it = f"python -m challenges.diagnose --seed {seed} --out-dir {out_dir}"
-    if not path.exists():
+    paths = [Path(out_dir) / name for name in (STATE_NAME, PARTIAL_STATE_NAME)]
+    existing = [path for path in paths if os.path.lexists(path)]
+    if not existing:
         raise common.UserError(f"no mystery models were trained in {out_dir} (no {STATE_NAME}); train them "
                                f"first: {train_it}")
-    try:
-        state = json.loads(path.read_text())
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError
-        trained_seed, count = int(state["seed"]), int(state["count"])
-        drawn = draw(trained_seed, count)
-    except (OSError, ValueError, KeyError, TypeError):
-        raise common.UserError(f"{path} is not a state file of this game (or it is damaged); train the models "
-                               f"again: {train_it}") from None
-    if trained_seed != seed:
-        raise common.UserError(f"the mystery models in {out_dir} were trained with --seed {trained_seed}, not "
-                               f"--seed {seed}: use --seed {trained_seed}, or train seed {seed} first: {train_it}")
-    if count_flag is not None and count_flag != count:
+    found, damaged = [], []
+    for path in existing:
+        try:
+            found.append({**checked_state(path, train_it), "file": path.name})
+        except common.UserError as exc:
+            damaged.append(exc)
+    fits = [s for s in found if s["seed"] == seed and count_flag in (None, s["count"])]
+    if not fits:
+        if damaged:
+            raise damaged[0]
+        trained_seed, count = found[0]["seed"], found[0]["count"]
+        if trained_seed != seed:
+            raise common.UserError(f"the mystery models in {out_dir} were trained with --seed {trained_seed}, not "
+                                   f"--seed {seed}: use --seed {trained_seed}, or train seed {seed} first: {train_it}")
         raise common.UserError(f"--count {count_flag}: the models of seed {seed} in {out_dir} were trained with "
                                f"--count {count}; leave --count out (or give --count {count})")
+    state = fits[0]
+    drawn = draw(state["seed"], state["count"])
     if state.get("draw_check") != draw_check(drawn):
         raise common.UserError(f"the bug catalogue changed since the models in {out_dir} were trained, so the "
                                f"draw of seed {seed} is not theirs any more; train them again: {train_it}")
-    trained = [letter for letter in drawn if letter in state.get("models", {})]
+    trained = [letter for letter in drawn if letter in state["models"]]
     if not trained:
         raise common.UserError(f"no mystery model of seed {seed} finished training in {out_dir} (the run was "
                                f"interrupted); train them again: {train_it}")
     return state, {letter: drawn[letter] for letter in trained}
 
 
+def checked_state(path, train_it):
+    """The state file at `path`, with every part --answer and --reveal read of the type they need;
+    UserError naming the file when it is damaged (or a folder, a FIFO: never opened then)."""
+    again = f"train the models again: {train_it}"
+    state = common.files.read_json(path, "the state file", again)
+
+    def damaged(what):
+        return common.UserError(f"{path} is not a state file of this game ({what}); {again}")
+
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise damaged(f"no format {STATE_FORMAT!r}")
+    whole = {k: state.get(k) for k in ("seed", "count")}
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in whole.values()) \
+            or not 1 <= whole["count"] <= len(drawable()):
+        raise damaged(f"seed {whole['seed']!r}, count {whole['count']!r}")
+    models, letters = state.get("models"), state.get("letters")
+    if not isinstance(models, dict) or not isinstance(letters, list) or not all(isinstance(x, str) for x in letters):
+        raise damaged("its models or letters are not a dict and a list")
+    for label, record in models.items():
+        if not isinstance(record, dict) or not isinstance(record.get("symptoms"), dict) \
+                or not isinstance(record.get("stopped"), str) \
+                or not (record.get("steps_run") is None or isinstance(record.get("steps_run"), int)) \
+                or not all(isinstance(v, (int, float, list, type(None))) for v in record["symptoms"].values()):
+            raise damaged(f"the record of model {label!r} is damaged")
+    if letters and not models.get(REFERENCE, {}).get("symptoms"):
+        raise damaged("no reference model, or one without numbers to compare with")
+    keys = set(models[REFERENCE]["symptoms"]) if REFERENCE in models else set()
+    if any(r["symptoms"] and set(r["symptoms"]) != keys for r in models.values()):
+        raise damaged("models measured with different symptoms")
+    return state
+
+
 def note_earlier_game(path, drawn):
     """A new game replaces the state of an earlier one in the same folder; say which of its figures stay."""
     try:
-        earlier = json.loads(path.read_text())
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
         left = [f"mystery_{letter}.png" for letter in earlier["letters"] if letter not in drawn]
     except (OSError, ValueError, KeyError, TypeError):
         return
@@ -296,9 +339,10 @@ def section_1_game(base, count, seed, quick):
 
 
 # %% 2. Training
-def section_2_train(labels, base, device, state, save, out_dir):
+def section_2_train(labels, base, device, state, save, out_dir, figure_name=lambda label: f"mystery_{label}.png"):
     """Train the reference and the mystery models in turn; after each one, its numbers go to the state
-    file and its figure is drawn. Returns True when every model finished, False after Ctrl-C."""
+    file and its figure is drawn (as figure_name(label)). Returns True when every model finished,
+    False after Ctrl-C or SIGTERM."""
     common.section(2, "Training the models (Ctrl-C stops and keeps what finished)")
     start, cpu = time.perf_counter(), time.process_time()
     bar = common.progress(total=len(labels), desc="mystery models", unit="model")
@@ -308,7 +352,7 @@ def section_2_train(labels, base, device, state, save, out_dir):
             state["models"][label] = record
             save()                                              # the numbers first, then the figure
             with bar.external_write_mode():                   # "saved figure: ..." above the bar
-                record["figure"] = plot_model(label, record, base, out_dir, show=False)
+                record["figure"] = plot_model(label, record, base, out_dir, show=False, name=figure_name(label))
             save()
             bar.update(1)
             bar.write(f"  {name_of(label)}: {stopped_text(record, base)}; {record['wall_seconds']:.1f} s "
@@ -323,7 +367,8 @@ def section_2_train(labels, base, device, state, save, out_dir):
         save()
     done = len(state["models"])
     print(f"  {done} of {len(labels)} models in {state['wall_seconds']:.0f} s of wall time "
-          f"({state['cpu_seconds']:.0f} s of CPU time); their numbers: {STATE_NAME}")
+          f"({state['cpu_seconds']:.0f} s of CPU time); their numbers: "
+          f"{STATE_NAME if state['complete'] else PARTIAL_STATE_NAME}")
     return not state["interrupted"]
 
 
@@ -422,7 +467,8 @@ def grade(args, count_flag):
         raise common.UserError(f"--answer: there is no model {missing[0]} in the game of seed {args.seed}; its "
                                f"models are {', '.join(drawn)}{why}")
     reference = state["models"][REFERENCE]["symptoms"]
-    print(f"Seed {args.seed}: {len(drawn)} mystery model{'s' if len(drawn) > 1 else ''} trained in {args.out_dir}")
+    print(f"Seed {args.seed}: {len(drawn)} mystery model{'s' if len(drawn) > 1 else ''} trained in {args.out_dir}"
+          + interrupted_note(state))
     right = 0
     for letter, truth in drawn.items():
         guess, record = answers.get(letter), state["models"][letter]
@@ -454,8 +500,14 @@ def explain_bug(bug, record, reference):
         text.say(f"   {title}: {sentence}")
 
 
+def interrupted_note(state):
+    return f" (a game that was interrupted: {PARTIAL_STATE_NAME})" if state["file"] == PARTIAL_STATE_NAME else ""
+
+
 def reveal(args, count_flag):
     state, drawn = read_state(args.out_dir, args.seed, count_flag)
+    if interrupted_note(state):
+        print(f"Seed {args.seed}:{interrupted_note(state)}")
     reference = state["models"][REFERENCE]["symptoms"]
     for letter, name in drawn.items():
         print(f"\n{letter}: {name}")
@@ -476,7 +528,7 @@ KINDS = (("encoder_self", "encoder self-attention", "query: input position", "ke
          ("cross", "cross-attention", "query: answer position (writes)", "key: input position"))
 
 
-def plot_model(label, record, base, out_dir, show):
+def plot_model(label, record, base, out_dir, show, name=None):
     """mystery_<label>.png: curves and answers on top, then the attention maps of one test example."""
     example = record["example"]
     n_maps = len(example["cross"]) if example else 0                    # heads (of every layer)
@@ -502,7 +554,7 @@ def plot_model(label, record, base, out_dir, show):
                if s else record["stopped"])
     fig.suptitle(f"{'Reference model (no bug)' if label == REFERENCE else f'Mystery model {label}'}: reverse "
                  f"{base.resolved_min_len()}-{base.seq_len} digits; {numbers}", fontsize=12)
-    name = f"mystery_{label}.png"
+    name = name or f"mystery_{label}.png"
     common.save_figure(fig, out_dir, name, show=show)
     return name
 
@@ -601,22 +653,30 @@ def main(argv=None):
     device = common.setup(args, "Challenge: mystery models - diagnose a broken transformer from its symptoms")
     labels = {REFERENCE: bugs.REFERENCE, **{letter: bugs.CATALOGUE[name].variant for letter, name in drawn.items()}}
     state = new_state(args.seed, count, args.quick, base, drawn)
-    path = args.out_dir / STATE_NAME
+    path, result = args.out_dir / STATE_NAME, common.files.Result(args.out_dir, STATE_NAME)
 
-    def save():
-        common.write_json(path, state)
+    def save():                                  # a finished game replaces the last one; until then: .partial
+        if not state["complete"]:
+            return result.save(state) if state["models"] else None
+        for record in state["models"].values():
+            if "figure" in record:
+                record["figure"] = result.final_name(record["figure"])
+        return result.complete(state)
 
     if args.show:
         common.pyplot(show=True)                 # the window backend, before the first figure is drawn
     note_earlier_game(path, drawn)
     section_1_game(base, count, args.seed, args.quick)
-    finished = section_2_train(labels, base, device, state, save, args.out_dir)
+    finished = section_2_train(labels, base, device, state, save, args.out_dir,
+                               lambda label: result.name(f"mystery_{label}.png"))
     section_3_summary(state, base)
     if args.show:                                # the windows now, not one by one between trainings
         for label, record in state["models"].items():
-            plot_model(label, record, base, args.out_dir, show=True)
+            plot_model(label, record, base, args.out_dir, show=True, name=record.get("figure"))
     if not finished:
-        print(f"  interrupted (Ctrl-C): {len(state['models'])} of {len(labels)} models finished; kept in {path}")
+        kept = f"kept in {result.partial_path}" if state["models"] else "nothing to keep"
+        print(f"  interrupted ({common.process.interruption()}): {len(state['models'])} of {len(labels)} models "
+              f"finished; {kept}" + (f" ({STATE_NAME} still holds the last finished game)" if path.is_file() else ""))
         raise KeyboardInterrupt
     section_4_next(state, args.seed, args.out_dir)
 

@@ -10,7 +10,9 @@ Run it (from the repository root), after lesson 05 has saved mini_transformer.pt
   python -m challenges.length_generalization --lengths 8,12,16,20,24
   python -m challenges.length_generalization --checkpoint out/mini_transformer.pt --lengths 4,8,16,24
   python 05_mini_transformer.py --min-len 4 --eval-lengths 4,8,12,16,20,24   # train, then the same
-Writes length_generalization.png (and length_generalization.json) to --out-dir.
+Writes length_generalization.png (and length_generalization.json) to --out-dir. While lengths are
+measured, those done are in length_generalization.partial.json; only a complete measurement replaces
+length_generalization.json, so an interrupted rerun keeps the last complete one.
 """
 import sys
 from pathlib import Path
@@ -18,15 +20,16 @@ from pathlib import Path
 if __package__ in (None, ""):     # run as a file: common/ is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import common  # noqa: E402  (first: it checks $OMP_NUM_THREADS before torch reads it)
 import torch  # noqa: E402
 
-import common  # noqa: E402
 import lesson05_plumbing  # noqa: E402
 from lesson05_plumbing import checkpoints  # noqa: E402
 from lesson05_plumbing.flags import parse_lengths  # noqa: E402
 
 TEST_SIZE = 500                   # random inputs per length
 LENGTH_SEED = 3_000_003           # the set of length L is drawn from seed LENGTH_SEED + L
+JSON_NAME = "length_generalization.json"
 
 
 def lesson05():
@@ -92,12 +95,18 @@ def verdict(results, trained, reference) -> list:
     return sentences
 
 
-def evaluate(config, model, lengths, trained, device, out_dir, show=False) -> dict:
-    """Measure each length, print a table and the verdict, draw length_generalization.png."""
+def evaluate(config, model, lengths, trained, device, out_dir, show=False, save=None) -> dict:
+    """Measure each length, print a table and the verdict, draw length_generalization.png.
+    save(found, complete) (if given) is called after each length, and with everything before the figure."""
     L5 = lesson05()
     lo, hi = min(trained), max(trained)
     reference = L5.evaluate_teacher_forced(model, L5.heldout_sets(config)[1].to(device))["exact_match"]
-    results = {L: measure(config, model, L, device) for L in lengths}
+    results = {}
+    for L in lengths:
+        results[L] = measure(config, model, L, device)
+        if save is not None:
+            save({"results": {str(k): r for k, r in results.items()}, "trained": trained, "reference": reference},
+                 complete=False)
     rows = [[L, "yes" if L in trained else "longer" if L > hi else "shorter" if L < lo else "no (gap)",
              common.stats.share_text(r["exact_count"], r["sequences"]), r["token_accuracy"],
              r["answers_of_right_length"]] for L, r in results.items()]
@@ -106,9 +115,12 @@ def evaluate(config, model, lengths, trained, device, out_dir, show=False) -> di
           "with as many digits as expected)")
     sentences = verdict(results, trained, reference)
     common.explain("\n\n".join(sentences))
+    found = {"results": {str(L): r for L, r in results.items()}, "trained": trained, "reference": reference,
+             "sentences": sentences}
+    if save is not None:
+        save(found, complete=True)                 # the measurement first, then the figure
     plot(config, results, trained, reference, out_dir, show)
-    return {"results": {str(L): r for L, r in results.items()}, "trained": trained, "reference": reference,
-            "sentences": sentences}
+    return found
 
 
 def after_lesson_05(config, model, args, device, checkpoint=None) -> dict:
@@ -162,8 +174,18 @@ def main(argv=None):
     model = checkpoints.load_checkpoint(args.checkpoint).to(device)
     trained = trained_lengths(config)
     print(f"  model: {args.checkpoint} (task {config.task}, trained on lengths {trained[0]}..{trained[-1]})")
-    found = evaluate(config, model, lengths, trained, device, args.out_dir, args.show)
-    common.write_json(args.out_dir / "length_generalization.json", found)
+    result, done = common.files.Result(args.out_dir, JSON_NAME), {}
+
+    def save(found, complete):                     # NAME.partial.json until every length is measured
+        done.update(found, checkpoint=str(args.checkpoint), lengths=lengths, complete=complete, interrupted=False)
+        return result.complete(done) if complete else result.save(done)
+
+    try:
+        evaluate(config, model, lengths, trained, device, args.out_dir, args.show, save=save)
+    except KeyboardInterrupt:
+        if done and not done["complete"]:
+            result.save({**done, "interrupted": True})
+        raise
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ Run it (from the repository root)
 Axes: heads = attention heads in every attention layer (n_heads); layers = encoder blocks and as
 many decoder blocks (layers 2 = 2 encoder + 2 decoder blocks); d_model = the width of every token
 vector. d_ff, the feed-forward width, keeps lesson 05's value in every run, so only the swept knob
-changes. Writes architecture_sweep.png and architecture_sweep.json to --out-dir.
+changes. Writes architecture_sweep.png and architecture_sweep.json to --out-dir; while the runs go on,
+the finished ones are in architecture_sweep.partial.json, and only a complete sweep replaces
+architecture_sweep.json (an interrupted one draws architecture_sweep.partial.png).
 """
 import statistics
 import sys
@@ -77,8 +79,10 @@ def parse_axes(text):
         if name not in AXES:
             raise common.UserError(f"--axes: unknown axis {item.strip()!r}; choose from "
                                    f"{', '.join(AXES)} (comma-separated, e.g. --axes heads,d_model)")
-        if name not in axes:
-            axes.append(name)
+        if name in axes:
+            raise common.UserError(f"--axes {text}: {name} is named twice; name each axis once, e.g. --axes "
+                                   f"{','.join(dict.fromkeys(a.strip().replace('-', '_') for a in text.split(',')))}")
+        axes.append(name)
     return axes
 
 
@@ -231,7 +235,7 @@ def section_1_plan(base, axes, values, configs, entries, seeds, quick=False):
 # %% 2. Training
 def section_2_train(configs, seeds, device, data, base_key, save):
     """Train every model once per seed; returns ({(key, seed): run}, interrupted, wall seconds).
-    save(runs, interrupted, wall) is called after each finished run: the json is always current."""
+    save(runs, interrupted, wall) is called after each finished run: the partial json is always current."""
     common.section(2, "Training every model (Ctrl-C stops and keeps what finished)")
     val, test = data
     test_on_device = test.to(device)
@@ -253,8 +257,8 @@ def section_2_train(configs, seeds, device, data, base_key, save):
                 save(runs, False, time.perf_counter() - start)
     except KeyboardInterrupt:
         interrupted = True
-        print(f"  interrupted (Ctrl-C): {len(runs)} of {total} trainings finished; the unfinished one "
-              "is left out of the table, the plot and the json")
+        print(f"  interrupted ({common.process.interruption()}): {len(runs)} of {total} trainings finished; the "
+              "unfinished one is left out of the table, the plot and the json")
     wall = time.perf_counter() - start
     print(f"  {len(runs)} trainings took {wall:.1f} s of wall time")
     return runs, interrupted, wall
@@ -285,7 +289,7 @@ def section_3_table(summaries, base, seeds):
 
 
 # %% 4. The picture
-def section_4_plot(summaries, runs, axes, base, seeds, args):
+def section_4_plot(summaries, runs, axes, base, seeds, args, name=None):
     common.section(4, "The picture: validation curves and time to the target, one column per axis")
     if not summaries:
         print("  nothing finished: no figure written")
@@ -295,7 +299,7 @@ def section_4_plot(summaries, runs, axes, base, seeds, args):
         per seed); a line ends with a dot where it reached {base.target:.0%}. Bottom row: training
         seconds to the target, with the steps it took written above each bar.""")
     plot_sweep(summaries, {r["id"]: r for r in runs.values()}, axes, base, seeds, args.out_dir, args.show,
-               args.quick)
+               args.quick, name=name or PNG_NAME)
 
 
 AXIS_LABELS = {"heads": "heads", "layers": "layers (encoder blocks = decoder blocks)", "d_model": "d_model"}
@@ -308,7 +312,7 @@ def fixed_text(axis, base):
     return ", ".join(text for name, text in parts.items() if name != axis)
 
 
-def plot_sweep(summaries, runs_by_id, axes, base, seeds, out_dir, show, quick=False):
+def plot_sweep(summaries, runs_by_id, axes, base, seeds, out_dir, show, quick=False, name=PNG_NAME):
     import numpy as np
 
     plt = common.pyplot(show)
@@ -362,7 +366,7 @@ def plot_sweep(summaries, runs_by_id, axes, base, seeds, out_dir, show, quick=Fa
     origin = "the --quick model" if quick else "lesson 05's default"
     fig.suptitle(f"One knob at a time from {origin} ({describe(base)}) on '{base.task}', "
                  f"length {base.seq_len}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
-    common.save_figure(fig, out_dir, PNG_NAME, show=show)
+    common.save_figure(fig, out_dir, name, show=show)
 
 
 # %% 5. What the numbers say
@@ -454,13 +458,12 @@ def observations(summaries, base, seeds, n_trainings, n_entries):
     return items
 
 
-def write_json(path, base, axes, values, seeds, summaries, runs, interrupted, wall, complete=False):
-    """The sweep so far, atomically. interrupted: Ctrl-C cut the sweep short (the unfinished run is
-    left out); complete: every planned run finished."""
-    metrics = {"task": base.task, "base_config": asdict(base), "axes": axes, "values": values,
+def measurements(base, axes, values, seeds, summaries, runs, interrupted, wall, complete=False):
+    """The sweep so far (the json). interrupted: Ctrl-C or SIGTERM cut the sweep short (the unfinished
+    run is left out); complete: every planned run finished."""
+    return {"task": base.task, "base_config": asdict(base), "axes": axes, "values": values,
                "seeds": seeds, "max_steps": base.steps, "target": base.target, "interrupted": interrupted,
                "complete": complete, "wall_seconds": wall, "entries": summaries, "runs": list(runs.values())}
-    common.write_json(path, metrics)
 
 
 # %% Flags
@@ -542,24 +545,29 @@ def main(argv=None):
     device = common.setup(args, "Challenge: heads, layers and d_model, one at a time")
     data = heldout_sets(base)                     # the same validation and test sets for every run
     base_key = model_key(base)
-    path = args.out_dir / JSON_NAME
+    result = common.files.Result(args.out_dir, JSON_NAME)
 
     def save(runs, interrupted, wall, complete=False):
-        write_json(path, base, axes, values, seeds, summarize(entries, runs, seeds, base_key), runs, interrupted,
-                   wall, complete)
+        found = measurements(base, axes, values, seeds, summarize(entries, runs, seeds, base_key), runs,
+                             interrupted, wall, complete)
+        return result.complete(found) if complete else result.save(found)
 
     section_1_plan(base, axes, values, configs, entries, seeds, args.quick)
     runs, interrupted, wall = section_2_train(configs, seeds, device, data, base_key, save)
-    save(runs, interrupted, wall, complete=not interrupted)
-    print(f"  saved the measurements: {path}" + (" (marked interrupted)" if interrupted else ""))
+    if runs or not interrupted:                   # an interruption before any run ends leaves the files as they were
+        path = save(runs, interrupted, wall, complete=not interrupted)
+        print(f"  saved the measurements: {path}" + (f" (marked interrupted; {JSON_NAME} is not replaced)"
+                                                     if interrupted else ""))
     summaries = summarize(entries, runs, seeds, base_key)
     section_3_table(summaries, base, seeds)
-    section_4_plot(summaries, runs, axes, base, seeds, args)
+    section_4_plot(summaries, runs, axes, base, seeds, args, result.name(PNG_NAME) if interrupted else PNG_NAME)
     insights = observations(summaries, base, seeds, len(runs), len(entries))
     if interrupted:
         insights.insert(0, f"INTERRUPTED: only {len(runs)} of {len(configs) * len(seeds)} trainings finished; the "
                            "observations below cover those only.")
     common.key_insights(insights)
+    if interrupted:
+        raise KeyboardInterrupt      # common.entry_point: one line, exit 130 (143 after SIGTERM)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,13 @@ Each lesson does, in `main()`:
     device = common.setup(args, "Lesson title")      # threads, seed, device, header
 
 and then calls its sections; `@common.entry_point` on main() turns a UserError into one line and
-exit 2, and Ctrl-C into one line and exit 130. Outputs are written atomically (common.files). Components of earlier lessons come from `load_lesson(n)`.
+exit 2, and Ctrl-C (or SIGTERM) into one line and exit 130 (143). Outputs are written atomically
+(common.files). Components of earlier lessons come from `load_lesson(n)`.
+
+Import `common` before torch: common.process takes an $OMP_NUM_THREADS that torch's OpenMP would
+warn about out of the environment first (parse_args then reports it in one line).
 """
+from common import process  # noqa: I001  (first: before anything imports torch)
 from common.cli import (UserError, check_positive, entry_point, fail, flag_or_knob, interruption_name, lesson_parser,
                         parse_args, plain_parser)
 from common.console import (

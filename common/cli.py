@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import files, process
 from common.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -21,7 +22,7 @@ SEED_RANGE = (-2**63, 2**63 - 1)
 
 def fail(message: str, status: int = 2):
     """Print `error: <message>` on stderr and exit with `status` (2: a usage error)."""
-    print(f"error: {message}", file=sys.stderr)
+    process.say(f"error: {message}")
     sys.exit(status)
 
 
@@ -86,6 +87,9 @@ def check_positive(name: str, value, allow_zero: bool = False):
 
 def check_out_dir(out_dir: str) -> Path:
     """Create the output folder if needed and prove it is writable; UserError if not."""
+    if not str(out_dir).strip():                 # '' would quietly mean the current folder
+        raise UserError(f"--out-dir {out_dir!r} names no folder; pass one, e.g. --out-dir . (this folder) or "
+                        "--out-dir ./outputs")
     try:
         path = Path(out_dir).expanduser()
     except RuntimeError:                       # '~someone/x' for a user that does not exist
@@ -116,15 +120,14 @@ def check_threads(threads: int, source: str) -> int:
 
 
 def threads_from_environment():
-    """$OMP_NUM_THREADS as a checked whole number, or None when it is not set."""
-    text = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if not text:
+    """$OMP_NUM_THREADS as a checked whole number, or None when it is not set. A value OpenMP cannot
+    use was taken out of the environment before torch was imported (common.process); it is named here."""
+    text = os.environ.get("OMP_NUM_THREADS", process.unusable_thread_setting)
+    if text is None:
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(f"OMP_NUM_THREADS={text!r} is not a whole number; unset it or set it to e.g. 1") from None
-    return check_threads(value, f"OMP_NUM_THREADS={text}")
+    if not process.usable_thread_count(text):
+        raise UserError(f"OMP_NUM_THREADS={text!r} is not a positive whole number; unset it or set it to e.g. 1")
+    return check_threads(int(text), f"OMP_NUM_THREADS={text.strip()}")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -154,29 +157,53 @@ def flag_or_knob(args, dest: str, knob: str, knob_value):
     return knob_value, f"{knob} = {knob_value!r}"
 
 
-def interruption_name(exc) -> str:
-    """What an interruption came from, for one line: 'Ctrl-C' (KeyboardInterrupt), or the name of the
-    signal that raised it ('SIGTERM'), which entry_point's handler records on the exception."""
-    return getattr(exc, "signal_name", "Ctrl-C")
+def interruption_name(exc=None) -> str:
+    """What stopped the run, for one line: 'Ctrl-C' or 'SIGTERM' (both raise KeyboardInterrupt;
+    common.process records which signal it was)."""
+    return process.interruption()
 
 
 def entry_point(main):
-    """Decorate a main(argv=None): a UserError becomes one `error:` line and exit 2; Ctrl-C ends
-    with one line naming what this run already wrote (all of it complete) and exit 130."""
+    """Decorate a main(argv=None): a UserError becomes one `error:` line and exit 2; Ctrl-C or SIGTERM
+    ends with one line naming what this run kept (all of it complete, or marked partial) and exit
+    130 or 143; output piped into `head` ends quietly when `head` stops reading (common.process)."""
 
     @functools.wraps(main)
     def run(argv=None):
+        for_good = getattr(sys.modules.get("__main__"), "main", None) is run    # python lesson.py, python -m ...
+        process.begin_run()
+        files.start_run()
         try:
-            return main(argv)
-        except UserError as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:
-            from common.files import written
-            kept = ", ".join(Path(p).name for p in written[-6:])
-            more = f" (and {len(written) - 6} more)" if len(written) > 6 else ""
-            sys.stdout.flush()
-            print("\ninterrupted (Ctrl-C); " + (f"kept what was finished: {kept}{more}" if written
-                                                 else "nothing was written"), file=sys.stderr)
-            sys.exit(130)
+            with process.console():
+                try:
+                    try:
+                        if sys.stdout is None:
+                            raise UserError("standard output is closed (>&-); leave it open, or send it to a "
+                                            "file (> run.log) or to /dev/null")
+                        result = main(argv)
+                        sys.stdout.flush()             # a closed pipe shows now, not as Python exits
+                        return result
+                    except UserError as exc:
+                        fail(str(exc))
+                    except KeyboardInterrupt:
+                        interrupted(for_good)
+                except KeyboardInterrupt:              # a second Ctrl-C while the first one was handled
+                    interrupted(for_good)
+                except SystemExit:                     # e.g. a grade's status: what stdout holds goes out first
+                    process.flush_quietly()
+                    raise
+                except process.ConsoleGone as exc:
+                    sys.exit(process.console_gone(exc))
+        finally:
+            if not for_good:
+                process.end_run()
 
     return run
+
+
+def interrupted(for_good: bool):
+    """Ctrl-C or SIGTERM: one line naming what was kept, exit 130 or 143; further signals are ignored."""
+    process.stopping(for_good)
+    name = process.interruption()
+    process.say(f"\ninterrupted ({name}); {files.kept_text()}")
+    sys.exit(process.EXIT_STATUS[name])

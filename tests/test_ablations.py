@@ -388,8 +388,8 @@ def test_ctrl_c_marks_the_json_interrupted_and_keeps_only_finished_runs(tmp_path
     assert exc.value.code == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
-    data = json.loads((tmp_path / ablations.JSON_NAME).read_text())
-    assert data["interrupted"] is True and data["complete"] is False
+    data = json.loads((tmp_path / ablations.PARTIAL_NAME).read_text())      # never over ablations.json
+    assert data["interrupted"] is True and data["complete"] is False and not (tmp_path / ablations.JSON_NAME).exists()
     assert data["interrupted_run"]["row"] == "no_warmup" and data["interrupted_run"]["seed"] == 0
     assert [(r["name"], len(r["runs"])) for r in data["rows"]] == [("default", 2)]     # the cut run is left out
     assert not (tmp_path / ablations.PNG_NAME).exists()

@@ -1,6 +1,12 @@
-"""The shared helpers: flags every lesson accepts, device choice, lesson loading, plotting."""
+"""The shared helpers: flags every lesson accepts, device choice, lesson loading, plotting, checkpoints,
+how a run ends (SIGTERM, a second Ctrl-C), results that replace the last complete one."""
+import dataclasses
+import json
 import os
+import signal
 import sys
+import time
+import warnings
 
 import pytest
 import torch
@@ -143,3 +149,144 @@ def test_fmt_rounds_for_reading():
 
 def test_absurd_thread_count_rejected(capsys):
     expect_user_error(capsys, LESSONS[0], "--threads", "100000", contains="cores")
+
+
+# ---------------------------------------------------------------- checkpoints carry a checksum
+@dataclasses.dataclass
+class TinyConfig:
+    width: int = 4
+
+
+class TinyCheckpointError(common.UserError):
+    pass
+
+
+FORMATS = ("tiny-v2", "tiny-v1")
+
+
+def tiny_checkpoint(path):
+    weights = {"w": torch.arange(64, dtype=torch.float32) + 1000.0, "b": torch.zeros(3)}
+    common.checkpoints.save(path, FORMATS[0], TinyConfig(), weights, step=7)
+    return path, weights
+
+
+def load_tiny(path):
+    return common.checkpoints.load(path, FORMATS, ("state_dict", "config"), TinyCheckpointError)
+
+
+def test_a_checkpoint_loads_with_its_checksum_and_two_flipped_bytes_are_refused_by_name(tmp_path):
+    path, weights = tiny_checkpoint(tmp_path / "model.pt")
+    assert torch.equal(load_tiny(path)["state_dict"]["w"], weights["w"])
+    data = bytearray(path.read_bytes())
+    at = data.find(weights["w"].numpy().tobytes()) + 100              # inside the tensor's bytes
+    data[at] ^= 0x10
+    data[at + 1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(TinyCheckpointError, match=r"'.*model\.pt' is damaged: w does not match"):
+        load_tiny(path)
+
+
+def test_a_changed_format_field_is_refused(tmp_path):
+    path, _ = tiny_checkpoint(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["format"] = FORMATS[1]                                    # another format the loader accepts
+    torch.save(payload, path)
+    with pytest.raises(TinyCheckpointError, match="format field .'tiny-v1'. does not match"):
+        load_tiny(path)
+
+
+def test_a_checkpoint_written_before_checksums_still_loads(tmp_path):
+    path, weights = tiny_checkpoint(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["checksum"]
+    torch.save(payload, path)
+    assert torch.equal(load_tiny(path)["state_dict"]["b"], weights["b"])
+
+
+class Crafted:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_a_crafted_pickle_is_refused_with_our_line_and_no_warning_of_torchs(tmp_path):
+    import pickle
+    import zipfile
+
+    path = tmp_path / "crafted.pt"
+    torch.save({"a": 1}, tmp_path / "real.pt")
+    with zipfile.ZipFile(tmp_path / "real.pt") as real, zipfile.ZipFile(path, "w") as crafted:
+        for name in real.namelist():                                 # a torch file whose pickle runs code
+            crafted.writestr(name, pickle.dumps(Crafted(), protocol=4) if name.endswith("data.pkl")
+                             else real.read(name))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(TinyCheckpointError, match="not a file torch.save wrote"):
+            load_tiny(path)
+    assert [str(w.message) for w in shown] == []
+
+
+# ---------------------------------------------------------------- SIGTERM, a second signal, held()
+handled = pytest.mark.skipif(signal.getsignal(signal.SIGTERM) is not common.process._on_signal,
+                             reason="this process handles SIGTERM in its own way")
+
+
+@handled
+@pytest.mark.parametrize("n", LESSONS)
+def test_sigterm_in_any_lesson_is_one_line_and_exit_143(capsys, monkeypatch, tmp_path, n):
+    def sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)                          # a real signal, handled as in any run
+
+    monkeypatch.setattr(common, "section", sigterm)                   # at the lesson's first section
+    with pytest.raises(SystemExit) as exc:
+        load_lesson(n).main(["--quick", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 143
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM); "), lines
+
+
+@handled
+def test_a_second_ctrl_c_while_a_run_ends_is_ignored(capsys, monkeypatch):
+    def ctrl_c_again():
+        os.kill(os.getpid(), signal.SIGINT)                           # arrives while the first is handled
+        return "nothing was written"
+
+    monkeypatch.setattr(common.files, "kept_text", ctrl_c_again)
+
+    @common.entry_point
+    def main(argv=None):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted (Ctrl-C); nothing was written"
+    with pytest.raises(KeyboardInterrupt):                           # and signals work again afterwards
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+@handled
+def test_a_signal_inside_held_waits_for_the_end_of_the_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with common.process.held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("the rest of the block")
+    assert done == ["the rest of the block"] and common.process.interruption() == "SIGTERM"
+
+
+# ---------------------------------------------------------------- a result replaces the last complete one
+def test_a_result_is_partial_until_complete_then_replaces_the_earlier_one(tmp_path):
+    (tmp_path / "r.json").write_text('{"earlier": true}')
+    common.files.start_run()
+    result = common.files.Result(tmp_path, "r.json")
+    result.save({"runs": 1})
+    figure = result.name("r.png")
+    (tmp_path / figure).write_bytes(b"png")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"earlier": True}
+    assert figure == "r.partial.png" and json.loads((tmp_path / "r.partial.json").read_text()) == {"runs": 1}
+    assert "r.partial.json (what this run finished)" in common.files.kept_text()
+    assert "the earlier complete r.json is unchanged" in common.files.kept_text()
+    result.complete({"runs": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.png"]
+    assert json.loads((tmp_path / "r.json").read_text()) == {"runs": 2} and result.final_name(figure) == "r.png"

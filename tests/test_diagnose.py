@@ -372,9 +372,9 @@ def test_ctrl_c_keeps_the_models_that_finished(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         diagnose.main(["--quick", "--count", "2", "--seed", str(SEED), "--out-dir", str(tmp_path)])
     assert exc.value.code == 130
-    state = json.loads((tmp_path / diagnose.STATE_NAME).read_text())
+    state = json.loads((tmp_path / diagnose.PARTIAL_STATE_NAME).read_text())      # the game is not finished
     assert state["interrupted"] and not state["complete"] and list(state["models"]) == ["reference", "A"]
-    assert (tmp_path / "mystery_A.png").exists() and not (tmp_path / "mystery_B.png").exists()
+    assert (tmp_path / "mystery_A.partial.png").exists() and not (tmp_path / "mystery_B.partial.png").exists()
     drawn = diagnose.draw(SEED, 2)
     capsys.readouterr()
     assert grade(tmp_path, f"A={drawn['A']}") == 0                        # what finished can be graded

@@ -117,8 +117,9 @@ def test_an_interrupted_sweep_is_marked_and_keeps_the_finished_runs(monkeypatch,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sweep, "train_one", second_is_interrupted)
-    sweep.main(["--quick", "--out-dir", str(tmp_path)])
-    saved = json.loads((tmp_path / sweep.JSON_NAME).read_text())
+    with pytest.raises(SystemExit, match="130"):
+        sweep.main(["--quick", "--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "architecture_sweep.partial.json").read_text())
     assert saved["interrupted"] is True and saved["complete"] is False and len(saved["runs"]) == 1
 
 

@@ -86,12 +86,14 @@ def test_default_model_is_trained_once_and_shared(quick_sweep):
 def test_ctrl_c_keeps_what_finished(tmp_path, monkeypatch, capsys):
     counter = CountingTrain(sweep.train, interrupt_on=2)
     monkeypatch.setattr(sweep, "train", counter)
-    sweep.main(["--quick", "--axes", "heads", "--out-dir", str(tmp_path)])
-    metrics = json.loads((tmp_path / sweep.JSON_NAME).read_text())
-    assert metrics["interrupted"] is True and len(counter.configs) == 2
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--quick", "--axes", "heads", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 130
+    metrics = json.loads((tmp_path / "architecture_sweep.partial.json").read_text())   # never over the json
+    assert metrics["interrupted"] is True and len(counter.configs) == 2 and not (tmp_path / sweep.JSON_NAME).exists()
     assert len(metrics["runs"]) == 1                                  # the unfinished run is left out
     assert [(e["axis"], e["value"]) for e in metrics["entries"]] == [("heads", 2)]
-    assert (tmp_path / sweep.PNG_NAME).exists()
+    assert (tmp_path / "architecture_sweep.partial.png").exists()
     assert "interrupted (Ctrl-C): 1 of 2" in capsys.readouterr().out
 
 
