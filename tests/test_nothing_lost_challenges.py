@@ -17,6 +17,7 @@ import pytest
 
 from challenges import ablations, diagnose, length_generalization, sweep
 from common import load_lesson, process
+from lesson05_plumbing import checkpoints as C
 from conftest import REPO_ROOT, expect_user_error
 
 L5 = load_lesson(5)
@@ -130,7 +131,7 @@ def lengths_done(tmp_path_factory):
     out = tmp_path_factory.mktemp("lengths")
     config = L5.TrainConfig(seq_len=5, d_model=16, n_heads=1, d_ff=32, steps=10, warmup=2, val_size=50,
                             test_size=50, patience=0)
-    checkpoint = L5.save_checkpoint(out / L5.CHECKPOINT_NAME, L5.train(config, quiet=True), config)
+    checkpoint = C.save_checkpoint(out / C.CHECKPOINT_NAME, L5.train(config, quiet=True), config)
     length_generalization.main(["--checkpoint", str(checkpoint), "--lengths", "4,5", "--out-dir", str(out)])
     return out, checkpoint
 
