@@ -128,3 +128,40 @@ def near(name: str, text: str, value, wanted, tolerance, measured: str = "", hin
     v = _number(value)
     return Claim(name, text, abs(v - wanted) <= tolerance, measured or _g(v),
                  f"{_g(wanted)} (within {_g(tolerance)})", hint)
+
+
+def every(name: str, text: str, parts, hint: str = "") -> Claim:
+    """A claim built from others (a key insight that sums up a section's claims): it holds when every
+    part holds; when one breaks, it shows what the broken parts measured and what they needed."""
+    broken_parts = [c for c in parts if not c.holds]
+    return Claim(name, text, not broken_parts, "; ".join(f"{c.name}: {c.measured}" for c in broken_parts),
+                 "; ".join(f"{c.name}: {c.expected}" for c in broken_parts), hint)
+
+
+def versus(k1: int, n1: int, k2: int, n2: int) -> str:
+    """Two shares and whether they differ beyond the noise (their 95% Wilson intervals do not overlap):
+    '13.55% (12.95-14.17) against 9.92% (9.39-10.46), apart beyond the noise', or '... inside the
+    noise (the 95% intervals overlap)'. A difference inside the noise is said to be one, never a finding."""
+    from common.report import differ, percent
+
+    verdict = "apart beyond the noise" if differ(k1, n1, k2, n2) else "inside the noise (the 95% intervals overlap)"
+    return f"{percent(k1, n1)} against {percent(k2, n2)}, {verdict}"
+
+
+def share_above(name: str, text: str, k1: int, n1: int, k2: int, n2: int, hint: str = "") -> Claim:
+    """Holds when the share k1 of n1 is above k2 of n2 beyond the noise (95% Wilson intervals apart)."""
+    from common.report import differ, percent
+
+    holds = n1 > 0 and n2 > 0 and k1 / n1 > k2 / n2 and differ(k1, n1, k2, n2)
+    return Claim(name, text, holds, f"{percent(k1, n1)} against {percent(k2, n2)}",
+                 "the first above the second, their 95% intervals apart", hint)
+
+
+def same(name: str, text: str, value, wanted, tolerance: float = 1e-5, hint: str = "") -> Claim:
+    """Holds when two tensors (or numbers) agree: their largest absolute difference is below `tolerance`
+    (a NaN never holds). The text gets the difference: same("rows-sum-to-1", "Each row sums to 1",
+    weights.sum(-1), 1.0) prints 'Each row sums to 1 (largest difference 1.2e-07).'"""
+    import torch
+
+    worst = (torch.as_tensor(value) - torch.as_tensor(wanted)).abs().max().item()  # torch's max keeps a NaN
+    return below(name, f"{text.rstrip('.')} (largest difference {_g(worst)}).", worst, tolerance, hint=hint)
