@@ -138,14 +138,16 @@ def every(name: str, text: str, parts, hint: str = "") -> Claim:
                  "; ".join(f"{c.name}: {c.expected}" for c in broken_parts), hint)
 
 
-def versus(k1: int, n1: int, k2: int, n2: int) -> str:
-    """Two shares and whether they differ beyond the noise (their 95% Wilson intervals do not overlap):
-    '13.55% (12.95-14.17) against 9.92% (9.39-10.46), apart beyond the noise', or '... inside the
-    noise (the 95% intervals overlap)'. A difference inside the noise is said to be one, never a finding."""
-    from common.report import differ, percent
+def noise(k1: int, n1: int, k2: int, n2: int) -> str:
+    """Whether two shares differ beyond their noise, in words: 'a difference beyond the noise' when their
+    95% Wilson intervals do not overlap, else 'a difference inside the noise (the 95% intervals overlap)'.
+    A difference inside the noise is said to be one, never reported as a finding."""
+    from common.report import differ
 
-    verdict = "apart beyond the noise" if differ(k1, n1, k2, n2) else "inside the noise (the 95% intervals overlap)"
-    return f"{percent(k1, n1)} against {percent(k2, n2)}, {verdict}"
+    if (k1, n1) == (k2, n2):
+        return "no difference"
+    return ("a difference beyond the noise" if differ(k1, n1, k2, n2)
+            else "a difference inside the noise (the 95% intervals overlap)")
 
 
 def share_above(name: str, text: str, k1: int, n1: int, k2: int, n2: int, hint: str = "") -> Claim:

@@ -269,7 +269,10 @@ def test_cost_section_says_when_the_lengths_are_too_short_to_show_t_squared(monk
                                                                               shown):
     times = iter([t for a in attention_ms for t in (a / 1000, 0.001)])  # attention, then the linear layer, per T
     monkeypatch.setattr(L01.common, "best_time", lambda fn, device, repeats=5: next(times))
-    slope = L01.section_8_cost(torch.device("cpu"), argparse.Namespace(quick=True))
+    slope, faster = L01.section_8_cost(torch.device("cpu"), argparse.Namespace(quick=True))
     out = " ".join(capsys.readouterr().out.split())
-    assert (slope["attention"] >= 1.8) is shown and ("too short to show it" in out) is not shown
+    assert (slope["attention"] >= 1.8) is shown and ("too short to show T^2" in out) is not shown
     assert "computed, not measured" in out and "memory" not in slope
+    # flat times: attention does not outgrow the linear layer, and the claim says so
+    assert faster.name == "attention-outgrows-linear" and bool(faster) is shown
+    assert ("DOES NOT HOLD" in out) is not shown
