@@ -143,7 +143,7 @@ def plot_weights(ax, weights, title, labels=None, mask=None):
     ax.set_facecolor("lightgrey")  # masked (blocked) cells are left out and show this background
     ax.tick_params(axis="y", labelrotation=0)
     ax.set(xlabel="key position (attended to)", ylabel="query position (attending)")
-    ax.set_title("\n".join(textwrap.fill(line, 58) for line in title.split("\n")), fontsize=10)
+    ax.set_title("\n".join(textwrap.fill(line, 64) for line in title.split("\n")), fontsize=10)
 
 
 # %% 1. Q, K and V on a tiny example you can follow by hand
@@ -208,13 +208,13 @@ def section_2_step_by_step(Q, K, V, hand_output, args):
                         "these steps, output = softmax(Q K^T / sqrt(d_k)) V: (T_q, d_k) @ (d_k, T_k) -> scores "
                         "(T_q, T_k); weights (T_q, T_k) @ V (T_k, d_v) -> output (T_q, d_v)", fn_output, output,
                         hint="compare its lines with the steps above").say()
-    rows = claims.same("rows-sum-to-1", "Each row of its weights sums to 1", fn_weights.sum(-1), 1.0,
+    rows = claims.same("rows-sum-to-1", "Each row of the weights sums to 1", fn_weights.sum(-1), 1.0,
                        hint="the softmax must run over the keys, dim=-1").say()
 
     fig, ax = common.new_figure(figsize=(5.6, 4.6), show=args.show)
     labels = [f"{i} {w}" for i, w in enumerate(TOKENS)]
-    plot_weights(ax, fn_weights, "Attention weights of the hand-picked example\n(each row: how much a "
-                 f"word listens to each word)\n{rows.title()}", labels)
+    plot_weights(ax, fn_weights, "Attention weights of the hand-picked example\n(each row: how much a word "
+                 f"listens to each word)\n{rows.title()}", labels)
     common.save_figure(fig, args.out_dir, "attention_weights.png", show=args.show)
     return steps
 
@@ -417,8 +417,8 @@ def section_6_masks(x, head, device, args):
     {empty['plain_nan']} rows there. One NaN would spread through every later layer and the loss,
     even though those rows are ignored.""")
     said["empty"] = claims.check("empty-rows-give-0", nan_rows == 0 == nan_grad and empty["empty_out"] == 0,
-                                 f"Ours gives 0, not NaN, on those rows: {nan_rows} NaN rows, largest |output| "
-                                 f"{out}, {nan_grad} NaN in the gradient", f"{nan_rows}, {out} and {nan_grad}",
+                                 f"Ours gives 0, not NaN, on those rows: {nan_rows} NaN rows, |output| up to {out}, "
+                                 f"{nan_grad} NaN in the gradient", f"{nan_rows}, {out} and {nan_grad}",
                                  "0, 0 and 0", "see the masked_fill after the softmax").say()
     s, said["polarity"] = section_6_polarity(x, keep, device)
     plot_masks(runs, masks, s, said, args)
@@ -460,7 +460,7 @@ def plot_masks(runs, masks, s, said, args):
               "causal + padding": "Causal and padding combined",
               "left padding + causal": (f"Left padding + causal: rows {empty[0]}..{empty[-1]} have no key\n"
                                         + said["empty"].title() if empty else "Left padding + causal")}
-    fig, axes = common.new_figure(2, 2, figsize=(10, 9), show=args.show)
+    fig, axes = common.new_figure(2, 2, figsize=(10, 9.6), show=args.show)
     for ax, (name, (_, w)) in zip(axes.flat, runs.items()):
         plot_weights(ax, w[s], f"{titles[name]}\n(sequence {s}, length {n} of {T}; grey = blocked)",
                      mask=masks[name].expand_as(w)[s])

@@ -477,3 +477,13 @@ def test_frozen_below_always_0_is_explained_by_a_blend_the_model_rarely_made(cap
     (why,) = [c for c in claims.made if c.name == "frozen-blend-unseen"]
     assert bool(why) is holds and f"only {at_avg:.0%} of its rows lie within 0.1 of the average blend" in out
     assert ("DOES NOT HOLD" in out) is not holds
+
+
+def test_shares_are_a_finding_only_beyond_their_noise():
+    # --seed 1's one head against always answering 0: 1230 and 1209 of 12000
+    assert claims.noise(1230, 12000, 1209, 12000).startswith("a difference inside the noise")
+    assert not claims.share_above("one-head", "one head beats always-0", 1230, 12000, 1209, 12000)
+    assert claims.noise(1626, 12000, 1190, 12000) == "a difference beyond the noise"
+    assert claims.share_above("one-head", "one head beats always-0", 1626, 12000, 1190, 12000)
+    assert not claims.share_above("one-head", "reversed", 1190, 12000, 1626, 12000)
+    assert claims.noise(1230, 12000, 1230, 12000) == "no difference"
