@@ -440,7 +440,8 @@ def section_3_why_heads(d_model, n_heads, sizes, args, device):
         replaces each head's weights by their average over those sequences: the same blend for
         every input.""")
     results, baseline, n = train_and_measure(d_model, n_heads, sizes, args.seed, device)
-    print("  average weight of each head on each offset (key - query position); at avg: its rows within 0.1 of it")
+    print("  each head's average weight on each offset (key - query position); at avg: the share of the\n"
+          "  head's rows within 0.1 of that average")
     common.table([[f"{h}-head model", f"head {i}", *(f"{w:.3f}" for w in r["spots"][i].tolist()),
                    largest(r["spots"][i]), f"{r['at_avg'][i]:.0%}"] for h, r in results.items() for i in range(h)],
                  ["model", "head", "-1 left", "0 self", "+1 right", "other", "largest", "at avg"])
