@@ -427,18 +427,17 @@ def section_3_why_heads(d_model, n_heads, sizes, args, device):
         learned position embedding (positions are lesson 03's subject), one MultiHeadAttention
         layer, a linear output layer. No residual: the answer can only come through attention.
 
-        One head returns one weighted average of value vectors. With the same weights for every
-        input, a position gets a fixed blend w*v(left) + (1-w)*v(right) (+ the same share of the
-        others): for (left, right) = (0,1) or (1,0) it lies on the segment between the blends of
-        (0,0) and (1,1). The output layer scores answers linearly, so where answer 0 scores
-        highest is a convex set (an intersection of half-spaces score_0 > score_k): (0,0) and
-        (1,1) answer 0, so every blend between them does too, never -1 or +1. One head must make
-        its weights depend on the digits. Two heads can each read one neighbour into their own
-        slice of the output, and the output layer can give the slices opposite signs. We train a
-        {n_heads}-head and a 1-head model with the same d_model={d_model}, {sizes['steps']} steps,
-        seed and data, then measure in eval mode on {sizes['n_eval']} held-out sequences. "frozen"
-        replaces each head's weights by their average over those sequences: the same blend for
-        every input.""")
+        One head returns one weighted average of value vectors. With the same weights for every input, a
+        position gets a fixed blend w*v(left) + (1-w)*v(right) (+ the same share of the others): for
+        (left, right) = (0,1) or (1,0) it lies on the segment between the blends of (0,0) and (1,1). The
+        output layer scores answers linearly, so where answer 0 scores highest is a convex set (an
+        intersection of half-spaces score_0 > score_k): (0,0) and (1,1) answer 0, so every blend between
+        them does too, never -1 or +1. One head must make its weights depend on the digits. Two heads can
+        each read one neighbour into their own slice of the output, and the output layer can give the
+        slices opposite signs. We train a {n_heads}-head and a 1-head model with the same
+        d_model={d_model}, {sizes['steps']} steps, seed and data, then measure in eval mode on
+        {sizes['n_eval']} held-out sequences. "frozen" replaces each head's weights by their average
+        over those sequences: the same blend for every input.""")
     results, baseline, n = train_and_measure(d_model, n_heads, sizes, args.seed, device)
     print("  each head's average weight on each offset (key - query position); at avg: the share of the\n"
           "  head's rows within 0.1 of that average")
