@@ -13,7 +13,7 @@ import pytest
 import common
 from breakit import Edit, run_lesson
 
-LINE_00 = "        weights = weights.masked_fill(~mask, 0.0)\n"
+FILL_0 = "        weights = weights.masked_fill(~mask, 0.0)\n"  # the line after the softmax
 
 CATALOGUE = {  # name: (edits, the claims it breaks). Each Edit must match the lesson exactly once.
     # QUICKSTART "Break it on purpose" 1 and challenges/bugs.py no_scaling_*: no 1/sqrt(d_k)
@@ -30,8 +30,8 @@ CATALOGUE = {  # name: (edits, the claims it breaks). Each Edit must match the l
     "flipped_mask": ([Edit(1, "return torch.tril(", "return ~torch.tril(")],
                      {"causal-hides-future", "matches-pytorch", "insight-masks"}),
     # QUICKSTART 3: no 0 for a row with nothing to attend to (the if block after the softmax deleted)
-    "no_nan_guard": ([Edit(1, "    if mask is not None:\n        # A row where every key is blocked is softmax(all -inf)"
-                              " = 0/0 = NaN; make its weights 0.\n" + LINE_00, "")],
+    "no_nan_guard": ([Edit(1, "    if mask is not None:\n        # A row where every key is blocked is "
+                              "softmax(all -inf) = 0/0 = NaN; make its weights 0.\n" + FILL_0, "")],
                      {"empty-rows-give-0", "matches-pytorch", "insight-masks"}),
     # challenges/bugs.py softmax_wrong_axis: each key's column sums to 1, not each query's row
     "softmax_over_queries": ([Edit(1, "weights = torch.softmax(scores, dim=-1)  # (..., T_q, T_k)",
@@ -55,6 +55,16 @@ CATALOGUE = {  # name: (edits, the claims it breaks). Each Edit must match the l
     # masking after the softmax only: blocked keys zeroed, the rest not renormalised
     "mask_after_softmax": ([Edit(1, '        scores = scores.masked_fill(~mask, float("-inf"))\n', "")],
                            {"masked-rows-sum-to-1", "matches-pytorch", "insight-masks"}),
+    # nn.MultiheadAttention handed our mask without the ~
+    "key_padding_mask_not_inverted": ([Edit(1, '("~keep (True = padding)", ~keep)',
+                                            '("~keep (True = padding)", keep)')], {"mha-polarity", "insight-masks"}),
+    # section 3 with uniform numbers in [0, 1) (torch.rand) instead of N(0, 1) (torch.randn)
+    "rand_not_randn": ([Edit(1, "q = torch.randn(n_queries, d_k, 1, device=device)",
+                             "q = torch.rand(n_queries, d_k, 1, device=device)")],
+                       {"variance-follows-d_k", "scaling-keeps-variance", "insight-scaling"}),
+    # section 3 "scaled" by d_k: the variance falls as 1/d_k instead of staying at 1
+    "sweep_divides_by_d_k": ([Edit(1, '("scaled", math.sqrt(d_k))', '("scaled", d_k)')],
+                             {"scaling-keeps-variance", "insight-scaling"}),
 }
 
 

@@ -46,6 +46,9 @@ CATALOGUE = {  # name: (edits, the claims it breaks)
     # our mask handed to nn.MultiheadAttention as it is: True = may attend read as True = blocked
     "mask_polarity_unchanged": ([Edit(2, "dict(attn_mask=~causal)", "dict(attn_mask=causal)")],
                                 {"loop-class-pytorch"}),
+    # the formula without its biases: 4*d_model^2 against numel()'s 4*d_model^2 + 4*d_model
+    "formula_without_biases": ([Edit(2, "return 4 * d_model**2 + 4 * d_model", "return 4 * d_model**2")],
+                               {"parameter-formula"}),
     # no positions: on the ring every neighbour looks the same, no head can find the left one
     "no_positions": ([Edit(2, "h = self.tok_emb(x) + self.pos_emb.weight ", "h = self.tok_emb(x) ")],
                      {"heads-beat-one", "heads-split", "insight-heads"}),
