@@ -3,21 +3,17 @@
 What you will learn
   1. What queries (Q), keys (K) and values (V) are, on 3 words with numbers you can check by hand.
   2. The computation softmax(Q K^T / sqrt(d_k)) V step by step, with every shape printed.
-  3. Why the scores are divided by sqrt(d_k): score variance, saturated rows, and the gradient
-     that reaches the queries.
+  3. Why the scores are divided by sqrt(d_k): variance, saturated rows, the gradient to the queries.
   4. Self-attention: Q, K and V made from the input by three learned layers W_q, W_k, W_v.
   5. Cross-attention: queries from one sequence, keys and values from another (T_q != T_k).
-  6. Causal and padding masks, where a query with nothing to attend to comes from (left padding
-     with a causal mask), and why it must give 0, not NaN.
+  6. Causal and padding masks; why a query with nothing to attend to (left padding) must give 0, not NaN.
   7. That our function gives the same result as PyTorch's F.scaled_dot_product_attention.
   8. What attention costs: time and memory grow with T^2.
 
 Run it (from the repository root)
-  python 01_attention_mechanism.py                  # figures go to the current folder
-  python 01_attention_mechanism.py --out-dir out    # ... or into ./out
+  python 01_attention_mechanism.py                  # figures go to the current folder (--out-dir DIR)
   python 01_attention_mechanism.py --quick          # tiny sizes, for a quick check
-  python 01_attention_mechanism.py --show           # also open each figure in a window
-  python 01_attention_mechanism.py --help           # every flag (--device, --seed, --threads)
+  python 01_attention_mechanism.py --help           # every flag (--show, --device, --seed, --threads)
 It writes attention_weights.png, attention_scaling.png and attention_masks.png.
 
 Shapes
@@ -26,13 +22,14 @@ Shapes
   "scores" (..., T_q, T_k) are before the softmax, "weights" (..., T_q, T_k) after it.
 """
 import math
+import textwrap
 
 import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import fmt
+from common import claims, fmt  # claims: each sentence below that states a property is checked
 
 # %% Knobs: edit these and re-run
 # The hand-worked example (sections 1-2). Features of Q and K: (article, noun, verb, past tense).
@@ -145,9 +142,8 @@ def plot_weights(ax, weights, title, labels=None, mask=None):
                 cbar_kws={"label": "attention weight", "shrink": 0.8})
     ax.set_facecolor("lightgrey")  # masked (blocked) cells are left out and show this background
     ax.tick_params(axis="y", labelrotation=0)
-    ax.set_xlabel("key position (attended to)")
-    ax.set_ylabel("query position (attending)")
-    ax.set_title(title, fontsize=10)
+    ax.set(xlabel="key position (attended to)", ylabel="query position (attending)")
+    ax.set_title("\n".join(textwrap.fill(line, 64) for line in title.split("\n")), fontsize=10)
 
 
 # %% 1. Q, K and V on a tiny example you can follow by hand
@@ -178,14 +174,16 @@ def section_1_qkv_by_hand(device):
                    vec(weights[j] * V[j])] for j in range(len(TOKENS))],
                  ["key", "q . k", "/ sqrt(d_k)", "exp", "weight = exp / sum", "weight * v"])
     output = weights @ V  # (T_k,) @ (T_k, d_v) -> (d_v,)
-    top = [TOKENS[j] for j in range(len(TOKENS)) if weights[j] >= weights.max() - 1e-6]
-    listens = (f"most to {top[0]!r}" if len(top) == 1 else
-               "equally most to " + " and ".join(repr(w) for w in top))
+    top = [TOKENS[j] for j in range(len(TOKENS)) if weights[j] >= weights.max() - 1e-6]  # most weight
+    best = [TOKENS[j] for j in range(len(TOKENS)) if dots[j] >= max(dots) - 1e-6]          # largest q . k
     common.explain(f"""The exps sum to {fmt(sum(exps))}; dividing by that sum turns them into weights
     that sum to {fmt(float(weights.sum()))}. The output of {TOKENS[t]!r} is the weighted sum of the
-    value rows: {vec(output)}. It listens {listens} (weight {fmt(float(weights.max()))}): the largest
-    q . k gets the largest weight.""")
-    return Q, K, V, output, top
+    value rows: {vec(output)}.""")
+    to = ("most to " if len(top) == 1 else "equally most to ") + " and ".join(repr(w) for w in top)
+    listens = claims.equal("largest-score-wins", f"Attention is a weighted average of values: {TOKENS[t]!r} listens "
+                           f"{to} (weight {fmt(float(weights.max()))}), the key{'s' * (len(top) > 1)} with the largest "
+                           f"q . k.", top, best, f"most weight on {top}, largest q . k on {best}").say()
+    return Q, K, V, output, listens
 
 
 # %% 2. The whole computation as matrices, shape by shape
@@ -204,18 +202,21 @@ def section_2_step_by_step(Q, K, V, hand_output, args):
     common.show_tensor("output = weights @ V", output)
 
     fn_output, fn_weights = scaled_dot_product_attention(Q, K, V)
-    common.explain(f"""Every row of weights sums to 1 (largest error
-    {fmt(float((weights.sum(-1) - 1).abs().max()))}). Largest difference of the last output row
-    from section 1's by-hand result: {fmt(float((output[-1] - hand_output).abs().max()))}; of the
-    whole output from the building block scaled_dot_product_attention:
-    {fmt(float((fn_output - output).abs().max()))}.""")
+    claims.same("matches-by-hand", "The last output row equals section 1's by-hand result", output[-1],
+                hand_output).say()
+    steps = claims.same("function-matches-steps", "The building block scaled_dot_product_attention computes "
+                        "these steps, output = softmax(Q K^T / sqrt(d_k)) V: (T_q, d_k) @ (d_k, T_k) -> scores "
+                        "(T_q, T_k); weights (T_q, T_k) @ V (T_k, d_v) -> output (T_q, d_v)", fn_output, output,
+                        hint="compare its lines with the steps above").say()
+    rows = claims.same("rows-sum-to-1", "Each row of the weights sums to 1", fn_weights.sum(-1), 1.0,
+                       hint="the softmax must run over the keys, dim=-1").say()
 
     fig, ax = common.new_figure(figsize=(5.6, 4.6), show=args.show)
     labels = [f"{i} {w}" for i, w in enumerate(TOKENS)]
-    plot_weights(ax, fn_weights, "Attention weights of the hand-picked example\n"
-                 "(each row: how much a word listens to each word; rows sum to 1)", labels)
+    plot_weights(ax, fn_weights, "Attention weights of the hand-picked example\n(each row: how much a word "
+                 f"listens to each word)\n{rows.title()}", labels)
     common.save_figure(fig, args.out_dir, "attention_weights.png", show=args.show)
-    return weights
+    return steps
 
 
 # %% 3. Why divide by sqrt(d_k)
@@ -241,8 +242,9 @@ def section_3_scaling(device, args):
     and variance 1, each product has variance 1, so the sum has variance d_k. Large scores push the
     softmax to give almost all weight to one key (a saturated row: here more than {SATURATED}).
     We measure this for random q and k, {N_KEYS_SWEEP} keys per query (a uniform row gives each key
-    {fmt(1 / N_KEYS_SWEEP)}), and the size of the gradient that reaches the query,
-    |d weights / d q| = |(diag(p) - p p^T) K / scale|, where scale is 1 or sqrt(d_k).""")
+    {fmt(1 / N_KEYS_SWEEP)}; top weight: the average largest weight of a row), and the size of the
+    gradient that reaches the query, |d weights / d q| = |(diag(p) - p p^T) K / scale|, where scale is
+    1 or sqrt(d_k).""")
     sweep = QUICK_D_K_SWEEP if args.quick else D_K_SWEEP
     n_queries = QUICK_N_QUERIES if args.quick else N_QUERIES_SWEEP
     rows = [scaling_statistics(d_k, n_queries, device) for d_k in sweep]
@@ -253,24 +255,32 @@ def section_3_scaling(device, args):
     common.table([[r["d_k"], r["raw"]["grad"][1], r["raw"]["grad"][2], r["scaled"]["grad"][1],
                    r["scaled"]["grad"][2]] for r in rows],
                  ["d_k", "raw median", "raw 90%", "scaled median", "scaled 90%"])
-    first, last = rows[0], rows[-1]
-    raw = last["raw"]
-    if raw["saturated"] >= 0.5:  # the same condition decides key insight 3
-        gradient = f"""most unscaled rows are saturated, and a saturated row sends almost no gradient
-        back to its query: the median row gets {fmt(raw['grad'][1], 3)}, while the 90th percentile
-        gets {fmt(raw['grad'][2], 3)}."""
+    first, last, raw, scaled = rows[0], rows[-1], rows[-1]["raw"], rows[-1]["scaled"]
+    tol = max(0.3, 4 / math.sqrt(n_queries))  # sampling noise: a variance measured on n_queries rows
+    ratio = max((r["raw"]["var"] / r["d_k"] for r in rows), key=lambda v: abs(v - 1))  # the furthest from 1
+    var, grad = [r["scaled"]["var"] for r in rows], [r["scaled"]["grad"][1] for r in rows]
+    alike = f"variance {fmt(min(var), 3)}-{fmt(max(var), 3)}, median gradient {fmt(min(grad), 3)}-{fmt(max(grad), 3)}"
+    said = [claims.near("variance-follows-d_k", f"Unscaled, the variance follows d_k ({fmt(first['raw']['var'])} at "
+                        f"d_k = {first['d_k']}, {fmt(raw['var'])} at d_k = {last['d_k']}) and the share of saturated "
+                        f"rows grows from {first['raw']['saturated']:.0%} to {raw['saturated']:.0%}.", ratio, 1, tol,
+                        f"variance / d_k {fmt(ratio, 3)} at worst").say(),
+            claims.check("scaling-keeps-variance", all(abs(v - 1) <= tol for v in var) and max(grad) < (1 + tol)
+                         * min(grad), f"Scaled, every d_k looks alike ({alike}): training sees the same softmax at "
+                         "any d_k.", alike, f"variances within {fmt(tol, 2)} of 1, gradients within a factor "
+                         f"{fmt(1 + tol, 2)}").say()]
+    if raw["saturated"] >= 0.5:  # most rows saturated: compare the gradient they send back
+        said.append(claims.below("saturated-rows-starve", f"At d_k = {last['d_k']}, {raw['saturated']:.0%} of "
+                                 "unscaled rows are saturated, and a saturated row sends little gradient back to its "
+                                 f"query: the median row gets {fmt(raw['grad'][1], 3)}, against "
+                                 f"{fmt(scaled['grad'][1], 3)} scaled (the 90th percentile: {fmt(raw['grad'][2], 3)}).",
+                                 raw["grad"][1], scaled["grad"][1]).say())
+        saturation = said[-1].text  # key insight 3 ends with the same sentence
     else:
-        gradient = f"""most unscaled rows are not saturated yet (median gradient {fmt(raw['grad'][1], 3)}):
-        larger d_k show the effect."""
-    common.explain(f"""(top weight: average largest weight of a row.) Unscaled, the variance follows
-    d_k ({fmt(first['raw']['var'])} at d_k = {first['d_k']}, {fmt(raw['var'])} at d_k = {last['d_k']})
-    and the share of saturated rows goes from {first['raw']['saturated']:.0%} to
-    {raw['saturated']:.0%}. At d_k = {last['d_k']}, {gradient} Scaled, every d_k looks alike: variance
-    {fmt(min(r['scaled']['var'] for r in rows), 3)} to {fmt(max(r['scaled']['var'] for r in rows), 3)},
-    median gradient {fmt(min(r['scaled']['grad'][1] for r in rows), 3)} to
-    {fmt(max(r['scaled']['grad'][1] for r in rows), 3)}: training sees the same softmax at any d_k.""")
+        saturation = (f"Up to d_k = {last['d_k']} at most {raw['saturated']:.0%} of unscaled rows are saturated "
+                      f"(median gradient {fmt(raw['grad'][1], 3)}): larger d_k show the rows that starve.")
+        print("  " + saturation)
     plot_scaling(rows, args)
-    return rows
+    return rows, said, saturation
 
 
 def plot_scaling(rows, args):
@@ -283,12 +293,10 @@ def plot_scaling(rows, args):
         axes[2].loglog(d, mid, marker, label=f"{name}: median")
         axes[2].fill_between(d, low, high, alpha=0.25, label=f"{name}: 10%-90% of rows")
     axes[0].loglog(d, d, "k:", label="y = d_k")
-    axes[0].set(xlabel="d_k", ylabel="variance of the scores",
-                title="Score variance: raw q . k vs q . k / sqrt(d_k)")
+    axes[0].set(xlabel="d_k", ylabel="variance of the scores", title="Score variance: raw q . k vs q . k / sqrt(d_k)")
     axes[1].set(xlabel="d_k", ylabel=f"share of rows with a weight > {SATURATED}", ylim=(-0.03, 1.03),
                 title="Saturated rows: one key takes almost everything")
-    axes[2].set(xlabel="d_k", ylabel="|d weights / d q| per query (log)",
-                title="Size of the gradient that reaches q")
+    axes[2].set(xlabel="d_k", ylabel="|d weights / d q| per query (log)", title="Size of the gradient that reaches q")
     for ax in axes:
         ax.set_xticks(d, [str(v) for v in d])
         ax.minorticks_off()
@@ -299,11 +307,10 @@ def plot_scaling(rows, args):
 # %% 4. Self-attention: Q, K and V come from the input through W_q, W_k, W_v
 def section_4_self_attention(device):
     common.section(4, "Self-attention: Q, K and V come from the input through W_q, W_k, W_v")
-    common.explain(f"""In a model nobody picks Q, K and V by hand. Three learned linear layers make
-    them from the token vectors x: Q = x W_q^T, K = x W_k^T, V = x W_v^T. In self-attention all
-    three come from the same sequence. Here x is random (B = {len(LENGTHS)} sequences of T =
-    {SEQ_LEN} tokens, d_model = {D_MODEL}) and the layers are untrained, so the pattern of weights
-    means nothing yet; training shapes it.""")
+    common.explain(f"""In a model nobody picks Q, K and V by hand. Three learned linear layers make them
+    from the token vectors x: Q = x W_q^T, K = x W_k^T, V = x W_v^T; in self-attention all three come
+    from the same sequence. Here x is random (B = {len(LENGTHS)} sequences of T = {SEQ_LEN} tokens,
+    d_model = {D_MODEL}) and the layers untrained: the weights mean nothing yet; training shapes them.""")
     x = torch.randn(len(LENGTHS), SEQ_LEN, D_MODEL, device=device)  # (B, T, d_model)
     head = AttentionHead(D_MODEL, D_K).to(device).eval()
     with torch.no_grad():  # only looking here, no training: no gradients needed
@@ -316,8 +323,8 @@ def section_4_self_attention(device):
                   ["weights", str(tuple(weights.shape)), "(B, T_q, T_k): T_q = T_k = T"],
                   ["output", str(tuple(output.shape)), "(B, T, d_k): one new vector per token"]],
                  ["tensor", "shape", "meaning"])
-    common.explain(f"""Parameters: three d_k x d_model matrices, 3 * {D_K} * {D_MODEL} =
-    {3 * D_MODEL * D_K} (no biases here).""")
+    claims.equal("head-parameters", f"Parameters: 3 * d_k * d_model = 3 * {D_K} * {D_MODEL} = {3 * D_MODEL * D_K} "
+                 "(W_q, W_k, W_v, no biases).", sum(p.numel() for p in head.parameters()), 3 * D_MODEL * D_K).say()
     return x, head
 
 
@@ -340,9 +347,9 @@ def section_5_cross_attention(head, device):
                   ["output", str(tuple(output.shape)), "(B, T_q, d_v): one row per query"]],
                  ["tensor", "shape", "shape names"])
     common.show_tensor("weights[0] (rows: decoder queries, columns: encoder keys)", weights[0])
-    common.explain(f"""The output has one row per query: the T_k = {T_K_CROSS} keys are summed away
-    in the weighted average. Rows still sum to 1 (largest error
-    {fmt(float((weights.sum(-1) - 1).abs().max()))}).""")
+    claims.same("cross-rows-sum-to-1", f"The output has one row per query: the T_k = {T_K_CROSS} keys are summed "
+                "away in a weighted average whose weights still sum to 1", weights.sum(-1), 1.0,
+                hint="the softmax must run over the keys").say()
     return tuple(weights.shape)
 
 
@@ -384,31 +391,42 @@ def section_6_masks(x, head, device, args):
     keep, masks = example_masks(T, torch.tensor(LENGTHS, device=device), device)
     common.show_tensor("causal_mask(T) as 0/1 (1 = may attend)", masks["causal"].int())
     common.show_tensor(f"padding mask keep[:, None, :] (B, 1, T_k), lengths {LENGTHS}", masks["padding"].int())
-    rows, runs = [], {}
     with torch.no_grad():
-        for name, mask in masks.items():
-            out, w = head(x, x, mask)  # (B, T, d_k), (B, T, T)
-            runs[name] = (out, w)
-            blocked = w[~mask.expand_as(w)]
-            rows.append([name, str(tuple(mask.shape)), blocked.max() if blocked.numel() else w.new_zeros(()),
-                         f"{int(((w.sum(-1) - 1).abs() < 1e-5).sum())} of {B * T}",
-                         int((~mask.expand_as(w).any(-1)).sum())])
-    common.table(rows, ["mask", "shape", "largest blocked weight", "rows summing to 1", "rows with no key"])
+        runs = {name: head(x, x, mask) for name, mask in masks.items()}  # (B, T, d_k), (B, T, T) each
+    common.table([[name, str(tuple(mask.shape)), torch.where(~mask, w, 0).amax(),
+                   f"{int((~mask.expand_as(w).any(-1)).sum())} of {B * T}"]
+                  for (name, mask), (_, w) in zip(masks.items(), runs.values())],
+                 ["mask", "shape", "largest weight on a blocked key", "query rows with no key"])
+    # Measured where the cells are (above the diagonal, on filler keys): a wrong mask cannot vouch for itself.
+    (_, causal), (_, padded) = runs["causal"], runs["padding"]                   # (B, T, T) weights
+    above = torch.where(torch.ones_like(causal, dtype=torch.bool).triu(1), causal, 0).amax()  # the future
+    on_filler = torch.where(~keep[:, None, :], padded, 0).amax()                 # keys past each length
+    row_error = torch.stack([torch.where(mask.expand_as(w).any(-1), (w.sum(-1) - 1).abs(), 0).amax()
+                             for mask, (_, w) in zip(masks.values(), runs.values())]).amax()  # rows with a key
+    said = {"causal": claims.below("causal-hides-future", "Causal: no weight above the diagonal (the future): "
+                                   f"largest {fmt(above)}", above, 1e-6, hint="see causal_mask").say(),
+            "padding": claims.below("padding-hides-filler", f"Padding: no weight on the filler keys: largest "
+                                    f"{fmt(on_filler)}", on_filler, 1e-6, hint="a padding mask blocks keys").say(),
+            "rows": claims.below("masked-rows-sum-to-1", "Every row with a key to attend to sums to 1 over its "
+                                 f"keys (largest error {fmt(row_error)})", row_error, 1e-5).say()}
     empty = empty_rows_check(head, x, masks["left padding + causal"])
+    nan_rows, out, nan_grad = empty["ours_nan"], fmt(empty["empty_out"]), empty["grad_nan"]
     common.explain(f"""
     With left padding and a causal mask, a padding query at the start sees only keys at or before
     it, all padding: {empty['empty']} queries have no key at all. A plain softmax gives NaN in
-    {empty['plain_nan']} rows there; ours gives NaN in {empty['ours_nan']} rows (largest |output|
-    {fmt(empty['empty_out'])}) and {empty['grad_nan']} NaN in the gradient. One NaN would spread
-    through every later layer and the loss, even though those rows are ignored.""")
-    s = section_6_polarity(x, keep, device)
-    plot_masks(runs, masks, s, args)
-    # torch's max keeps a NaN (Python's max(0.0, nan) would drop it and report 0.0)
-    return {"blocked_max": torch.stack([r[2] for r in rows]).max().item(), **empty}
+    {empty['plain_nan']} rows there. One NaN would spread through every later layer and the loss,
+    even though those rows are ignored.""")
+    said["empty"] = claims.check("empty-rows-give-0", nan_rows == 0 == nan_grad and empty["empty_out"] == 0,
+                                 f"Ours gives 0, not NaN, on those rows: {nan_rows} NaN rows, |output| up to {out}, "
+                                 f"{nan_grad} NaN in the gradient", f"{nan_rows}, {out} and {nan_grad}",
+                                 "0, 0 and 0", "see the masked_fill after the softmax").say()
+    s, said["polarity"] = section_6_polarity(x, keep, device)
+    plot_masks(runs, masks, s, said, args)
+    return said, empty
 
 
 def section_6_polarity(x, keep, device):
-    """keep and ~keep as nn.MultiheadAttention's key_padding_mask. Returns the sequence it shows."""
+    """keep and ~keep as nn.MultiheadAttention's key_padding_mask. Returns the sequence it shows, and the claim."""
     B, T = keep.shape
     padded = [b for b in range(B) if 0 < LENGTHS[b] < T]  # sequences with tokens AND padding
     s = min(padded, key=lambda b: LENGTHS[b]) if padded else 0  # the most padded of them
@@ -421,34 +439,31 @@ def section_6_polarity(x, keep, device):
             polarity.append([label, float(w[s][:, ~keep[s]].sum(-1).mean()), int(w.isnan().any(-1).sum())])
     common.table([[label, on_padding, f"{nan_rows} of {B * T}"] for label, on_padding, nan_rows in polarity],
                  ["key_padding_mask", f"weight on padding, sequence {s}", "NaN rows"])
-    note = (f" Even with ~keep, {polarity[0][2]} rows are NaN: nn.MultiheadAttention gives NaN to a query "
-            "with no key at all (a sequence of length 0)." if polarity[0][2] else "")
+    said = claims.below("mha-polarity", "nn.MultiheadAttention's key_padding_mask (and its boolean attn_mask) "
+                        f"use the opposite polarity, True = blocked: with ~keep, sequence {s} puts "
+                        f"{fmt(polarity[0][1])} of its weight on padding. Invert our mask with ~ before passing it.",
+                        polarity[0][1], 1e-6).say()
+    if polarity[0][2]:
+        common.explain(f"""Even with ~keep, {polarity[0][2]} rows are NaN: nn.MultiheadAttention gives NaN to a
+        query with no key at all (a sequence of length 0).""", indent=2)
     if not padded:
-        note += (f" No sequence in LENGTHS = {LENGTHS} has both tokens and padding, so sequence {s} shows "
-                 f"no difference here nor in the figure: give one a length from 1 to {T - 1}.")
-    common.explain(f"""nn.MultiheadAttention's key_padding_mask (and its boolean attn_mask) use the
-    opposite polarity, True = blocked: invert our mask with ~ before passing it.{note}""")
-    return s
+        common.explain(f"""No sequence in LENGTHS = {LENGTHS} has both tokens and padding, so sequence {s} shows
+        no difference here nor in the figure: give one a length from 1 to {T - 1}.""", indent=2)
+    return s, said
 
 
-def plot_masks(runs, masks, s, args):
+def plot_masks(runs, masks, s, said, args):
     T, n = masks["causal"].size(-1), LENGTHS[s]
     no_key = ~masks["left padding + causal"].expand(len(LENGTHS), T, T)[s].any(-1)  # (T_q,)
     empty = no_key.nonzero().flatten().tolist()                                     # those queries
-    titles = {"causal": "Causal: no weight above the diagonal (the future)",
-              "padding": f"Padding: keys {n}..{T - 1} are filler" if n < T else "Padding: no filler here",
+    titles = {"causal": said["causal"].title(), "padding": said["padding"].title(),
               "causal + padding": "Causal and padding combined",
-              "left padding + causal": (f"Left padding + causal: rows {empty[0]}..{empty[-1]} have no key;\n"
-                                        "their weight sums and outputs are written on them" if empty
-                                        else "Left padding + causal")}
-    fig, axes = common.new_figure(2, 2, figsize=(10, 9), show=args.show)
-    for ax, (name, (out, w)) in zip(axes.flat, runs.items()):
+              "left padding + causal": (f"Left padding + causal: rows {empty[0]}..{empty[-1]} have no key\n"
+                                        + said["empty"].title() if empty else "Left padding + causal")}
+    fig, axes = common.new_figure(2, 2, figsize=(10, 9.6), show=args.show)
+    for ax, (name, (_, w)) in zip(axes.flat, runs.items()):
         plot_weights(ax, w[s], f"{titles[name]}\n(sequence {s}, length {n} of {T}; grey = blocked)",
                      mask=masks[name].expand_as(w)[s])
-    out, w = runs["left padding + causal"]
-    for r in empty:  # these cells are all blocked (grey): write what the row computed on it
-        axes.flat[3].text(T / 2, r + 0.5, f"no key: weights sum to {fmt(w[s, r].sum(), 3)}, "
-                          f"|output| {fmt(out[s, r].abs().max(), 3)}", ha="center", va="center", fontsize=8)
     common.save_figure(fig, args.out_dir, "attention_masks.png", show=args.show)
 
 
@@ -470,27 +485,21 @@ def section_7_check_against_pytorch(device):
               (keep[:, :, None] & keep[:, None, :])[:, None], None),
              ("left padding + causal (B, 1, T, T)", (q, k, v), masks["left padding + causal"][:, None], None),
              ("cross-attention", (q_x, k_x, v_x), None, {})]
-    rows, empty_out, n_empty = [], {"ours": [], "torch": []}, 0
+    rows, n_empty = [], 0
     for name, (qq, kk, vv), mask, ref_kwargs in cases:
         ours, _ = scaled_dot_product_attention(qq, kk, vv, mask)
         ref_kwargs = {"attn_mask": mask} if ref_kwargs is None else ref_kwargs  # the same mask, or is_causal
         ref = F.scaled_dot_product_attention(qq, kk, vv, **ref_kwargs)
-        if mask is not None and not mask.any(-1).all():  # some query rows have no key at all
-            empty = ~mask.any(-1, keepdim=True).expand(*ours.shape[:-1], 1)  # (..., T_q, 1)
-            n_empty += int(empty.sum())
-            empty_out["ours"].append(ours.masked_select(empty).abs().max())
-            empty_out["torch"].append(ref.masked_select(empty).abs().max())
+        if mask is not None:  # count the query rows with no key at all, in every head
+            n_empty += int((~mask.any(-1, keepdim=True)).expand(*ours.shape[:-1], 1).sum())
         rows.append([name, str(tuple(qq.shape)), str(tuple(kk.shape)),
                      str(tuple(mask.shape)) if mask is not None else "-", (ours - ref).abs().max()])
     common.table(rows, ["case", "query", "key", "mask", "largest |diff|"])
     worst = torch.stack([r[-1] for r in rows]).max().item()  # torch's max keeps a NaN, Python's max() not
-    empty_out = {who: torch.stack(v).max().item() if v else 0.0 for who, v in empty_out.items()}
-    verdict = "they agree" if worst < 1e-5 else "they DISAGREE: find the nan or large number above"  # NaN too
-    both_zero = ": both give 0" if empty_out["ours"] == 0 == empty_out["torch"] else ""
-    common.explain(f"""Largest difference over all cases: {fmt(worst)} (float32 rounding is about
-    1e-7): {verdict}. Query rows with no key at all: {n_empty}; the largest |output| there is
-    {fmt(empty_out['ours'])} in ours and {fmt(empty_out['torch'])} in PyTorch's{both_zero}.""")
-    return worst
+    return claims.below("matches-pytorch", f"Our function agrees with F.scaled_dot_product_attention in every "
+                        f"case, the {n_empty} query rows with no key at all included: largest difference "
+                        f"{fmt(worst)} (float32 rounding is about 1e-7).", worst, 1e-5,
+                        hint="find the nan or large number in the table").say()
 
 
 # %% 8. What attention costs: T^2
@@ -516,56 +525,46 @@ def section_8_cost(device, args):
     log_T = np.log([r[0] for r in rows])
     slope = {name: float(np.polyfit(log_T, np.log([r[i] for r in rows]), 1)[0])  # time grows as T^slope
              for i, name in ((1, "attention"), (2, "linear"))}
-    long_T = 32 * 1024
-    growth = ("fixed costs per call and cache effects make the measured exponents stray from 1 and 2"
-              if slope["attention"] >= 1.8 else  # the same condition decides key insight 7
-              "these lengths are too short to show it: fixed costs per call still dominate such small calls")
-    common.explain(f"""Fitted growth of the measured times, as T^x over these T: attention x =
-    {fmt(slope['attention'], 3)}, linear layer x = {fmt(slope['linear'], 3)}. Doubling T doubles the
-    linear layer's arithmetic and quadruples attention's; {growth}. The weights' size is computed, not
-    measured: T^2 float32 numbers, so at T = {long_T:,} one head's weights alone would take
-    {fmt(long_T ** 2 * 4 / 2**30, 3)} GiB: why long contexts need fused kernels that never store the
-    (T, T) matrix, or other attention variants.""")
-    return slope
+    a, b, long_T = fmt(slope["attention"], 3), fmt(slope["linear"], 3), 32 * 1024
+    growth = ("fixed costs per call and cache effects make the exponents stray from 2 and 1" if slope["attention"]
+              >= 1.8 else "these T are too short to show T^2: fixed costs per call still dominate such small calls")
+    faster = claims.above("attention-outgrows-linear", f"Cost: over these T attention's time grew like T^{a}, "
+                          f"faster than a linear layer's, T^{b} ({growth}).", slope["attention"] - slope["linear"],
+                          0, f"exponents {a} and {b}").say()
+    common.explain(f"""Doubling T doubles the linear layer's arithmetic and quadruples attention's. The
+    weights' size is computed, not measured: T^2 float32 numbers, so at T = {long_T:,} one head's
+    weights alone would take {fmt(long_T ** 2 * 4 / 2**30, 3)} GiB: why long contexts need fused kernels
+    that never store the (T, T) matrix, or other attention variants.""")
+    return slope, faster
 
 
 # %% Key insights
-def key_insights(hand_weights, top, scaling_rows, cross_shape, masks, worst, slope):
-    first, last = scaling_rows[0], scaling_rows[-1]
-    raw, scaled = last["raw"], last["scaled"]
+def key_insights(listens, steps, scaling, cross_shape, masks, agree, cost):
+    (rows, said, saturation), (on_masks, empty) = scaling, masks
+    first, last = rows[0], rows[-1]  # the smallest and the largest d_k
     common.key_insights([
-        f"Attention is a weighted average of values: {TOKENS[-1]!r} gave weight "
-        f"{fmt(float(hand_weights[-1].max()))} to " + " and ".join(repr(w) for w in top)
-        + (", the key" if len(top) == 1 else " each, the keys") + " with the largest q . k.",
-        "output = softmax(Q K^T / sqrt(d_k)) V: (T_q, d_k) @ (d_k, T_k) -> scores (T_q, T_k); "
-        "weights (T_q, T_k) @ V (T_k, d_v) -> output (T_q, d_v).",
-        f"Raw scores have variance ~ d_k ({fmt(first['raw']['var'])} at d_k={first['d_k']}, "
-        f"{fmt(raw['var'])} at d_k={last['d_k']}); divided by sqrt(d_k) it stays near 1 "
-        f"({fmt(scaled['var'])}). " + (
-            f"Unscaled at d_k={last['d_k']}, {raw['saturated']:.0%} of rows were saturated and the median "
-            f"gradient reaching q was {fmt(raw['grad'][1], 3)} ({fmt(scaled['grad'][1], 3)} scaled)."
-            if raw["saturated"] >= 0.5 else
-            f"Up to d_k={last['d_k']} at most {raw['saturated']:.0%} of unscaled rows were saturated: "
-            "larger d_k show the rows that starve."),
+        listens,
+        steps,
+        claims.every("insight-scaling", f"Raw scores have variance ~ d_k ({fmt(first['raw']['var'])} at "
+                     f"d_k={first['d_k']}, {fmt(last['raw']['var'])} at d_k={last['d_k']}); divided by sqrt(d_k) it "
+                     f"stays near 1 ({fmt(last['scaled']['var'])}). {saturation}", said),
         "Self-attention: Q, K, V all come from one sequence through W_q, W_k, W_v. "
         f"Cross-attention: queries from another; weights were {cross_shape} = (B, T_q, T_k).",
-        f"Masks are boolean, True = may attend: the largest weight on a blocked key was "
-        f"{fmt(masks['blocked_max'])}. Left padding with a causal mask left {masks['empty']} queries "
-        f"without keys: {masks['ours_nan']} NaN rows in ours, {masks['plain_nan']} in a plain softmax. "
-        "nn.MultiheadAttention's masks use the opposite polarity.",
-        f"Our function vs F.scaled_dot_product_attention: largest difference {fmt(worst)} over every case.",
-        f"Cost: attention's time grew like T^{fmt(slope['attention'], 2)}, a linear layer's like "
-        f"T^{fmt(slope['linear'], 2)}" + ("" if slope["attention"] >= 1.8 else " (too short to show T^2)")
-        + "; one head's weights hold T^2 numbers.",
+        claims.every("insight-masks", "Masks are boolean, True = may attend: no weight above the diagonal with a "
+                     "causal mask, none on the filler keys with a padding mask. Left padding with a causal mask "
+                     f"left {empty['empty']} queries without keys: {empty['ours_nan']} NaN rows in ours, "
+                     f"{empty['plain_nan']} in a plain softmax. nn.MultiheadAttention's masks use the opposite "
+                     "polarity.", on_masks.values()),
+        agree,
+        cost,
     ])
 
 
 def check_knobs():
     """An edited knob that cannot work stops the lesson with one line naming it (common.knobs)."""
-    for name, value in {"D_MODEL": D_MODEL, "D_K": D_K, "SEQ_LEN": SEQ_LEN, "T_Q_CROSS": T_Q_CROSS,
-                        "T_K_CROSS": T_K_CROSS, "N_KEYS_SWEEP": N_KEYS_SWEEP, "COST_D_K": COST_D_K,
-                        "N_QUERIES_SWEEP": N_QUERIES_SWEEP, "QUICK_N_QUERIES": QUICK_N_QUERIES}.items():
-        common.whole(value, name, low=1)
+    for name in ("D_MODEL", "D_K", "SEQ_LEN", "T_Q_CROSS", "T_K_CROSS", "N_KEYS_SWEEP", "COST_D_K",
+                 "N_QUERIES_SWEEP", "QUICK_N_QUERIES"):
+        common.whole(globals()[name], name, low=1)
     rows = [len(TOKENS), len(HAND_Q), len(HAND_K), len(HAND_V)]
     common.require(len(set(rows)) == 1 and len({len(r) for r in HAND_Q + HAND_K} - {0}) == 1
                    and len({len(r) for r in HAND_V} - {0}) == 1,
@@ -584,15 +583,15 @@ def main(argv=None):
     args = common.parse_args(common.lesson_parser(__doc__), argv)
     check_knobs()
     device = common.setup(args, "Lesson 01: the attention mechanism")
-    Q, K, V, hand_output, top = section_1_qkv_by_hand(device)
-    hand_weights = section_2_step_by_step(Q, K, V, hand_output, args)
-    scaling_rows = section_3_scaling(device, args)
+    Q, K, V, hand_output, listens = section_1_qkv_by_hand(device)
+    steps = section_2_step_by_step(Q, K, V, hand_output, args)
+    scaling = section_3_scaling(device, args)
     x, head = section_4_self_attention(device)
     cross_shape = section_5_cross_attention(head, device)
     masks = section_6_masks(x, head, device, args)
-    worst = section_7_check_against_pytorch(device)
-    slope = section_8_cost(device, args)
-    key_insights(hand_weights, top, scaling_rows, cross_shape, masks, worst, slope)
+    agree = section_7_check_against_pytorch(device)
+    _, cost = section_8_cost(device, args)
+    key_insights(listens, steps, scaling, cross_shape, masks, agree, cost)
 
 
 if __name__ == "__main__":

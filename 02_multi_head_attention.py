@@ -22,12 +22,14 @@ size of one head's queries and keys).
 Masks are boolean with True = may attend (as in lesson 01 and F.scaled_dot_product_attention).
 """
 import math
+import textwrap
 
 import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import claims, fmt  # claims: each sentence below that states a property is checked
 from common.report import differ, percent  # a share with its 95% interval; two shares apart beyond it
 
 # Reused from lesson 01 (one source for each component): attention for one head. Every
@@ -227,10 +229,13 @@ def train_neighbour_model(d_model: int, n_heads: int, steps: int = STEPS, batch_
 
 
 @torch.no_grad()
-def evaluate(model: NeighbourModel, x, y):
-    """(accuracy over all positions, attention weights averaged over the batch (n_heads, T, T))."""
-    logits, weights = model(x, need_weights=True)
-    return (logits.argmax(-1) == y).float().mean().item(), weights.mean(0)
+def evaluate(model: NeighbourModel, x, y, within: float = 0.1):
+    """(accuracy over all positions, attention weights averaged over the batch (n_heads, T, T), per head
+    the share of rows within `within` of that average (half the summed |difference|): 1 for fixed reads)."""
+    logits, weights = model(x, need_weights=True)                                   # (B, n_heads, T, T)
+    avg = weights.mean(0)
+    at_avg = ((weights - avg).abs().sum(-1) / 2 < within).float().mean((0, 2))      # (n_heads,)
+    return (logits.argmax(-1) == y).float().mean().item(), avg, at_avg
 
 
 @torch.no_grad()
@@ -284,32 +289,33 @@ def section_1_loop(d_model, n_heads, device):
             out_cls, w_cls = mha(q, kv, kv, mask=mask)
             out_fused, _ = fused(q, kv, kv, mask=mask, need_weights=False)
             out_ref, w_ref = ref(q, kv, kv, need_weights=True, average_attn_weights=False, **torch_masks)
-            diffs = [torch.maximum((out_loop - out_cls).abs().max(), (w_loop - w_cls).abs().max()),
-                     (out_cls - out_ref).abs().max(),
-                     (w_cls - w_ref).abs().max(), (out_fused - out_cls).abs().max()]
-            rows.append([name, *diffs])
-        print(f"  largest |difference| (weights: (B, n_heads, T_q, T_k) = "
-              f"{tuple(w_cls.shape)} in the cross case)")
-        common.table(rows, ["case", "loop vs class", "class vs PyTorch", "weights vs PyTorch",
-                            "fused=True vs class"])
+            rows.append([name, torch.maximum((out_loop - out_cls).abs().max(), (w_loop - w_cls).abs().max()),
+                         (out_cls - out_ref).abs().max(), (w_cls - w_ref).abs().max(),
+                         (out_fused - out_cls).abs().max()])
+        print(f"  largest |difference| (weights: (B, n_heads, T_q, T_k) = {tuple(w_cls.shape)} in the cross case)")
+        common.table(rows, ["case", "loop vs class", "class vs PyTorch", "weights vs PyTorch", "fused=True vs class"])
         worst = torch.stack([d for row in rows for d in row[1:]]).max().item()  # keeps a NaN; max() would not
         wrong, _ = ref(x, x, x, attn_mask=causal, need_weights=True)  # our mask passed unchanged
-        nan_rows = torch.isnan(wrong).any(-1).sum().item()
+        nan_at = torch.isnan(wrong).any(-1)                             # (B, T): query rows that came out NaN
         wrong_diff = torch.nan_to_num(wrong - mha(x, x, x, mask=causal)[0]).abs().max().item()
-    common.explain(f"""
-        {"All four agree" if worst < 1e-5 else "They DISAGREE"}: largest difference
-        {common.fmt(worst, 2)} (float32 rounding is ~1e-7). Our class always computes with lesson
-        01's function; "fused=True" is the opt-in that hands calls without weights to PyTorch's
-        F.scaled_dot_product_attention instead (a speed-up on a GPU; an edit to lesson 01 would not
-        reach it).
-
-        Mask polarity: our masks (like F.scaled_dot_product_attention) say True = may attend;
-        nn.MultiheadAttention's attn_mask and key_padding_mask say True = BLOCKED. So we pass
-        ~mask. Passing our causal mask unchanged blocks each query's own position and the past,
-        so it sees only the future: outputs differ by up to {common.fmt(wrong_diff, 3)}, and
-        {nan_rows} of {B * T} query rows (the last position, with nothing left to see) come out
-        as NaN.""")
-    return worst, wrong_diff
+    agree = claims.below("loop-class-pytorch", "Multi-head attention = n_heads copies of lesson 01's attention on "
+                         "d_head-sized slices of W_q, W_k, W_v, concatenated and mixed by W_o: the loop, the batched "
+                         "class, its fused opt-in and nn.MultiheadAttention agree (largest difference "
+                         f"{fmt(worst, 2)}; float32 rounding is ~1e-7).", worst, 1e-5,
+                         hint="the column with a large number says where").say()
+    common.explain("""
+        Our class always computes with lesson 01's function; "fused=True" is the opt-in that hands
+        calls without weights to PyTorch's F.scaled_dot_product_attention instead (a speed-up on a
+        GPU; an edit to lesson 01 would not reach it).""")
+    polarity = claims.check(
+        "polarity-matters", nan_at[:, -1].all() and not nan_at[:, :-1].any() and wrong_diff > 1e-3, "Mask polarity: "
+        "ours (like F.scaled_dot_product_attention's) say True = may attend, nn.MultiheadAttention's attn_mask and "
+        "key_padding_mask True = BLOCKED, so we pass ~mask. Passing our causal mask unchanged blocks each query's own "
+        f"position and the past, so it sees only the future: outputs differ by up to {fmt(wrong_diff, 3)}, and "
+        f"{int(nan_at.sum())} of {B * T} query rows (the last position, with nothing left to see) come out as NaN.",
+        f"NaN rows at positions {nan_at.any(0).nonzero().flatten().tolist()}, outputs {fmt(wrong_diff, 3)} apart",
+        "NaN at the last position only, outputs more than 0.001 apart", "see causal_mask in lesson 01").say()
+    return agree, polarity
 
 
 # %% 2. All heads at once: split_heads and merge_heads
@@ -319,14 +325,12 @@ def section_2_batched(d_model, n_heads, device):
     B, T, H, d_head = 2, 5, n_heads, mha.d_head
     x = torch.randn(B, T, d_model, device=device)
     common.explain("""
-        The loop runs n_heads small projections. Instead we project once with the full W_q
-        (all heads' rows) and reshape so that heads become a batch dimension; every matmul then
-        handles all heads at once. The shapes, step by step:""")
+        The loop runs n_heads small projections. Instead we project once with the full W_q (all
+        heads' rows) and reshape so that heads become a batch dimension; every matmul then handles
+        all heads at once. The shapes, step by step:""")
     with torch.no_grad():
         projected = mha.W_q(x)
-        q = mha.split_heads(projected)
-        k = mha.split_heads(mha.W_k(x))
-        v = mha.split_heads(mha.W_v(x))
+        q, k, v = mha.split_heads(projected), mha.split_heads(mha.W_k(x)), mha.split_heads(mha.W_v(x))
         heads, weights = scaled_dot_product_attention(q, k, v)
         merged = mha.merge_heads(heads)
         steps = [
@@ -342,30 +346,24 @@ def section_2_batched(d_model, n_heads, device):
                      ["step", "shape", f"here (B={B}, T={T}, n_heads={H}, d_head={d_head})"])
         # head h of the batched q is exactly the loop's q_h: rows h*d_head.. of W_q
         rows = slice((H - 1) * d_head, H * d_head)
-        slice_diff = (q[:, H - 1] - F.linear(x, mha.W_q.weight[rows], mha.W_q.bias[rows])).abs().max().item()
-        good = mha.W_o(merged)
-        ref_out, _ = torch_reference(mha)(x, x, x)
-        bad = mha.W_o(merge_heads_without_transpose(heads))
-    good_diff = (good - ref_out).abs().max().item()
-    bad_diff = (bad - ref_out).abs().max().item()
-    if H == 1:
-        bug = (f"With one head there is nothing to swap, so here it changes nothing (difference "
-               f"{common.fmt(bad_diff, 2)}): run with --heads 2 to see it.")
-    else:
-        positions = ", ".join(str(t) for t in range(min(H, T))) + ("" if H <= T else ", then head 1")
-        bug = (f"Nothing complains, since the shapes fit, but row t then holds the {H} * d_head numbers "
-               f"that follow each other in memory (row 0: head 0 at positions {positions}, instead of "
-               "every head at position 0): it differs "
-               f"from PyTorch by {common.fmt(bad_diff, 3)}. Only a comparison like this one (and the "
-               "tests) catches it.")
+        loop_q = F.linear(x, mha.W_q.weight[rows], mha.W_q.bias[rows])  # the loop's query of the last head
+        good, (ref_out, _) = mha.W_o(merged), torch_reference(mha)(x, x, x)
+        bad_diff = (mha.W_o(merge_heads_without_transpose(heads)) - ref_out).abs().max().item()
+    claims.same("last-head-is-slice", f"q[:, {H - 1}] (the last head) equals the loop's head {H - 1} built from "
+                f"rows {rows.start}..{rows.stop - 1} of W_q", q[:, H - 1], loop_q).say()
+    batched = claims.same("batched-matches-pytorch", "The batched output, W_o(merge_heads(...)), equals "
+                          "nn.MultiheadAttention's", good, ref_out).say()
+    positions = ", ".join(str(t) for t in range(min(H, T))) + ("" if H <= T else ", then head 1")
     common.explain(f"""
-        q[:, {H - 1}] (the last head) {"equals" if slice_diff < 1e-5 else "DIFFERS from"} the
-        loop's head {H - 1} built from rows
-        {rows.start}..{rows.stop - 1} of W_q: largest difference {common.fmt(slice_diff, 2)}.
-        Batched output vs nn.MultiheadAttention: {common.fmt(good_diff, 2)}.
-
-        The classic bug: merging with .reshape(B, T, d_model) but no transpose back. {bug}""")
-    return good_diff, bad_diff
+        The classic bug: merging with .reshape(B, T, d_model) but no transpose back. Nothing
+        complains, since the shapes fit, but row t then holds the {H} * d_head numbers that follow
+        each other in memory (row 0: head 0 at positions {positions}, instead of every head at
+        position 0). Only a comparison like this one (and the tests) catches it.""")
+    if H == 1:  # one head: nothing to transpose, the "bug" is harmless
+        print(f"  With one head it changes nothing (difference {fmt(bad_diff, 2)}): run with --heads 2 to see it.")
+        return [batched]
+    return [batched, claims.above("merge-bug-shows", f"Without the transpose the output differs from PyTorch's "
+                                  f"by {fmt(bad_diff, 3)}.", bad_diff, 1e-3).say()]
 
 
 # %% 3. Why several heads: a task that needs two relations at once
@@ -382,17 +380,18 @@ def train_and_measure(d_model, n_heads, sizes, seed, device):
     for h in dict.fromkeys([n_heads, 1]):  # the lesson's model, then one head (once with --heads 1)
         model, losses = train_neighbour_model(d_model, h, sizes["steps"], sizes["batch_size"],
                                               seed=seed, device=device)
-        accuracy, avg = evaluate(model, x_eval, y_eval)
+        accuracy, avg, at_avg = evaluate(model, x_eval, y_eval)
         spots = torch.stack([offset_weights(avg, k) for k in (-1, 0, +1)], dim=1)  # (h, 3)
         spots = torch.cat([spots, 1 - spots.sum(1, keepdim=True)], dim=1).cpu()    # + elsewhere
         frozen = accuracy_with_frozen_weights(model, x_eval, y_eval, avg)
         results[h] = dict(loss=losses[-1], correct=round(accuracy * n), avg=avg.cpu(), spots=spots,
-                          frozen=round(frozen * n), readers=[reads(a) for a in avg.cpu()])
+                          frozen=round(frozen * n), at_avg=at_avg.cpu())
     return results, baseline, n
 
 
 SPOTS = ("left neighbour", "itself", "right neighbour", "elsewhere")  # offsets -1, 0, +1, the rest
-TIE = 0.05  # two shares of a head's weight closer than this are a blend, not a winner
+TIE = 0.05    # two shares of a head's weight closer than this are a blend, not a winner
+READS = 0.75  # a head reads a neighbour when at least this share of its average weight is on it
 
 
 def largest(spots_of_head) -> str:
@@ -404,37 +403,18 @@ def largest(spots_of_head) -> str:
     return f"{SPOTS[a]} ({first:.2f})"
 
 
-def reads(avg_head):
-    """('left', least share) when EVERY query row of a head's average weights (T, T) puts most of its
-    weight on its left neighbour, ('right', ...) likewise, else None: an average over rows can hide
-    a head that reads the left neighbour for some queries and the right one for others."""
-    t = torch.arange(avg_head.size(-1))
-    for side, offset in (("left", -1), ("right", +1)):
-        share = avg_head[t, (t + offset) % len(t)]  # (T,) each query's weight on that neighbour
-        if share.min() > 0.5:
-            return side, share.min().item()
-    return None
-
-
-def split_text(results, n_heads, baseline, n):
-    """The sentence on how the n_heads-head model's heads share the two neighbours, and whether they split."""
-    multi = results[n_heads]
-    readers = {side: [(i, r[1]) for i, r in enumerate(multi["readers"]) if r and r[0] == side]
-               for side in ("left", "right")}
-    fixed = not differ(multi["frozen"], n, multi["correct"], n)  # freezing the weights costs nothing visible
-    split = n_heads > 1 and multi["correct"] > (n + baseline) / 2 and all(readers.values()) and fixed
-    names = {side: ("heads " if len(r) > 1 else "head ") + ", ".join(str(i) for i, _ in r)
-             for side, r in readers.items()}
-    least = {side: min((share for _, share in r), default=0.0) for side, r in readers.items()}
-    if n_heads == 1:
-        return "With one head there is no split to see: run with --heads 2.", False
-    if split:
-        return (f"In the {n_heads}-head model every query row of {names['left']} puts most of its weight on "
-                f"its left neighbour, every row of {names['right']} on its right one (the smallest such "
-                f"shares: {least['left']:.2f} and {least['right']:.2f}), and frozen weights score as well as "
-                "free ones (the intervals overlap): a split nobody wrote.", True)
-    return (f"The {n_heads}-head model shows no clean split (a head whose every query reads one neighbour, "
-            "another for the other side, and frozen weights as good as free ones): see the table.", False)
+def split_claim(spots):
+    """The claim, read off the table, that training split the two neighbours between the heads: a head
+    with at least READS of its average weight on the left neighbour, and another on the right one."""
+    found, text = [], {}
+    for side, col in (("left", 0), ("right", 2)):  # columns of the table: -1 (left), +1 (right)
+        heads = [i for i in range(len(spots)) if spots[i, col] >= READS]
+        found.append(bool(heads))
+        shares = ", ".join(f"{spots[i, col]:.2f}" for i in heads)
+        text[side] = f"head{'s' * (len(heads) > 1)} {', '.join(map(str, heads))} ({shares})" if heads else "no head"
+    return claims.check("heads-split", all(found), f"A split nobody wrote: {text['left']} on the left neighbour, "
+                        f"{text['right']} on the right one (shares of the average weight).", f"largest shares "
+                        f"{spots[:, 0].max():.2f} left, {spots[:, 2].max():.2f} right", f"{READS} or more on each side")
 
 
 def section_3_why_heads(d_model, n_heads, sizes, args, device):
@@ -447,41 +427,64 @@ def section_3_why_heads(d_model, n_heads, sizes, args, device):
         learned position embedding (positions are lesson 03's subject), one MultiHeadAttention
         layer, a linear output layer. No residual: the answer can only come through attention.
 
-        One head returns one weighted average of value vectors. With the same weights for every
-        input its output is a fixed blend w*left + (1-w)*right: (left, right) = (0,1) and (1,0)
-        give blends between those of (0,0) and (1,1), whose answer is 0 at both ends but -1 and +1
-        in between, which a linear layer followed by argmax cannot give. So one head must make its
-        weights depend on the digits. Two heads can each read one neighbour into their own slice
-        of the output, and the output layer can give the slices opposite signs. We train a
-        {n_heads}-head and a 1-head model with the same d_model={d_model}, {sizes['steps']} steps,
-        seed and data, then measure in eval mode on {sizes['n_eval']} held-out sequences. "frozen"
-        replaces each head's weights by their average over those sequences: the same blend for
-        every input.""")
+        One head returns one weighted average of value vectors. With the same weights for every input, a
+        position gets a fixed blend w*v(left) + (1-w)*v(right) (+ the same share of the others): for
+        (left, right) = (0,1) or (1,0) it lies on the segment between the blends of (0,0) and (1,1). The
+        output layer scores answers linearly, so where answer 0 scores highest is a convex set (an
+        intersection of half-spaces score_0 > score_k): (0,0) and (1,1) answer 0, so every blend between
+        them does too, never -1 or +1. One head must make its weights depend on the digits. Two heads can
+        each read one neighbour into their own slice of the output, and the output layer can give the
+        slices opposite signs. We train a {n_heads}-head and a 1-head model with the same
+        d_model={d_model}, {sizes['steps']} steps, seed and data, then measure in eval mode on
+        {sizes['n_eval']} held-out sequences. "frozen" replaces each head's weights by their average
+        over those sequences: the same blend for every input.""")
     results, baseline, n = train_and_measure(d_model, n_heads, sizes, args.seed, device)
-    print("  average attention weight of each head on each offset (key - query position):")
+    print("  each head's average weight on each offset (key - query position); at avg: the share of the\n"
+          "  head's rows within 0.1 of that average")
     common.table([[f"{h}-head model", f"head {i}", *(f"{w:.3f}" for w in r["spots"][i].tolist()),
-                   largest(r["spots"][i])]
-                  for h, r in results.items() for i in range(h)],
-                 ["model", "head", "-1 (left)", "0 (itself)", "+1 (right)", "elsewhere", "largest"])
+                   largest(r["spots"][i]), f"{r['at_avg'][i]:.0%}"] for h, r in results.items() for i in range(h)],
+                 ["model", "head", "-1 left", "0 self", "+1 right", "other", "largest", "at avg"])
     print(f"\n  share of the {n:,} held-out answers that are right (95% interval):")
     common.table([[f"{h}-head model", r["loss"], percent(r["correct"], n), percent(r["frozen"], n)]
-                  for h, r in results.items()] + [["always answer 0", "", percent(baseline, n), ""]],
-                 ["model", "final train loss", "held-out accuracy", "frozen weights"])
-    one = results[1]
-    noise = "" if differ(one["frozen"], n, one["correct"], n) else " (the intervals overlap: no difference)"
-    heads_text, split = split_text(results, n_heads, baseline, n)
+                  for h, r in results.items()] + [[f"always answer 0 (chance 1/{VOCAB_SIZE})", "",
+                                                   percent(baseline, n), ""]],
+                 ["model", "train loss", "held-out accuracy", "frozen weights"])
+    said = section_3_findings(results, baseline, n, n_heads)
+    plot_heads(results, sizes, n, said, args)
+    return results, baseline, n, said
+
+
+def section_3_findings(results, baseline, n, n_heads):
+    """What the tables show: the claims, and each difference stated with its noise."""
+    one, multi, said = results[1], results[n_heads], []
+    if n_heads > 1:
+        said = [claims.share_above("heads-beat-one", f"{n_heads} heads answer {percent(multi['correct'], n)} right, "
+                                   f"one head {percent(one['correct'], n)}: several heads do what one cannot.",
+                                   multi["correct"], n, one["correct"], n).say(), split_claim(multi["spots"]).say()]
+        so = ("some of its weights follow the digits too (at avg, first table)" if differ(multi["frozen"], n,
+              multi["correct"], n) else "it needs no weights that follow the digits")
+        common.explain(f"""
+            Frozen, the {n_heads}-head model scores {percent(multi['frozen'], n)}, free
+            {percent(multi['correct'], n)}: {claims.noise(multi['frozen'], n, multi['correct'], n)}, so {so}.""")
     common.explain(f"""
-        Notice the frozen column: with one fixed blend the single head scores {percent(one['frozen'], n)},
-        with weights free to follow the digits {percent(one['correct'], n)}{noise}. {heads_text} (On the
-        ring, query 0's left neighbour is key {SEQ_LEN - 1}: the corner cells of the figure.)""")
-    plot_heads(results, sizes, n, args)
-    return results, baseline, n, split
+        One head answers {percent(one['correct'], n)} right, against {percent(baseline, n)} for always
+        answering 0: {claims.noise(one['correct'], n, baseline, n)}. Frozen at its average blend
+        ({one['spots'][0][0]:.2f} on the left neighbour) it scores {percent(one['frozen'], n)}; against
+        free, {claims.noise(one['frozen'], n, one['correct'], n)}. (On the ring, query 0's left neighbour is
+        key {SEQ_LEN - 1}: the corner cells of the figure.)""")
+    if one["frozen"] < baseline and differ(one["frozen"], n, baseline, n):  # below chance: say why
+        claims.below("frozen-blend-unseen", f"Frozen, one head scores below always answering 0 because its weights "
+                     f"move with the digits: only {one['at_avg'][0]:.0%} of its rows lie within 0.1 of the average "
+                     "blend, so frozen, the output layer mostly gets a blend it did not learn to read.",
+                     one["at_avg"][0], 0.5).say()
+    if n_heads == 1:
+        print("  With one head there is no split to see: run with --heads 2.")
+    return said
 
 
-def plot_heads(results, sizes, n, args):
+def plot_heads(results, sizes, n, said, args):
     panels = [(h, i) for h in results for i in range(h)]  # the lesson's model's heads, then 1 head
-    ncols = min(len(panels), 4)
-    nrows = -(-len(panels) // ncols)
+    ncols, nrows = min(len(panels), 4), -(-len(panels) // min(len(panels), 4))
     fig, axes = common.new_figure(nrows, ncols, figsize=(3.5 * ncols, 3.3 * nrows + 0.7),
                                   show=args.show, squeeze=False)
     for ax in axes.flat[len(panels):]:
@@ -500,33 +503,33 @@ def plot_heads(results, sizes, n, args):
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
     accuracies = ", ".join(f"{h} head{'s' if h > 1 else ''} {100 * r['correct'] / n:.0f}% accurate"
                            for h, r in results.items())
-    fig.suptitle(f"Output left - right neighbour: {accuracies}.\nEach head's attention weights, "
-                 f"averaged over {sizes['n_eval']} held-out sequences (eval mode)", fontsize=9)
+    split = [textwrap.fill(c.title(), 110) for c in said if c.name == "heads-split"]  # the claim, or DOES NOT HOLD
+    fig.suptitle("\n".join([f"Output left - right neighbour: {accuracies}.", *split, "Each head's attention "
+                            f"weights, averaged over {sizes['n_eval']} held-out sequences (eval mode)"]), fontsize=9)
     common.save_figure(fig, args.out_dir, "multi_head_attention.png", show=args.show)
 
 
 # %% 4. Parameters: heads split d_model, they don't add parameters
 def section_4_parameters(d_model):
     common.section(4, "Parameter count: 4*d_model^2 + 4*d_model, whatever n_heads")
-    rows, all_equal = [], True
+    rows, formula = [], attention_parameter_count(d_model)
     for h in sorted(set(HEAD_COUNTS)):
         if h <= 0 or d_model % h:
             rows.append([h, "-", "-", "-", f"not possible: {h} does not divide {d_model}"])
             continue
-        mha = MultiHeadAttention(d_model, h)
-        numel = sum(p.numel() for p in mha.parameters())
         torch_numel = sum(p.numel() for p in nn.MultiheadAttention(d_model, h, batch_first=True).parameters())
-        formula = attention_parameter_count(d_model)
-        all_equal &= numel == formula == torch_numel
-        rows.append([h, d_model // h, numel, torch_numel,
-                     f"{formula} ({'equal' if numel == formula else 'DIFFERENT'})"])
+        rows.append([h, d_model // h, sum(p.numel() for p in MultiHeadAttention(d_model, h).parameters()),
+                     torch_numel, formula])
     common.table(rows, ["n_heads", "d_head", "numel()", "nn.MultiheadAttention", "4*d^2 + 4*d"])
+    counted = sorted({count for row in rows if row[1] != "-" for count in row[2:]})  # every count, once
+    said = claims.equal("parameter-formula", f"Parameters: 4*d_model^2 + 4*d_model = {formula} for d_model="
+                        f"{d_model} with any number of heads: numel() and nn.MultiheadAttention count as many.",
+                        counted, [formula]).say()
     common.explain(f"""
-        Formula vs numel() for d_model={d_model}: {'all equal' if all_equal else 'NOT all equal'}.
         W_q, W_k, W_v, W_o are d_model x d_model whatever n_heads is: more heads mean thinner
-        slices (d_head = d_model / n_heads), not more weights. Of the
-        {attention_parameter_count(d_model)}, {4 * d_model} are biases.""")
-    return all_equal
+        slices (d_head = d_model / n_heads), not more weights. Of the {formula}, {4 * d_model} are
+        biases.""")
+    return said
 
 
 def settings(args):
@@ -534,8 +537,7 @@ def settings(args):
     d_model, d_label = common.flag_or_knob(args, "d_model", "D_MODEL", D_MODEL)
     n_heads, h_label = common.flag_or_knob(args, "heads", "N_HEADS", N_HEADS)
     common.whole(MAX_D_MODEL, "MAX_D_MODEL", low=1)
-    common.whole(d_model, d_label, low=1, high=MAX_D_MODEL, hint="section 3 trains models of this width on a "
-                 "CPU, e.g. 32")
+    common.whole(d_model, d_label, low=1, high=MAX_D_MODEL, hint="e.g. 32: section 3 trains two such models")
     common.whole(n_heads, h_label)
     divisors = [h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0]
     common.require(n_heads > 0 and d_model % n_heads == 0, f"{h_label} must divide {d_label} (each head gets "
@@ -566,30 +568,27 @@ def main(argv=None):
     print(f"d_model={d_model}, n_heads={n_heads}, d_head={d_model // n_heads}; each head uses lesson 01's "
           "scaled_dot_product_attention (common.load_lesson(1))")
 
-    worst, wrong_polarity = section_1_loop(d_model, n_heads, device)
-    good_merge, bad_merge = section_2_batched(d_model, n_heads, device)
-    results, baseline, n, split = section_3_why_heads(d_model, n_heads, sizes, args, device)
-    counts_equal = section_4_parameters(d_model)
+    agree, polarity = section_1_loop(d_model, n_heads, device)
+    merge = section_2_batched(d_model, n_heads, device)
+    results, baseline, n, heads = section_3_why_heads(d_model, n_heads, sizes, args, device)
+    counts = section_4_parameters(d_model)
 
-    multi, one = results[n_heads], results[1]
+    accuracy = "; ".join([f"{h} head{'s' * (h > 1)} {percent(r['correct'], n)}, frozen {percent(r['frozen'], n)}"
+                          for h, r in results.items()] + [f"always answering 0 {percent(baseline, n)} (chance 1/"
+                                                          f"{VOCAB_SIZE})."])
     common.key_insights([
-        f"Multi-head attention = n_heads copies of lesson 01's attention on d_head-sized slices of W_q, "
-        f"W_k, W_v, concatenated and mixed by W_o. Loop, batched class and nn.MultiheadAttention: "
-        f"largest difference {common.fmt(worst, 2)}.",
-        f"nn.MultiheadAttention's masks mean True = blocked, ours True = may attend: pass ~mask. The "
-        f"wrong polarity changed outputs by up to {common.fmt(wrong_polarity, 3)}.",
-        "split_heads: view + transpose to (B, n_heads, T, d_head); merge_heads must transpose back. "
-        + (f"Without it the output is off by {common.fmt(bad_merge, 3)} (with it: "
-           f"{common.fmt(good_merge, 2)}), and no shape error warns you." if n_heads > 1
-           else "With one head there is nothing to transpose."),
-        "Left - right neighbour, right answers (95% interval): " + (
-            f"{n_heads} heads {percent(multi['correct'], n)}, frozen {percent(multi['frozen'], n)}; "
-            if n_heads > 1 else "")
-        + f"1 head {percent(one['correct'], n)}, frozen {percent(one['frozen'], n)}; "
-        f"always answering 0 {percent(baseline, n)}."
-        + (" Training split the heads into a left and a right reader." if split else ""),
-        f"Parameters: 4*d_model^2 + 4*d_model = {attention_parameter_count(d_model)} for d_model={d_model} "
-        f"with any number of heads ({'equal to' if counts_equal else 'DIFFERENT from'} numel()).",
+        agree,
+        claims.every("insight-polarity", "nn.MultiheadAttention's masks mean True = blocked, ours True = may "
+                     "attend: pass ~mask. Passed unchanged, our causal mask shows each query only the future.",
+                     [polarity]),
+        claims.every("insight-merge", "split_heads: view + transpose to (B, n_heads, T, d_head); merge_heads must "
+                     "transpose back: " + (f"with it the output equals PyTorch's ({merge[0].measured}), without it "
+                     f"it is off by {merge[-1].measured}, and no shape error warns you." if n_heads > 1 else
+                     f"with one head there is nothing to transpose (vs PyTorch: {merge[0].measured})."), merge),
+        claims.every("insight-heads", f"Left - right neighbour, right answers (95% interval): {accuracy} Training "
+                     "split the neighbours between the heads.", heads) if n_heads > 1 else
+        f"Left - right neighbour, right answers (95% interval): {accuracy}",
+        counts,
     ])
 
 

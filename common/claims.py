@@ -132,3 +132,54 @@ def near(name: str, text: str, value, wanted, tolerance, measured: str = "", hin
     v = _number(value)
     return Claim(name, text, abs(v - wanted) <= tolerance, measured or _g(v),
                  f"{_g(wanted)} (within {_g(tolerance)})", hint)
+
+
+def every(name: str, text: str, parts, hint: str = "") -> Claim:
+    """A claim built from others (a key insight that sums up a section's claims): it holds when every
+    part holds; when one breaks, it shows what the broken parts measured and what they needed."""
+    broken_parts = [c for c in parts if not c.holds]
+    return Claim(name, text, not broken_parts, "; ".join(f"{c.name}: {c.measured}" for c in broken_parts),
+                 "; ".join(f"{c.name}: {c.expected}" for c in broken_parts), hint)
+
+
+def _apart(k1: int, n1: int, k2: int, n2: int) -> bool:
+    """Whether k1 of n1 and k2 of n2 differ beyond the noise: their 95% Wilson intervals do not overlap
+    (the rule of common.report.differ)."""
+    from common.stats import wilson_interval
+
+    (low1, high1), (low2, high2) = wilson_interval(k1, n1), wilson_interval(k2, n2)
+    return high1 < low2 or high2 < low1
+
+
+def _share(k: int, n: int) -> str:
+    from common.stats import wilson_interval
+
+    low, high = wilson_interval(k, n)
+    return f"{100 * k / n:.2f}% ({100 * low:.2f}-{100 * high:.2f})" if n else "no answers"
+
+
+def noise(k1: int, n1: int, k2: int, n2: int) -> str:
+    """Whether two shares differ beyond their noise, in words: 'a difference beyond the noise' when their
+    95% Wilson intervals do not overlap, else 'a difference inside the noise (the 95% intervals overlap)'
+    ('no difference' for equal counts). A difference inside the noise is said to be one, never a finding."""
+    if (k1, n1) == (k2, n2):
+        return "no difference"
+    return ("a difference beyond the noise" if _apart(k1, n1, k2, n2)
+            else "a difference inside the noise (the 95% intervals overlap)")
+
+
+def share_above(name: str, text: str, k1: int, n1: int, k2: int, n2: int, hint: str = "") -> Claim:
+    """Holds when the share k1 of n1 is above k2 of n2 beyond the noise (95% Wilson intervals apart)."""
+    holds = n1 > 0 and n2 > 0 and k1 / n1 > k2 / n2 and _apart(k1, n1, k2, n2)
+    return Claim(name, text, holds, f"{_share(k1, n1)} against {_share(k2, n2)}",
+                 "the first above the second, their 95% intervals apart", hint)
+
+
+def same(name: str, text: str, value, wanted, tolerance: float = 1e-5, hint: str = "") -> Claim:
+    """Holds when two tensors (or numbers) agree: their largest absolute difference is below `tolerance`
+    (a NaN never holds). The text gets the difference: same("rows-sum-to-1", "Each row sums to 1",
+    weights.sum(-1), 1.0) prints 'Each row sums to 1 (largest difference 1.2e-07).'"""
+    import torch
+
+    worst = (torch.as_tensor(value) - torch.as_tensor(wanted)).abs().max().item()  # torch's max keeps a NaN
+    return below(name, f"{text.rstrip('.')} (largest difference {_g(worst)}).", worst, tolerance, hint=hint)

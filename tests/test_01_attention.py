@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from common import load_lesson
+from common import claims, load_lesson
 
 L01 = load_lesson(1)
 attention = L01.scaled_dot_product_attention
@@ -269,7 +269,26 @@ def test_cost_section_says_when_the_lengths_are_too_short_to_show_t_squared(monk
                                                                               shown):
     times = iter([t for a in attention_ms for t in (a / 1000, 0.001)])  # attention, then the linear layer, per T
     monkeypatch.setattr(L01.common, "best_time", lambda fn, device, repeats=5: next(times))
-    slope = L01.section_8_cost(torch.device("cpu"), argparse.Namespace(quick=True))
+    slope, faster = L01.section_8_cost(torch.device("cpu"), argparse.Namespace(quick=True))
     out = " ".join(capsys.readouterr().out.split())
-    assert (slope["attention"] >= 1.8) is shown and ("too short to show it" in out) is not shown
+    assert (slope["attention"] >= 1.8) is shown and ("too short to show T^2" in out) is not shown
     assert "computed, not measured" in out and "memory" not in slope
+    # flat times: attention does not outgrow the linear layer, and the claim says so
+    assert faster.name == "attention-outgrows-linear" and bool(faster) is shown
+    assert ("DOES NOT HOLD" in out) is not shown
+
+
+# --- the claims the lesson states with common.claims.same and common.claims.every -------------
+def test_same_holds_below_the_tolerance_and_never_on_nan():
+    close = claims.same("rows", "Each row sums to 1", torch.tensor([1.0, 1.0 + 1e-7]), 1.0)
+    assert close and close.text == "Each row sums to 1 (largest difference 1.192e-07)."
+    assert not claims.same("rows", "Each row sums to 1", torch.tensor([1.0, 1.5]), 1.0)
+    broken = claims.same("rows", "Each row sums to 1", torch.tensor([1.0, float("nan")]), 1.0)
+    assert not broken and str(broken).startswith("DOES NOT HOLD: Each row sums to 1 (largest difference nan)")
+
+
+def test_a_claim_built_from_claims_breaks_with_any_of_them_and_names_it():
+    ok, bad = claims.below("ok", "small", 0.0, 1.0), claims.below("bad", "small too", 2.0, 1.0)
+    assert claims.every("both", "Both are small.", [ok, ok])
+    both = claims.every("both", "Both are small.", [ok, bad])
+    assert not both and "Measured: bad: 2; if it held: bad: below 1." in str(both)
