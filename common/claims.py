@@ -128,3 +128,31 @@ def near(name: str, text: str, value, wanted, tolerance, measured: str = "", hin
     v = _number(value)
     return Claim(name, text, abs(v - wanted) <= tolerance, measured or _g(v),
                  f"{_g(wanted)} (within {_g(tolerance)})", hint)
+
+
+def all_of(name: str, text: str, *parts: Claim, hint: str = "") -> Claim:
+    """A claim that rests on claims made earlier in the run (a key insight, a figure title that sums
+    them up): it holds when every part holds; when one does not, it shows what each broken part
+    measured and what it would be if it held."""
+    broken = [part for part in parts if not part.holds]
+    return Claim(name, text, not broken, "; ".join(f"{p.name}: {p.measured}" for p in broken),
+                 "; ".join(f"{p.expected}" for p in broken), hint)
+
+
+def apart(high, low) -> bool:
+    """Whether every value of `high` (one per seed) is above every value of `low`: a difference
+    larger than what the seed alone moves. A NaN never is."""
+    high, low = [_number(v) for v in high], [_number(v) for v in low]
+    return bool(high and low) and all(h > l for h in high for l in low)
+
+
+def raises(name: str, text: str, action, error=Exception, hint: str = "") -> Claim:
+    """Holds when action() raises `error` (a refusal the lesson promises); `{error}` in the text is
+    replaced by the error's type and message."""
+    try:
+        action()
+        message = ""
+    except error as exc:
+        message = f"{type(exc).__name__}: {exc}"
+    return Claim(name, text.replace("{error}", message or error.__name__), bool(message), "no error",
+                 f"a {error.__name__}", hint)
