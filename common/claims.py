@@ -156,3 +156,16 @@ def raises(name: str, text: str, action, error=Exception, hint: str = "") -> Cla
         message = f"{type(exc).__name__}: {exc}"
     return Claim(name, text.replace("{error}", message or error.__name__), bool(message), "no error",
                  f"a {error.__name__}", hint)
+
+
+def versus(a, b, b_name: str) -> str:
+    """Words for how one measurement over seeds (a) compares with another (b): above or below b_name's
+    in every seed, or within the seed spread, with both ranges. A difference inside the noise is never
+    stated as a finding."""
+    from common.report import seed_range
+
+    if apart(b, a):
+        return f"below {b_name} in every seed"
+    if apart(a, b):
+        return f"above {b_name} in every seed"
+    return f"within the seed spread ({seed_range(a)} against {seed_range(b)})"
