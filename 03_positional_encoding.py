@@ -212,7 +212,8 @@ def section_2_table(pe, d_model, max_len, args):
     common.show_tensor(f"\nPE[:4, :{corner.size(1)}]  (first 4 positions, first {corner.size(1)} dimensions)",
                        corner, decimals=4)
     claims.check("row-0-is-0-1", torch.equal(pe[0], (torch.arange(d_model) % 2).float()), "Row 0 is sin 0, cos 0, "
-                 "sin 0, ... = 0, 1, 0, 1 and so on", f"row 0 begins {[fmt(v, 3) for v in pe[0, :4]]}", "0, 1, 0, 1").say()
+                 "sin 0, ... = 0, 1, 0, 1 and so on", f"row 0 begins {[fmt(v, 3) for v in pe[0, :4]]}",
+                 "0, 1, 0, 1").say()
     # Each pair (PE[p, 2i], PE[p, 2i+1]) is (sin, cos) of one angle: atan2 reads it back, for every entry
     read = torch.atan2(pe[:, 0::2].double(), pe[:, 1::2].double())  # (max_len, d_model/2)
     off = (torch.remainder(read - torch.arange(max_len)[:, None] * pair_frequencies(d_model) + math.pi,
@@ -240,10 +241,11 @@ def section_2_module(pe, d_model, max_len):
     added = claims.below("module-adds-table", f"PositionalEncoding(d_model={d_model}, max_len={max_len}) adds pe[:T] "
                          "to its input and nothing else", gap, 1e-6, measured=f"largest |module(x) - x - pe[:T]| "
                          f"{fmt(gap)}", hint="look at PositionalEncoding.forward").say()
-    kept = [[n for n, _ in module.named_parameters()], [n for n, _ in module.named_buffers()], list(module.state_dict())]
-    stored = claims.equal("buffer-not-saved", f"It has parameters {kept[0]}, buffers {kept[1]} {tuple(module.pe.shape)} "
-                          f"and state_dict keys {kept[2]}: a buffer moves with .to(device), is not trained and not "
-                          "saved", kept, [[], ["pe"], []]).say()
+    kept = [[n for n, _ in module.named_parameters()], [n for n, _ in module.named_buffers()],
+            list(module.state_dict())]
+    stored = claims.equal("buffer-not-saved", f"It has parameters {kept[0]}, buffers {kept[1]} "
+                          f"{tuple(module.pe.shape)} and state_dict keys {kept[2]}: a buffer moves with .to(device), "
+                          "is not trained and not saved", kept, [[], ["pe"], []]).say()
     claims.raises("refuses-too-long", f"{max_len + 1} tokens are refused: {{error}}",
                   lambda: module(torch.zeros(1, max_len + 1, d_model)), ValueError).say()
     gap = (sinusoidal_positional_encoding(2 * max_len, d_model)[:max_len] - pe).abs().max()
@@ -276,9 +278,9 @@ def section_3_wavelengths(pe, d_model, max_len, args):
                            "times the one before (2*pi*BASE^(2i/d_model), by hand): a straight line on a log axis",
                            ((wavelengths - by_hand) / by_hand).abs().max(), 1e-9, hint="look at pair_frequencies").say()
     step = change.view(-1, 2).mean(1)  # (d_model/2,) mean step of each pair, sine and cosine together
-    fast = claims.above("low-dims-fastest", f"Low dimensions change fastest: one position moves pair 0 by {fmt(step[0])}"
-                        f" on average, the last pair by {fmt(step[-1])}. Low dimensions tell neighbours apart; high "
-                        "ones change slowly, like the hour hand of a clock", step[0] - step[-1], 0,
+    fast = claims.above("low-dims-fastest", f"Low dimensions change fastest: one position moves pair 0 by "
+                        f"{fmt(step[0])} on average, the last pair by {fmt(step[-1])}. Low dimensions tell neighbours "
+                        "apart; high ones change slowly, like the hour hand of a clock", step[0] - step[-1], 0,
                         measured=f"pair 0 {fmt(step[0])}, last pair {fmt(step[-1])}").say()
     if change[-1] < 0.1 * change[-2]:  # the last cosine barely moves next to its sine
         common.explain(f"""
@@ -286,9 +288,9 @@ def section_3_wavelengths(pe, d_model, max_len, args):
             but a cosine by only about w^2 * p (it is flat at its top), e.g. the last pair's columns
             {d_model - 2} and {d_model - 1}: {fmt(change[-2])} vs {fmt(change[-1])}.""")
     plot_wavelengths(pe, wavelengths, change, formula, fast, args)
-    return claims.all_of("insight-wavelengths", f"Pair i has wavelength 2*pi*BASE^(2i/d_model), from {fmt(wavelengths[0])}"
-                         f" positions (pair 0) to {fmt(wavelengths[-1])} (last pair): low dimensions change fastest.",
-                         formula, fast)
+    return claims.all_of("insight-wavelengths", f"Pair i has wavelength 2*pi*BASE^(2i/d_model), from "
+                         f"{fmt(wavelengths[0])} positions (pair 0) to {fmt(wavelengths[-1])} (last pair): low "
+                         "dimensions change fastest.", formula, fast)
 
 
 def plot_wavelengths(pe, wavelengths, change, formula, fast, args):
@@ -386,7 +388,7 @@ def section_5_dot_products(pe, d_model, offsets, args):
     offset_only = claims.check("dot-depends-on-offset", worst < 1e-4 * d_model and gram[0, 0] > rest, "PE(p) . PE(p+k) "
                                f"is sum_i cos(k w_i) for every p, largest at offset 0 ({fmt(gram[0, 0])}; elsewhere at "
                                f"most {fmt(rest)})", f"spread over p or gap to the sum up to {fmt(worst)}, offset 0 "
-                               f"{fmt(gram[0, 0])}, others up to {fmt(rest)}", "one number per offset, largest at 0").say()
+                               f"{fmt(gram[0, 0])}, others up to {fmt(rest)}", "one per offset, largest at 0").say()
     k, n = offsets[0], gram.size(0)
     common.explain(f"""
         It falls off as positions move apart, not monotonically. Offsets -k and +k give the same
@@ -410,7 +412,7 @@ def section_5_dot_products(pe, d_model, offsets, args):
     margin = (table[0][1] - table[0][2]) / table[0][1]  # the same for every c: scores scale with c
     peaks = claims.check("look-back-peaks", min(hits) == 1, f"Every query p >= {k} peaks at key p - {k}, with every c,"
                          f" though that key's score stands only {fmt(100 * margin, 2)}% above the best other key: a "
-                         f"shallow peak", f"{min(hits):.0%} of the rows", "all of them", "look at the causal mask").say()
+                         "shallow peak", f"{min(hits):.0%} of the rows", "all of them", "look at the causal mask").say()
     weights = [row[3] for row in table]
     grows = claims.check("bigger-c-more-weight", all(a < b for a, b in zip(weights, weights[1:])), "Only the size c "
                          f"of W_q^T W_k decides how much weight that peak gets: {fmt(weights[0], 3)} with c = "

@@ -3,7 +3,7 @@
 What you will learn:
   1. How a block is wired, post-LN (the paper) and pre-LN (modern code), where dropout sits; equal
      to PyTorch's nn.TransformerEncoderLayer with no mask, a causal mask and a padding mask.
-  2. LayerNorm normalises each token on its own.
+  2. LayerNorm normalises each token on its own (by hand, and PyTorch's).
   3. The feed-forward network is position-wise; attention is what mixes tokens.
   4. What each costs as the sequence grows: attention T^2 in time and memory, the feed-forward T.
   5. Stacking blocks: shapes and parameter counts.
@@ -101,11 +101,8 @@ class TransformerEncoderBlock(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """n_layers encoder blocks in a row (plus a final LayerNorm when pre-LN).
-
-    forward(x (B, T, d_model), mask=None) -> (B, T, d_model);
-    with return_weights=True -> (x, [weights of each layer, (B, n_heads, T, T)]).
-    """
+    """n_layers encoder blocks in a row (plus a final LayerNorm when pre-LN): forward(x (B, T, d_model),
+    mask=None) -> (B, T, d_model); with return_weights=True -> (x, [each layer's (B, n_heads, T, T) weights])."""
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = False):
@@ -126,8 +123,7 @@ class TransformerEncoder(nn.Module):
 
 @torch.no_grad()
 def copy_weights_from_torch(block, torch_layer):
-    """Copy an nn.TransformerEncoderLayer's weights into our block (same sizes and norm_first), so both
-    compute the same function. Returns `block`."""
+    """Copy an nn.TransformerEncoderLayer's weights into our block (same sizes and norm_first); returns it."""
     if block.norm_first != torch_layer.norm_first:
         raise ValueError(f"norm_first differs: ours {block.norm_first}, PyTorch's {torch_layer.norm_first}")
     d_model = block.self_attn.d_model
@@ -136,11 +132,10 @@ def copy_weights_from_torch(block, torch_layer):
     for i, linear in enumerate((block.self_attn.W_q, block.self_attn.W_k, block.self_attn.W_v)):
         linear.weight.copy_(theirs.in_proj_weight[i * d_model:(i + 1) * d_model])
         linear.bias.copy_(theirs.in_proj_bias[i * d_model:(i + 1) * d_model])
-    block.self_attn.W_o.load_state_dict(theirs.out_proj.state_dict())
-    block.feed_forward.linear1.load_state_dict(torch_layer.linear1.state_dict())
-    block.feed_forward.linear2.load_state_dict(torch_layer.linear2.state_dict())
-    block.norm1.load_state_dict(torch_layer.norm1.state_dict())
-    block.norm2.load_state_dict(torch_layer.norm2.state_dict())
+    for mine, same in ((block.self_attn.W_o, theirs.out_proj), (block.feed_forward.linear1, torch_layer.linear1),
+                       (block.feed_forward.linear2, torch_layer.linear2), (block.norm1, torch_layer.norm1),
+                       (block.norm2, torch_layer.norm2)):
+        mine.load_state_dict(same.state_dict())
     return block
 
 
@@ -148,12 +143,11 @@ def copy_weights_from_torch(block, torch_layer):
 def section_1_block(d_model, n_heads, d_ff, device):
     common.section(1, "One encoder block, and PyTorch's nn.TransformerEncoderLayer")
     common.explain("""
-        A block has two sublayers: self-attention (lesson 02's MultiHeadAttention) lets tokens
-        exchange information; a feed-forward network then processes each token on its own. Each is
-        wrapped in a residual connection (x + ...) and a LayerNorm, in one of two layouts:
-        post-LN (the 2017 paper, section 3.1): x = LayerNorm(x + Sublayer(x)); pre-LN (GPT-2 and
-        most modern code): x = x + Sublayer(LayerNorm(x)), plus one final LayerNorm after the last
-        block. Here is post-LN computed by hand from the block's parts:""")
+        A block has two sublayers: self-attention (lesson 02's MultiHeadAttention) lets tokens exchange
+        information; a feed-forward network then processes each token on its own. Each is wrapped in a
+        residual connection (x + ...) and a LayerNorm, in one of two layouts: post-LN (the 2017 paper,
+        section 3.1): x = LayerNorm(x + Sublayer(x)); pre-LN (GPT-2 and most modern code): x = x +
+        Sublayer(LayerNorm(x)), plus one final LayerNorm after the last block. Post-LN by hand:""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     x = torch.randn(B, T, d_model, device=device)
     with torch.no_grad():
@@ -171,7 +165,21 @@ def section_1_block(d_model, n_heads, d_ff, device):
     by_hand = claims.below("block-by-hand", f"block(x) is this post-LN computation (largest |by hand - block(x)| "
                            f"{fmt(by_hand_diff)})", by_hand_diff, 1e-5, hint="compare forward with these steps").say()
     matches = compare_with_torch(x, d_model, n_heads, d_ff, device)
-    dropout = show_dropout(x, d_model, n_heads, d_ff)
+    common.explain("""
+        Dropout sits in three places, as in nn.TransformerEncoderLayer: on the attention weights, on
+        the feed-forward's hidden layer, and on each sublayer's output before the residual add,
+        x + dropout(sublayer(x)) (the one the paper names, with the embeddings of lesson 05).""")
+    dropping = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=DROPOUT).to(device)
+    plain = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=0.0).to(device).eval()
+    plain.load_state_dict(dropping.state_dict())  # dropout has no weights: the same block without it
+    with torch.no_grad():
+        train_change = (dropping.train()(x) - dropping(x)).abs().max().item()  # two random draws
+        eval_change = (dropping.eval()(x) - plain(x)).abs().max().item()
+    dropout = claims.check("dropout-only-in-training", train_change > 1e-3 and eval_change < 1e-6, f"With p = "
+                           f"{DROPOUT}, two training-mode calls on the same x differ by up to {fmt(train_change)}; "
+                           f"after .eval() the block equals one without dropout (difference {fmt(eval_change)})",
+                           f"{fmt(train_change)} and {fmt(eval_change)}", "above 1e-3 and below 1e-6",
+                           "F.dropout needs training=self.training").say()
     return claims.all_of("insight-block", f"Our block equals nn.TransformerEncoderLayer with copied weights, post-LN "
                          f"and pre-LN, with no, causal or padding mask: {matches.measured}; dropout acts only in "
                          "training mode.", by_hand, matches, dropout)
@@ -185,9 +193,9 @@ def compare_with_torch(x, d_model, n_heads, d_ff, device):
         Now against PyTorch's nn.TransformerEncoderLayer in eval mode, its weights moved off their
         initial values (each LayerNorm gets its own gamma and beta) and copied into our block. An
         encoder must block padding, the filler that makes sequences of different lengths fit in one
-        batch (here the last sequence ends with {T // 2} of them). Our padding mask is keep[:, None, :],
-        True = a real token; PyTorch's masks mean True = blocked: ~mask. Outputs at padding positions
-        are thrown away (PyTorch's fast path may return zeros there).""")
+        batch (here the last sequence ends with {T // 2} of them): our mask keep[:, None, :] is True for
+        a real token, PyTorch's ~mask True for a blocked one. Outputs at padding positions are thrown
+        away (PyTorch's fast path may return zeros there).""")
     causal, rows = causal_mask(T, device=device), []
     masks = {"none": (None, {}), "causal": (causal, dict(src_mask=~causal)),  # ours, PyTorch's (~ours)
              "padding": (keep[:, None, :], dict(src_key_padding_mask=~keep))}
@@ -203,32 +211,14 @@ def compare_with_torch(x, d_model, n_heads, d_ff, device):
             for name, (mask, torch_mask) in masks.items():
                 diff = (ours(x, mask=mask) - reference(x, **torch_mask))[keep].abs().max()
                 rows.append(["pre-LN" if norm_first else "post-LN", name, diff.item()])
-            on_padding = ours(x, mask=masks["padding"][0], return_weights=True)[1][-1][..., ~keep[-1]].max().item()
+            _, weights = ours(x, mask=masks["padding"][0], return_weights=True)  # (B, n_heads, T, T)
     common.table(rows, ["layout", "mask", "largest |ours - PyTorch| (real tokens)"])
     worst = max(rows, key=lambda row: row[2] if row[2] == row[2] else float("inf"))  # a NaN is the worst
-    matches = claims.below("matches-pytorch", "Equal up to float32 rounding, in both layouts with every mask", worst[2],
-                           1e-4, f"largest difference {fmt(worst[2])}, {worst[0]} with mask {worst[1]}").say()
-    claims.below("no-weight-on-padding", f"The largest attention weight on a padding token is {fmt(on_padding)}",
-                 on_padding, 1e-6, hint="our masks mean True = may attend").say()
-    return matches
-
-
-def show_dropout(x, d_model, n_heads, d_ff):
-    """Dropout in the block: on in training mode, off in eval mode."""
-    block = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=DROPOUT).to(x.device)
-    plain = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=0.0).to(x.device).eval()
-    plain.load_state_dict(block.state_dict())  # dropout has no weights: the same block without it
-    with torch.no_grad():
-        train_change = (block.train()(x) - block(x)).abs().max().item()  # two random draws
-        eval_change = (block.eval()(x) - plain(x)).abs().max().item()
-    common.explain("""
-        Dropout sits in three places, as in nn.TransformerEncoderLayer: on the attention weights, on
-        the feed-forward's hidden layer, and on each sublayer's output before the residual add,
-        x + dropout(sublayer(x)) (the one the paper names, with the embeddings of lesson 05).""")
-    return claims.check("dropout-only-in-training", train_change > 1e-3 and eval_change < 1e-6, f"With p = {DROPOUT}, "
-                        f"two training-mode calls on the same x differ by up to {fmt(train_change)}; after .eval() the "
-                        f"block equals one without dropout (difference {fmt(eval_change)})", f"{fmt(train_change)} and "
-                        f"{fmt(eval_change)}", "above 1e-3 and below 1e-6", "F.dropout needs training=self.training").say()
+    on_padding = weights[-1][..., ~keep[-1]].max().item()  # the last sequence's weights on its padding keys
+    return claims.check("matches-pytorch", worst[2] < 1e-4 and on_padding < 1e-6, "Equal up to float32 rounding, in "
+                        f"both layouts with every mask; the largest attention weight on a padding token is "
+                        f"{fmt(on_padding)}", f"largest difference {fmt(worst[2])} ({worst[0]}, mask {worst[1]}), "
+                        f"weight on padding {fmt(on_padding)}", "below 1e-4 and 1e-6").say()
 
 
 # %% 2. LayerNorm works per token
@@ -267,20 +257,20 @@ def section_2_layernorm(d_model, device, out_dir, show):
                                        "std/sqrt(std^2+eps)"])
     max_mean, max_std_err = mean_after.abs().max().item(), (std_after - 1).abs().max().item()
     off_std = (std_after - expected).abs().max().item()
-    per_token = claims.check("layernorm-per-token", max_mean < 1e-4 and off_std < 1e-4, f"After LayerNorm every token "
-                             f"has mean ~0 (largest |mean| {fmt(max_mean)}) and std ~1 (largest |std - 1| "
-                             f"{fmt(max_std_err)}), whatever it started with; exactly std / sqrt(std^2 + eps), the last "
-                             f"column: eps = {norm.eps:g} keeps a token with all features equal from dividing by 0",
-                             f"|mean| {fmt(max_mean)}, |std after - last column| {fmt(off_std)}", "below 1e-4").say()
-    own = claims.below("layernorm-alone", f"Token {t} normalised alone equals it inside the sequence (largest "
-                       f"difference {fmt(alone)}): the statistics never mix tokens, nor the sequences of a batch "
-                       "(unlike BatchNorm)", alone, 1e-6).say()
+    per_token = claims.check("layernorm-per-token", max_mean < 1e-4 and off_std < 1e-4 and alone < 1e-6, "After "
+                             f"LayerNorm every token has mean ~0 (largest |mean| {fmt(max_mean)}) and std ~1 "
+                             f"(largest |std - 1| {fmt(max_std_err)}), whatever it started with; exactly std / "
+                             f"sqrt(std^2 + eps), the last column (eps = {norm.eps:g} keeps a token with all features "
+                             f"equal from dividing by 0). Token {t} normalised alone gives the same (largest "
+                             f"difference {fmt(alone)}): the statistics never mix tokens, nor the sequences of a "
+                             "batch (unlike BatchNorm)", f"|mean| {fmt(max_mean)}, |std - last column| {fmt(off_std)}"
+                             f", alone vs in the sequence {fmt(alone)}", "below 1e-4, 1e-4 and 1e-6").say()
     formula = claims.below("layernorm-by-hand", f"layer_norm(x), the formula by hand, equals nn.LayerNorm (largest "
                            f"difference {fmt(by_hand)})", by_hand, 1e-5, hint="mean and var are over dim=-1").say()
     plot_layernorm(x, y, per_token, out_dir, show)
     return claims.all_of("insight-layernorm", f"LayerNorm works per token: afterwards each token has |mean| <= "
                          f"{fmt(max_mean)} and |std - 1| <= {fmt(max_std_err)} (from eps), whatever its neighbours.",
-                         per_token, own, formula)
+                         per_token, formula)
 
 
 def plot_layernorm(x, y, per_token, out_dir, show):
@@ -295,8 +285,7 @@ def plot_layernorm(x, y, per_token, out_dir, show):
         ax.set(title=f"{when} LayerNorm", xlabel="token position", ylabel="feature value", xticks=range(T))
     axes[1].axhline(0, color="gray", lw=0.8)
     axes[0].legend(loc="upper left")
-    fig.suptitle(claims.all_of("layernorm-title", "LayerNorm gives every token mean 0 and std 1 over its own "
-                               "features", per_token).title())
+    fig.suptitle(claims.all_of("layernorm-title", "LayerNorm gives every token mean 0 and std 1", per_token).title())
     common.save_figure(fig, out_dir, "transformer_block_layernorm.png", show=show)
 
 
@@ -310,8 +299,7 @@ def section_3_feed_forward(d_model, n_heads, d_ff, device):
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     ffn, attn = block.feed_forward, block.self_attn
     x = torch.randn(B, T, d_model, device=device)
-    x_changed = x.clone()
-    x_changed[:, 0] += 1.0  # change token 0 only
+    x_changed = torch.cat([x[:, :1] + 1.0, x[:, 1:]], dim=1)  # token 0 changed, the others as they were
     with torch.no_grad():
         moved = {name: (f(x_changed) - f(x)).abs().amax(dim=(0, 2))  # (T,): largest change per position
                  for name, f in (("attention", lambda z: attn(z, z, z)[0]), ("feed-forward", ffn))}
@@ -322,8 +310,8 @@ def section_3_feed_forward(d_model, n_heads, d_ff, device):
                          attention, 1e-3).say()
     alone = claims.below("ffn-position-wise", f"The feed-forward then works on each mixed token alone: it moved them "
                          f"by {fmt(ffn)}", ffn, 1e-6, hint="the feed-forward must act on each token alone").say()
-    return claims.all_of("insight-mixing", f"Attention mixes tokens (changing one moved the others by {fmt(attention)}); "
-                         f"the feed-forward does not ({fmt(ffn)}).", mixes, alone)
+    return claims.all_of("insight-mixing", f"Attention mixes tokens (changing one moved the others by "
+                         f"{fmt(attention)}); the feed-forward does not ({fmt(ffn)}).", mixes, alone)
 
 
 # %% 4. What each sublayer costs as the sequence grows
@@ -331,11 +319,11 @@ def section_3_feed_forward(d_model, n_heads, d_ff, device):
 def section_4_cost(d_model, n_heads, d_ff, lengths, device):
     common.section(4, "What attention and the feed-forward cost as T grows")
     common.explain(f"""
-        Attention compares every query with every key: its weights are a (B, n_heads, T, T)
-        tensor, and Q K^T and weights @ V each take T^2 d_model multiply-adds. The feed-forward
-        takes 2 d_model d_ff per token, whatever T. Below, one sequence (B = 1) of growing length
-        through each sublayer of a block (d_model={d_model}, {n_heads} heads, d_ff={d_ff}), the
-        fastest of 5 runs each, and the size of the largest tensor each sublayer creates.""")
+        Attention compares every query with every key: its weights are a (B, n_heads, T, T) tensor,
+        and Q K^T and weights @ V each take T^2 d_model multiply-adds; the feed-forward takes
+        2 d_model d_ff per token, whatever T. Below, one sequence of growing length through each
+        sublayer (d_model={d_model}, {n_heads} heads, d_ff={d_ff}), the fastest of 5 runs each, and
+        the size of the largest tensor each sublayer creates.""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     attn, ffn = block.self_attn, block.feed_forward
     rows, mib = [], lambda t: t.numel() * t.element_size() / 2**20  # noqa: E731  (a tensor's MiB)
@@ -349,13 +337,13 @@ def section_4_cost(d_model, n_heads, d_ff, lengths, device):
     common.table(rows, ["T", "attention ms", "feed-forward ms", "ratio", "weights MiB", "FFN hidden MiB"])
     (t0, a0, f0, r0, w0, h0), (t1, a1, f1, r1, w1, h1) = rows[0], rows[-1]
     shown = a1 / a0 >= (t1 / t0) ** 1.8  # attention's time grew like T^1.8 or faster
-    notice = (f"Notice the ratio column: attention took {fmt(r0)}x the feed-forward's time at T = {t0} and {fmt(r1)}x "
-              f"at T = {t1}." if shown else "These lengths are too short to show T^2 in the times: fixed costs dominate.")
+    notice = (f"Notice the ratio column: attention took {fmt(r0)}x the feed-forward's time at T = {t0} and "
+              f"{fmt(r1)}x at T = {t1}." if shown else "These lengths are too short to show T^2 in the times.")
     common.explain(f"""
-        From T = {t0} to {t1} ({fmt(t1 / t0)}x longer), attention's weights tensor grew
-        {fmt(w1 / w0)}x and its time {fmt(a1 / a0)}x; the feed-forward's hidden layer grew
-        {fmt(h1 / h0)}x and its time {fmt(f1 / f0)}x. The memory columns are computed from the
-        tensors' sizes; the times are measured and vary on a busy machine. {notice}""")
+        From T = {t0} to {t1} ({fmt(t1 / t0)}x longer), attention's weights tensor grew {fmt(w1 / w0)}x
+        and its time {fmt(a1 / a0)}x; the feed-forward's hidden layer grew {fmt(h1 / h0)}x and its time
+        {fmt(f1 / f0)}x. Memory is computed from the tensors' sizes; the times are measured and vary on
+        a busy machine. {notice}""")
     return (f"From T = {t0} to {t1}: attention's weights x{fmt(w1 / w0)} (T^2), its time x{fmt(a1 / a0)}; the "
             f"feed-forward's hidden layer x{fmt(h1 / h0)} (T), its time x{fmt(f1 / f0)}"
             + ("." if shown else " (too short to show T^2 in time)."))
@@ -385,11 +373,10 @@ def section_5_stacking(n_layers, d_model, n_heads, d_ff, device):
     common.table(rows, ["part", "formula", "by the formula", "counted"])
     wrong, share = [row[0] for row in rows if row[2] != row[3]], numel(block.feed_forward) / numel(block)
     counted = claims.check("parameter-formulas", not wrong, "Every count equals its formula. Attention costs 4 "
-                           f"d_model^2 and the feed-forward 2 d_model d_ff = {fmt(2 * d_ff / d_model, 3)} d_model^2: it "
-                           f"holds {fmt(100 * share)}% of a block's parameters", f"{wrong} differ", "none differ").say()
-    return claims.all_of("insight-stacking", f"Blocks stack: (B, T, d_model) in, (B, T, d_model) out. The feed-forward "
-                         f"holds {fmt(100 * share)}% of a block's {numel(block):,} parameters; a pre-LN stack adds one "
-                         "final LayerNorm.", counted)
+                           f"d_model^2 and the feed-forward 2 d_model d_ff = {fmt(2 * d_ff / d_model, 3)} d_model^2: "
+                           f"it holds {fmt(100 * share)}% of a block's parameters", f"{wrong} differ", "none").say()
+    return claims.all_of("insight-stacking", f"Blocks stack, (B, T, d_model) in and out; the feed-forward holds "
+                         f"{fmt(100 * share)}% of a block's {numel(block):,} parameters.", counted)
 
 
 # %% 6-7. The depth study: residuals, and post-LN vs pre-LN
@@ -399,11 +386,9 @@ def without_residual(b: TransformerEncoderBlock):
 
 
 def sublayer_grad_norm(block) -> float:
-    """L2 norm of the gradients of a block's attention and feed-forward parameters, as one vector.
-
-    LayerNorms are left out, so that post-LN and pre-LN are measured alike: in post-LN the last
-    block's norm2 produces the network's output, and its own gradient would swamp that block's.
-    """
+    """L2 norm of the gradients of a block's attention and feed-forward parameters, as one vector. LayerNorms
+    are left out, so that post-LN and pre-LN are measured alike: in post-LN the last block's norm2 produces
+    the network's output, and its own gradient would swamp that block's."""
     params = [*block.self_attn.parameters(), *block.feed_forward.parameters()]
     return torch.sqrt(sum((p.grad ** 2).sum() for p in params)).item()
 
@@ -412,8 +397,7 @@ def token_similarity(x) -> float:
     """Mean cosine similarity between different tokens of the same sequence (1 = all identical)."""
     unit = F.normalize(x, dim=-1)
     cos = unit @ unit.transpose(1, 2)  # (B, T, d_model) @ (B, d_model, T) -> (B, T, T)
-    off_diagonal = ~torch.eye(x.size(1), dtype=torch.bool, device=x.device)
-    return cos[:, off_diagonal].mean().item()
+    return cos[:, ~torch.eye(x.size(1), dtype=torch.bool, device=x.device)].mean().item()  # off the diagonal
 
 
 def measure_stack(steps, blocks, final_norm, x, target):
@@ -430,9 +414,8 @@ def measure_stack(steps, blocks, final_norm, x, target):
 
 
 def depth_study(study, device):
-    """Per seed, one stack of max(depths) blocks shared by the three variants (only the wiring differs);
-    depth N is its first N blocks. Returns {variant: {"first", "last", "similarity", "stream_std": (seeds,
-    depths), "per_layer": (seeds, deepest)}} and what the first block's attention does at initialisation."""
+    """Per seed, one stack of max(depths) blocks shared by the three variants (only the wiring differs), depth N
+    its first N blocks: {variant: {key: (seeds, depths)}}, and what the first block's attention does."""
     depths, d_model, heads = study["depths"], study["d_model"], study["heads"]
     results = {v: {k: [] for k in ("first", "last", "similarity", "stream_std", "per_layer")}
                for v in ("post-LN", "pre-LN", "no residual")}
@@ -462,15 +445,15 @@ def depth_study(study, device):
 
 def section_6_residuals(results, attention, study):
     depths, length = study["depths"], study["T"]
+    sizes = ", ".join(f"{k} {v}" for k, v in study.items() if k != "depths")
     common.section(6, "What residual connections do in a deep stack")
     common.explain(f"""
-        With a residual, a block computes x + f(x), whose derivative is I + f'(x): the gradient from
-        the loss reaches every block through the identity path as well as through the sublayers.
-        Without it, the gradient must pass through every sublayer in turn. We stack {depths[0]} to
-        {depths[-1]} blocks ({", ".join(f"{k} {v}" for k, v in study.items() if k != "depths")}),
-        put a random regression loss on the output and measure the gradient norm of the FIRST
-        block's attention and feed-forward weights (mean over the seeds, their range in brackets).
-        All stacks share the same weights; "no residual" is post-LN with both "x +" removed.""")
+        With a residual, a block computes x + f(x), whose derivative is I + f'(x): the gradient reaches
+        every block through the identity path as well as through the sublayers; without it, through
+        every sublayer in turn. We stack {depths[0]} to {depths[-1]} blocks ({sizes}), put a random
+        regression loss on the output and measure the gradient norm of the FIRST block's attention and
+        feed-forward weights (mean over the seeds, their range in brackets). The stacks share their
+        weights; "no residual" is post-LN without "x +".""")
     v = ("post-LN", "pre-LN", "no residual")
     grads = {k: results[k]["first"] for k in v}  # (seeds, depths): the first block's gradient norms
     sims = {k: results[k]["similarity"] for k in v}
@@ -478,15 +461,15 @@ def section_6_residuals(results, attention, study):
                   for i, d in enumerate(depths)],
                  ["blocks", *(f"grad {k}" for k in v), "sim post-LN", "pre-LN", "no residual"])
     common.explain(f"""
-        "sim" is the mean cosine similarity between different tokens at the output (1 = identical
-        tokens). At initialisation attention's outputs are much alike for every token: similarity
-        {fmt(attention['sim_out'])}, against {fmt(attention['sim_in'])} for its inputs, because each
-        query spreads its weight: its largest weight is {fmt(attention['largest'])} on average (1/T =
-        {fmt(1 / length)} if spread evenly, 1 if it read one token).""")
+        "sim": mean cosine similarity between different tokens at the output (1 = identical tokens).
+        At initialisation attention's outputs are alike for every token (similarity {fmt(attention['sim_out'])},
+        inputs {fmt(attention['sim_in'])}): each query spreads its weight, the largest {fmt(attention['largest'])}
+        on average (1/T = {fmt(1 / length)} if spread evenly, 1 if it read one token).""")
     alike, distinct = sims["no residual"][:, 0].min(), max(sims["post-LN"][:, 0].max(), sims["pre-LN"][:, 0].max())
     apart = claims.check("residuals-keep-tokens-apart", alike > 0.99 and distinct < 0.5, "Without a residual that "
                          f"shared average replaces the token (sim {fmt(alike)} at {depths[0]} blocks); with one it is "
-                         f"added to it (sim at most {fmt(distinct)})", f"{fmt(alike)} and {fmt(distinct)}", "above 0.99, below 0.5").say()
+                         f"added to it (sim at most {fmt(distinct)})", f"{fmt(alike)} and {fmt(distinct)}",
+                         "above 0.99, below 0.5").say()
     none, post = grads["no residual"], grads["post-LN"]
     ratio, peak = (none.mean(0) / post.mean(0)).tolist(), int(none.mean(0).argmax())  # means over the seeds
     shallow = claims.check("no-residual-more-when-shallow", claims.apart(none[:, 0], post[:, 0]), f"At {depths[0]} "
@@ -514,27 +497,26 @@ def section_7_norm_placement(results, study, out_dir, show):
                    std["post-LN"][:, i].mean(), std["pre-LN"][:, i].mean()] for i, d in enumerate(depths)],
                  ["blocks", "grad first/last: post-LN", "pre-LN", "stream std: post-LN", "pre-LN"])
     common.explain(f"""
-        "grad first/last": the first block's gradient norm over the last block's, both layouts
-        measured alike. "stream std": std of the last block's output (for pre-LN, before its final
-        LayerNorm). In post-LN every path from the loss down to a block passes through the
-        LayerNorms of every block above it; in pre-LN the stream is never normalised, so the
-        gradient reaches every block through the identity path, plus what the blocks above add. At
-        {depths[-1]} blocks:""")
-    deep = {k: r[:, -1] for k, r in ratio.items()}  # each seed's ratio at the deepest stack
-    apart = claims.check("post-LN-less-pre-LN-more", deep["post-LN"].max() < 1 < deep["pre-LN"].min(), "post-LN's "
-                         f"first block gets less gradient than its last in every seed ({seed_range(deep['post-LN'])}), "
-                         f"pre-LN's more ({seed_range(deep['pre-LN'])}): the usual reason given for warming up post-LN's"
-                         " learning rate", f"largest post-LN {fmt(deep['post-LN'].max())}, smallest pre-LN "
-                         f"{fmt(deep['pre-LN'].min())}", "below 1 and above 1").say()
+        "grad first/last": the first block's gradient norm over the last block's, both layouts measured
+        alike. "stream std": std of the last block's output (pre-LN: before its final LayerNorm). In
+        post-LN every path from the loss down to a block passes through the LayerNorms of every block
+        above it; in pre-LN the stream is never normalised, so the gradient reaches every block
+        through the identity path, plus what the blocks above add. At {depths[-1]} blocks:""")
+    post, pre = ratio["post-LN"][:, -1], ratio["pre-LN"][:, -1]  # each seed's ratio at the deepest stack
+    apart = claims.check("post-LN-less-pre-LN-more", post.max() < 1 < pre.min(), "post-LN's first block gets less "
+                         f"gradient than its last in every seed ({seed_range(post)}), pre-LN's more "
+                         f"({seed_range(pre)}): the usual reason given for warming up post-LN's learning rate",
+                         f"largest post-LN {fmt(post.max())}, smallest pre-LN {fmt(pre.min())}",
+                         "below 1, above 1").say()
     start, end = std["pre-LN"][:, 0], std["pre-LN"][:, -1]
-    streams = claims.check("stream-std", (std["post-LN"] - 1).abs().max() < 2e-3 and (end > start).all(), "post-LN's "
-                           f"stream has std 1 at every depth (a LayerNorm comes last); the price of pre-LN: its stream's "
-                           f"std grew from {fmt(start.mean())} to {fmt(end.mean())}, hence the final LayerNorm",
-                           f"post-LN {seed_range(std['post-LN'])}", "1 for post-LN, growth in every seed for pre-LN").say()
+    streams = claims.check("stream-std", (std["post-LN"] - 1).abs().max() < 2e-3 and (end > start).all(), "post-"
+                           "LN's stream has std 1 at every depth (a LayerNorm comes last); the price of pre-LN: its "
+                           f"stream's std grew from {fmt(start.mean())} to {fmt(end.mean())}, so a final LayerNorm",
+                           f"post-LN {seed_range(std['post-LN'])}", "1 for post-LN, growing for pre-LN").say()
     plot_gradients(results, study, out_dir, show)
-    return claims.all_of("insight-norm-placement", f"First/last block at {depths[-1]} blocks: {seed_range(deep['post-LN'])}"
-                         f" post-LN, {seed_range(deep['pre-LN'])} pre-LN, whose stream grew to std {fmt(end.mean())}: "
-                         "hence its final LayerNorm.", apart, streams)
+    return claims.all_of("insight-norm-placement", f"First/last block at {depths[-1]} blocks: {seed_range(post)} "
+                         f"post-LN, {seed_range(pre)} pre-LN, whose stream grew to std {fmt(end.mean())}: hence its "
+                         "final LayerNorm.", apart, streams)
 
 
 def plot_gradients(results, study, out_dir, show):
@@ -609,9 +591,8 @@ def main(argv=None):
                 section_4_cost(d_model, n_heads, d_ff, lengths, device),
                 section_5_stacking(n_layers, d_model, n_heads, d_ff, device)]
     results, attention = depth_study(study, device)
-    insights += [section_6_residuals(results, attention, study),
-                 section_7_norm_placement(results, study, args.out_dir, args.show)]
-    common.key_insights(insights)
+    common.key_insights(insights + [section_6_residuals(results, attention, study),
+                                    section_7_norm_placement(results, study, args.out_dir, args.show)])
 
 
 if __name__ == "__main__":
