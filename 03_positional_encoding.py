@@ -225,9 +225,9 @@ def section_2_table(pe, d_model, max_len, args):
                           hint="sines belong in the even columns, cosines in the odd ones").say()
     wavelengths = pair_wavelengths(d_model)
     fig, ax = common.new_figure(figsize=(7.5, 5.5), show=args.show)
-    _heatmap(ax, pe, f"Sinusoidal positional encoding (d_model={d_model}, BASE={BASE:g}):\n" + claims.all_of(
+    _heatmap(ax, pe, f"Sinusoidal positional encoding (d_model={d_model}, BASE={BASE:g}):\n" + claims.figure_title(
         "heatmap-title", f"column 0 repeats every {fmt(wavelengths[0], 3)} positions, column "
-        f"{2 * (len(wavelengths) - 1)} every {fmt(wavelengths[-1], 3)}", angles).title())
+        f"{2 * (len(wavelengths) - 1)} every {fmt(wavelengths[-1], 3)}", angles, width=75))
     common.save_figure(fig, args.out_dir, "positional_encoding_heatmap.png", show=args.show)
     print("  (In the heatmap each row is one position's vector; the stripes widen from left to right.)\n")
     return angles, section_2_module(pe, d_model, max_len)
@@ -303,8 +303,8 @@ def plot_wavelengths(pe, wavelengths, change, formula, fast, args):
         axes[0].plot(range(max_len), pe[:, 2 * i], ".-" if i == 0 else "-", lw=1 if i == 0 else 1.8, ms=3,
                      label=f"column {2 * i}: wavelength {fmt(wavelengths[i].item(), 3)}")
     axes[0].set(xlabel="position p", ylabel="PE[p, column]  (sine columns)", ylim=(-1.75, 1.1),
-                yticks=[-1, -0.5, 0, 0.5, 1], title=claims.all_of(
-                    "sines-title", "Sine columns: higher pairs turn more slowly", formula, fast).title())
+                yticks=[-1, -0.5, 0, 0.5, 1], title=claims.figure_title(
+                    "sines-title", "Sine columns: higher pairs turn more slowly", formula, fast, width=44))
     axes[0].legend(fontsize=7, loc="lower center", ncol=2)  # in the room left below the curves
     axes[1].plot(range(n_pairs), wavelengths, "o-", ms=3, label="2*pi*BASE^(2i/d_model)")
     for y, text, style in ((2 * math.pi, "2*pi", ":"), (BASE * 2 * math.pi, "2*pi*BASE", ":"),
@@ -313,11 +313,11 @@ def plot_wavelengths(pe, wavelengths, change, formula, fast, args):
         if style == ":":  # at the right end, above the line: the curve starts at 2*pi, ends below 2*pi*BASE
             axes[1].text(n_pairs - 1, y * 1.15, text, fontsize=8, color="gray", ha="right")
     axes[1].set(xlabel="dimension pair i (columns 2i, 2i+1)", ylabel="wavelength (positions, log)",
-                title=claims.all_of("wavelengths-title", "Wavelength grows geometrically with the pair;\npairs above "
-                                    "the dashed line do not turn once in the table", formula).title())
+                title=claims.figure_title("wavelengths-title", "Wavelength grows geometrically with the pair;\npairs "
+                                          "above the dashed line do not turn once in the table", formula, width=58))
     axes[2].plot(range(d_model), change, ".-")
     axes[2].set(xlabel="embedding dimension (column)", ylabel="mean |PE[p+1] - PE[p]|  (log)",
-                title=claims.all_of("change-title", "Low dimensions change fastest", fast).title())
+                title=claims.figure_title("change-title", "Low dimensions change fastest", fast, width=44))
     for ax in axes[1:]:  # log axes labelled 1, 10, 100 (plain numbers), no minor ticks
         ax.xaxis.get_major_locator().set_params(integer=True)  # pairs and columns are whole numbers
         ax.set_yscale("log")
@@ -432,14 +432,14 @@ def plot_dot_products(gram, curves, k, offset_only, peaks, args):
                            extent=(-0.5, n - 0.5, n - 0.5, -0.5))  # axes in positions, cell centres on ticks
     axes[0].set_xticks(range(0, n, _tick_step(n)))
     axes[0].set_yticks(range(0, n, _tick_step(n)))
-    axes[0].set(xlabel="position j", ylabel="position p", title=claims.all_of(
-        "diagonals-title", "PE(p) . PE(j): constant along every diagonal", offset_only).title())
+    axes[0].set(xlabel="position j", ylabel="position p", title=claims.figure_title(
+        "diagonals-title", "PE(p) . PE(j): constant along every diagonal", offset_only, width=50))
     fig.colorbar(image, ax=axes[0], label="dot product")
     for p in sorted({0, n // 4, n // 2}):
         ks = torch.arange(-p, n - p)
         axes[1].plot(ks, gram[p, p + ks], lw=1.5, ls="-" if p == 0 else "--", label=f"p = {p}")
-    axes[1].set(xlabel="offset j - p", ylabel="PE(p) . PE(j)", title=claims.all_of(
-        "curves-title", "The same curve from every starting position p", offset_only).title())
+    axes[1].set(xlabel="offset j - p", ylabel="PE(p) . PE(j)", title=claims.figure_title(
+        "curves-title", "The same curve from every starting position p", offset_only, width=50))
     axes[1].legend(fontsize=8)
     first = max(0, n - 1 - k - 16)  # the last keys only: the peak and its neighbours
     for c, weights in curves.items():
@@ -447,8 +447,8 @@ def plot_dot_products(gram, curves, k, offset_only, peaks, args):
     axes[2].axvline(n - 1 - k, color="gray", ls=":", lw=1)
     axes[2].axhline(1 / n, color="black", ls=":", lw=1, label="uniform 1/(p+1)")
     axes[2].set(xlabel=f"key position j (keys {first}..{n - 1})", ylabel="attention weight of query p",
-                title=f"Query p = {n - 1} with W_q = c M_-{k}, W_k = I:\n" + claims.all_of(
-                    "look-back-title", f"weights peak at key {n - 1 - k} = p - {k}", peaks).title())
+                title=f"Query p = {n - 1} with W_q = c M_-{k}, W_k = I:\n" + claims.figure_title(
+                    "look-back-title", f"weights peak at key {n - 1 - k} = p - {k}", peaks, width=50))
     axes[2].xaxis.get_major_locator().set_params(integer=True)  # key positions are whole numbers
     axes[2].legend(fontsize=8)
     common.save_figure(fig, args.out_dir, "positional_encoding_dot_products.png", show=args.show)
@@ -485,10 +485,10 @@ def section_6_layouts(pe, d_model, interleaved, args):
         they are not: the two heatmaps of positional_encoding_layouts.png look nothing alike. Check
         which layout a plot uses before you compare it with another.""")
     fig, axes = common.new_figure(1, 2, figsize=(12, 4.8), show=args.show)
-    _heatmap(axes[0], pe, claims.all_of("interleaved-title", "Interleaved (paper): sin in even, cos in odd columns",
-                                        interleaved).title())
-    _heatmap(axes[1], concat, claims.all_of("concatenated-title", f"Concatenated: sin in columns 0-{h - 1}, cos in "
-                                            f"{h}-{d_model - 1}", halves).title())
+    _heatmap(axes[0], pe, claims.figure_title("interleaved-title", "Interleaved (paper): sin in even, cos in odd "
+                                              "columns", interleaved, width=55))
+    _heatmap(axes[1], concat, claims.figure_title("concatenated-title", f"Concatenated: sin in columns 0-{h - 1}, "
+                                                  f"cos in {h}-{d_model - 1}", halves, width=55))
     common.save_figure(fig, args.out_dir, "positional_encoding_layouts.png", show=args.show)
     return claims.all_of("insight-layouts", "Interleaved and concatenated layouts are the same columns reordered: a "
                          f"linear layer with reordered weights gives the same output (difference {fmt(layer_gap, 2)}).",

@@ -285,7 +285,7 @@ def plot_layernorm(x, y, per_token, out_dir, show):
         ax.set(title=f"{when} LayerNorm", xlabel="token position", ylabel="feature value", xticks=range(T))
     axes[1].axhline(0, color="gray", lw=0.8)
     axes[0].legend(loc="upper left")
-    fig.suptitle(claims.all_of("layernorm-title", "LayerNorm gives every token mean 0 and std 1", per_token).title())
+    fig.suptitle(claims.figure_title("layernorm-title", "LayerNorm gives every token mean 0 and std 1", per_token))
     common.save_figure(fig, out_dir, "transformer_block_layernorm.png", show=show)
 
 

@@ -169,3 +169,11 @@ def versus(a, b, b_name: str) -> str:
     if apart(a, b):
         return f"above {b_name} in every seed"
     return f"within the seed spread ({seed_range(a)} against {seed_range(b)})"
+
+
+def figure_title(name: str, text: str, *parts: Claim, width: int = 60) -> str:
+    """A figure title that states a property resting on claims made in the run (all_of): the text when
+    they hold, else DOES NOT HOLD with the text and what was measured, each line wrapped to `width`
+    characters so that it stays above its own panel."""
+    lines = all_of(name, text, *parts).title().split("\n")
+    return "\n".join(wrapped for line in lines for wrapped in textwrap.wrap(line, width) or [""])

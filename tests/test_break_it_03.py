@@ -116,3 +116,22 @@ def test_the_unedited_lesson_holds_every_claim(seed, tmp_path):
     assert len(run.claims) >= 20 and len(run.insights) == 7
     assert all(not isinstance(item, str) for item in run.insights)  # every insight is a checked claim
     assert set(INSIGHT_OF) <= {claim.name for claim in run.claims}  # the table above names real claims
+
+
+def test_the_claim_helpers_lessons_03_and_04_use():
+    from common import claims
+    small, large = claims.below("small", "x is small", 0.1, 1), claims.below("large", "y is small", 3, 1, "3.0")
+    both = claims.all_of("both", "x and y are small", small, large)
+    assert not both and str(both) == "DOES NOT HOLD: x and y are small. Measured: large: 3.0; if it held: below 1."
+    assert claims.all_of("one", "x is small", small).holds
+    title = claims.figure_title("t", "a title that is long enough to wrap", large, width=20)
+    assert title.startswith("DOES NOT HOLD: a\n") and max(map(len, title.split("\n"))) <= 20
+    assert claims.figure_title("t", "line one\nline two", small) == "line one\nline two"
+    assert claims.apart([2, 3], [1, 1.5]) and not claims.apart([2, 3], [2.5]) and not claims.apart([float("nan")], [0])
+    assert claims.versus([2, 3], [1], "theirs") == "above theirs in every seed"
+    assert claims.versus([0.5], [1, 2], "theirs") == "below theirs in every seed"
+    assert claims.versus([1, 3], [2], "theirs").startswith("within the seed spread (2 (1-3) against 2)")
+    refused = claims.raises("r", "refused: {error}", lambda: int("x"), ValueError)
+    assert refused and str(refused).startswith("refused: ValueError: invalid literal")
+    accepted = claims.raises("r", "refused: {error}", lambda: 1, ValueError)
+    assert str(accepted) == "DOES NOT HOLD: refused: ValueError. Measured: no error; if it held: a ValueError."
