@@ -212,7 +212,7 @@ def section_2_table(pe, d_model, max_len, args):
     common.show_tensor(f"\nPE[:4, :{corner.size(1)}]  (first 4 positions, first {corner.size(1)} dimensions)",
                        corner, decimals=4)
     claims.check("row-0-is-0-1", torch.equal(pe[0], (torch.arange(d_model) % 2).float()), "Row 0 is sin 0, cos 0, "
-                 "sin 0, ... = 0, 1, 0, 1 and so on", f"row 0 begins {[fmt(v, 3) for v in pe[0, :4]]}",
+                 "sin 0, ... = 0, 1, 0, 1 and so on", f"row 0 begins {', '.join(fmt(v, 3) for v in pe[0, :4])}",
                  "0, 1, 0, 1").say()
     # Each pair (PE[p, 2i], PE[p, 2i+1]) is (sin, cos) of one angle: atan2 reads it back, for every entry
     read = torch.atan2(pe[:, 0::2].double(), pe[:, 1::2].double())  # (max_len, d_model/2)
@@ -345,8 +345,8 @@ def section_4_relative(pe, d_model, offsets):
     common.table(rows, ["offset k", "positions p", "max |M_k PE(p) - PE(p+k)|", "max |PE(p) - PE(p+k)|",
                         "max |M_k^T M_k - I|"])
     error, moved_by, unrotated = torch.tensor(rows)[:, 2:].max(0).values.tolist()  # torch's max keeps a NaN
-    moves = claims.below("M_k-moves-every-p", f"M_k PE(p) lands on PE(p + k) for every p, to within {fmt(error, 2)} "
-                         f"(float32 rounding of the table), while the vectors themselves differ by up to "
+    moves = claims.below("M_k-moves-every-p", "M_k PE(p) lands on PE(p + k) for every p, to within float32 rounding "
+                         f"of the table (largest error {fmt(error, 2)}), while the vectors themselves differ by up to "
                          f"{fmt(moved_by, 3)}", error, 1e-5, hint="M_k and the table disagree").say()
     rotation = claims.below("M_k-is-a-rotation", "Each M_k is a rotation (M_k^T M_k = I): it keeps every PE(p) at "
                             "the same length", unrotated, 1e-9).say()

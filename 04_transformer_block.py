@@ -268,9 +268,9 @@ def section_2_layernorm(d_model, device, out_dir, show):
     formula = claims.below("layernorm-by-hand", f"layer_norm(x), the formula by hand, equals nn.LayerNorm (largest "
                            f"difference {fmt(by_hand)})", by_hand, 1e-5, hint="mean and var are over dim=-1").say()
     plot_layernorm(x, y, per_token, out_dir, show)
-    return claims.all_of("insight-layernorm", f"LayerNorm works per token: afterwards each token has |mean| <= "
-                         f"{fmt(max_mean)} and |std - 1| <= {fmt(max_std_err)} (from eps), whatever its neighbours.",
-                         per_token, formula)
+    return claims.all_of("insight-layernorm", f"LayerNorm works per token, as its formula by hand shows: afterwards "
+                         f"each token has |mean| <= {fmt(max_mean)} and |std - 1| <= {fmt(max_std_err)} (from eps), "
+                         "whatever its neighbours.", per_token, formula)
 
 
 def plot_layernorm(x, y, per_token, out_dir, show):
@@ -575,7 +575,7 @@ def settings(args):
 
 @common.entry_point
 def main(argv=None):
-    parser = common.lesson_parser(__doc__, quick_help="tiny sizes for sections 4, 6 and 7")
+    parser = common.lesson_parser(__doc__, quick_help="shorter lengths in section 4, two depths in sections 6 and 7")
     parser.add_argument("--d-model", type=int, help=f"token width, sections 1-5 (default D_MODEL = {D_MODEL})")
     parser.add_argument("--heads", type=int, help=f"heads, must divide d_model (default N_HEADS = {N_HEADS})")
     parser.add_argument("--d-ff", type=int, help=f"feed-forward hidden width (default D_FF = {D_FF})")

@@ -162,13 +162,20 @@ def versus(a, b, b_name: str) -> str:
     """Words for how one measurement over seeds (a) compares with another (b): above or below b_name's
     in every seed, or within the seed spread, with both ranges. A difference inside the noise is never
     stated as a finding."""
-    from common.report import seed_range
-
     if apart(b, a):
         return f"below {b_name} in every seed"
     if apart(a, b):
         return f"above {b_name} in every seed"
-    return f"within the seed spread ({seed_range(a)} against {seed_range(b)})"
+    return f"within the seed spread ({_seed_range(a)} against {_seed_range(b)})"
+
+
+def _seed_range(values) -> str:
+    """'0.515 (0.47-0.56)': the mean over the seeds and their range, as common.report.seed_range prints it."""
+    v = [_number(x) for x in values]
+    if any(math.isnan(x) for x in v):
+        return "nan"
+    mean = f"{sum(v) / len(v):.3g}"
+    return mean if len(v) == 1 else f"{mean} ({min(v):.2g}-{max(v):.2g})"
 
 
 def figure_title(name: str, text: str, *parts: Claim, width: int = 60) -> str:

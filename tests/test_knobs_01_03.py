@@ -151,7 +151,7 @@ def test_03_base_reaches_every_function(tmp_path, capsys):
     out = run_edited(3, {"BASE": 100.0}, tmp_path, capsys, "--quick")
     assert "BASE=100" in out and "10000" not in out
     assert "zigzag" not in out  # the last cosine moves at a third of its sine's pace here (test_03: 10000 does)
-    assert "(float32 rounding of the table)" in " ".join(out.split()) and "DOES NOT HOLD" not in out
+    assert "to within float32 rounding of the table" in " ".join(out.split()) and "DOES NOT HOLD" not in out
 
 
 def test_03_other_sizes_without_quick(tmp_path, capsys):
