@@ -31,7 +31,7 @@ import common  # first: it checks $OMP_NUM_THREADS before torch reads it
 import torch
 import torch.nn as nn
 
-from common import fmt
+from common import claims, fmt
 
 # Reused from earlier lessons (one source for each component).
 MultiHeadAttention = common.load_lesson(2).MultiHeadAttention                # lesson 02
@@ -137,11 +137,8 @@ class LearnedPositionalEmbedding(nn.Module):
 
 
 def _tick_step(n: int, target: int = 9) -> int:
-    """A round tick spacing giving at most `target` ticks over n cells."""
-    step = 1
-    while n / step > target:
-        step *= 2
-    return step
+    """A round tick spacing (a power of 2) giving at most `target` ticks over n cells."""
+    return 2 ** max(0, math.ceil(math.log2(n / target)))
 
 
 def _heatmap(ax, table, title):
@@ -178,18 +175,19 @@ def section_1_order_blindness(d_model, device):
         with_pe = (self_attention(add_positions(x_moved))
                    - self_attention(add_positions(x))[:, perm]).abs().max().item()
         scale = self_attention(x).abs().mean().item()
-    print(f"  tokens          {tokens[0].tolist()}")
-    print(f"  moved tokens    {tokens[0, perm].tolist()}")
+    print(f"  tokens          {tokens[0].tolist()}\n  moved tokens    {tokens[0, perm].tolist()}")
     common.table([["attention(x)", plain], ["attention(x + PE)", with_pe]],
                  ["input", "largest |attn(moved) - moved(attn)|"])
-    blind = ("differ only by float rounding: \"dog bites man\" and \"man bites dog\" give each word the same "
-             "vector (attention is permutation-equivariant)" if plain < 1e-5 * max(1.0, scale) else
-             "differ by more than float rounding: something in the attention depends on position (a bug?)")
-    common.explain(f"""
-        For scale, the mean |output| is {fmt(scale)}. Without positions the two outputs {blind}. With
-        PE added to the input the difference is {fmt(with_pe / scale, 3)} times the mean output: order
-        is information once it is in the input.""")
-    return plain, with_pe
+    blind = claims.below("order-blind", "Without positions the two outputs differ only by float rounding: \"dog "
+                         "bites man\" and \"man bites dog\" give each word the same vector (attention is permutation-"
+                         "equivariant)", plain, 1e-5 * max(1.0, scale), hint="something in the attention depends on "
+                         "position").say()
+    ordered = claims.above("positions-give-order", f"With PE added the difference is {fmt(with_pe / scale, 3)} times "
+                           f"the mean |output| ({fmt(scale)}): order is information once it is in the input",
+                           with_pe / scale, 1e-3, hint="adding PE must give each position its own vector").say()
+    return claims.all_of("insight-order", f"Attention alone is permutation-equivariant: moved input, moved output "
+                         f"(largest difference {fmt(plain, 2)}). Adding PE breaks that (difference {fmt(with_pe, 3)}).",
+                         blind, ordered)
 
 
 # %% 2. The sinusoidal table
@@ -200,44 +198,63 @@ def section_2_table(pe, d_model, max_len, args):
         BASE = {BASE:g}. Column pair i (columns 2i, 2i+1) turns at its own speed. Two entries by
         hand (math.sin / math.cos) next to the table:""")
     j = max(1, d_model // 8)  # a pair in the first quarter of the columns
-    p1, p2 = min(3, max_len - 1), min(10, max_len - 1)
-    rows = []
-    for p, col, fn in ((p1, 0, math.sin), (p2, 2 * j + 1, math.cos)):
+    rows, gaps = [], []
+    for p, col, fn in ((min(3, max_len - 1), 0, math.sin), (min(10, max_len - 1), 2 * j + 1, math.cos)):
         two_i = col - col % 2
         denominator = BASE ** (two_i / d_model)
         rows.append([f"PE[{p}, {col}]", f"{fn.__name__}({p} / {BASE:g}^({two_i}/{d_model})) = "
-                     f"{fn.__name__}({p} / {fmt(denominator)})", f"{fn(p / denominator):.6f}",
-                     f"{pe[p, col].item():.6f}"])
+                     f"{fn.__name__}({p} / {fmt(denominator)})", f"{fn(p / denominator):.6f}", f"{pe[p, col]:.6f}"])
+        gaps.append(abs(fn(p / denominator) - pe[p, col].item()))
     common.table(rows, ["entry", "formula", "by hand", "table"])
-    print()
+    claims.below("entries-by-hand", "Both entries equal their values by hand (float32 rounding)", max(gaps), 1e-6,
+                 measured=f"largest |by hand - table| {fmt(max(gaps))}").say()
     corner = pe[:4, :8]  # fewer columns when d_model < 8
-    common.show_tensor(f"PE[:4, :{corner.size(1)}]  (first 4 positions, first {corner.size(1)} dimensions)",
+    common.show_tensor(f"\nPE[:4, :{corner.size(1)}]  (first 4 positions, first {corner.size(1)} dimensions)",
                        corner, decimals=4)
+    claims.check("row-0-is-0-1", torch.equal(pe[0], (torch.arange(d_model) % 2).float()), "Row 0 is sin 0, cos 0, "
+                 "sin 0, ... = 0, 1, 0, 1 and so on", f"row 0 begins {', '.join(fmt(v, 3) for v in pe[0, :4])}",
+                 "0, 1, 0, 1").say()
+    # Each pair (PE[p, 2i], PE[p, 2i+1]) is (sin, cos) of one angle: atan2 reads it back, for every entry
+    read = torch.atan2(pe[:, 0::2].double(), pe[:, 1::2].double())  # (max_len, d_model/2)
+    off = (torch.remainder(read - torch.arange(max_len)[:, None] * pair_frequencies(d_model) + math.pi,
+                           2 * math.pi) - math.pi).abs().max()      # angle read back - p * w_i, wrapped
+    on_circle = (pe[:, 0::2].double() ** 2 + pe[:, 1::2].double() ** 2 - 1).abs().max()  # sin^2 + cos^2 = 1
+    angles = claims.below("table-angles", "Every pair of every row is (sin, cos) of its angle p / BASE^(2i/d_model):"
+                          f" read back with atan2, largest error {fmt(off, 2)}", max(off, on_circle), 1e-6,
+                          measured=f"angles off by up to {fmt(off, 2)}, |sin^2 + cos^2 - 1| up to {fmt(on_circle, 2)}",
+                          hint="sines belong in the even columns, cosines in the odd ones").say()
     wavelengths = pair_wavelengths(d_model)
     fig, ax = common.new_figure(figsize=(7.5, 5.5), show=args.show)
-    _heatmap(ax, pe, f"Sinusoidal positional encoding (d_model={d_model}, BASE={BASE:g}):\ncolumn 0 "
-                     f"repeats every {fmt(wavelengths[0], 3)} positions, column {2 * (len(wavelengths) - 1)} "
-                     f"every {fmt(wavelengths[-1], 3)}")
+    _heatmap(ax, pe, f"Sinusoidal positional encoding (d_model={d_model}, BASE={BASE:g}):\n" + claims.figure_title(
+        "heatmap-title", f"column 0 repeats every {fmt(wavelengths[0], 3)} positions, column "
+        f"{2 * (len(wavelengths) - 1)} every {fmt(wavelengths[-1], 3)}", angles, width=75))
     common.save_figure(fig, args.out_dir, "positional_encoding_heatmap.png", show=args.show)
-    common.explain("""
-        Row 0 is sin 0, cos 0, ... = 0, 1, 0, 1, ...; every entry lies in [-1, 1]. In the heatmap
-        each row is one position's vector; down a column, a stripe pattern whose period grows from
-        left to right.""")
+    print("  (In the heatmap each row is one position's vector; the stripes widen from left to right.)\n")
+    return angles, section_2_module(pe, d_model, max_len)
 
+
+def section_2_module(pe, d_model, max_len):
+    """PositionalEncoding: what it adds, what it keeps, what it refuses; max_len is only a cache."""
     module = PositionalEncoding(d_model, max_len=max_len)
-    print(f"  PositionalEncoding(d_model={d_model}, max_len={max_len}): parameters "
-          f"{[n for n, _ in module.named_parameters()]}, buffers {[n for n, _ in module.named_buffers()]} "
-          f"{tuple(module.pe.shape)}, state_dict keys {list(module.state_dict())}")
-    try:
-        module(torch.zeros(1, max_len + 1, d_model))
-    except ValueError as exc:
-        print(f"  {max_len + 1} tokens are refused: ValueError: {exc}")
-    longer = sinusoidal_positional_encoding(2 * max_len, d_model)
-    common.explain(f"""
-        The module only adds pe[:T]; the buffer is not trained and not saved, since the formula
-        rebuilds it. max_len is a cache, not a limit of the method: the same formula built for
-        {2 * max_len} positions gives the same first {max_len} rows (largest difference
-        {fmt((longer[:max_len] - pe).abs().max())}) and new rows for the positions after them.""")
+    x = torch.randn(1, min(10, max_len), d_model)  # (B=1, T, d_model)
+    gap = (module(x) - x - pe[:x.size(1)]).abs().max()
+    added = claims.below("module-adds-table", f"PositionalEncoding(d_model={d_model}, max_len={max_len}) adds pe[:T] "
+                         "to its input and nothing else", gap, 1e-6, measured=f"largest |module(x) - x - pe[:T]| "
+                         f"{fmt(gap)}", hint="look at PositionalEncoding.forward").say()
+    kept = [[n for n, _ in module.named_parameters()], [n for n, _ in module.named_buffers()],
+            list(module.state_dict())]
+    stored = claims.equal("buffer-not-saved", f"It has parameters {kept[0]}, buffers {kept[1]} "
+                          f"{tuple(module.pe.shape)} and state_dict keys {kept[2]}: a buffer moves with .to(device), "
+                          "is not trained and not saved", kept, [[], ["pe"], []]).say()
+    claims.raises("refuses-too-long", f"{max_len + 1} tokens are refused: {{error}}",
+                  lambda: module(torch.zeros(1, max_len + 1, d_model)), ValueError).say()
+    gap = (sinusoidal_positional_encoding(2 * max_len, d_model)[:max_len] - pe).abs().max()
+    cache = claims.below("max-len-is-a-cache", f"max_len is a cache, not a limit of the method: the formula built for "
+                         f"{2 * max_len} positions gives the same first {max_len} rows (largest difference "
+                         f"{fmt(gap)}) and new rows after them", gap, 1e-7).say()
+    return claims.all_of("insight-module", "PositionalEncoding adds a fixed table kept in a buffer: no parameters, "
+                         "nothing in state_dict; max_len only says how many rows of the formula are cached.",
+                         added, stored, cache)
 
 
 # %% 3. Wavelengths
@@ -251,24 +268,32 @@ def section_3_wavelengths(pe, d_model, max_len, args):
                    max_len / wavelengths[i].item(), change[2 * i].item()] for i in pairs],
                  ["pair i", "columns", "BASE^(2i/d)", "wavelength", f"turns in {max_len} positions",
                   "mean |PE[p+1]-PE[p]| (sin col)"])
-    turns_last = max_len / wavelengths[-1].item()
     common.explain(f"""
         Pair 0 turns once every 2*pi = {fmt(wavelengths[0])} positions; the last pair needs
-        {fmt(wavelengths[-1])}, so over the {max_len} positions of the table it makes {fmt(turns_last, 3)}
-        turns, and {int((wavelengths > max_len).sum())} of the {n_pairs} pairs do not complete one.
-        Low dimensions tell neighbours apart; high ones change slowly, like the hour hand of a
-        clock. Each wavelength is BASE^(2/d_model) = {fmt(BASE ** (2 / d_model))} times the one
-        before: a straight line on a log axis.""")
+        {fmt(wavelengths[-1])}, so over the {max_len} positions of the table it makes
+        {fmt(max_len / wavelengths[-1].item(), 3)} turns, and {int((wavelengths > max_len).sum())} of the
+        {n_pairs} pairs do not complete one.""")
+    by_hand = torch.tensor([2 * math.pi * BASE ** (2 * i / d_model) for i in range(n_pairs)], dtype=torch.float64)
+    formula = claims.below("wavelengths-formula", f"Each wavelength is BASE^(2/d_model) = {fmt(BASE ** (2 / d_model))} "
+                           "times the one before (2*pi*BASE^(2i/d_model), by hand): a straight line on a log axis",
+                           ((wavelengths - by_hand) / by_hand).abs().max(), 1e-9, hint="look at pair_frequencies").say()
+    step = change.view(-1, 2).mean(1)  # (d_model/2,) mean step of each pair, sine and cosine together
+    fast = claims.above("low-dims-fastest", f"Low dimensions change fastest: one position moves pair 0 by "
+                        f"{fmt(step[0])} on average, the last pair by {fmt(step[-1])}. Low dimensions tell neighbours "
+                        "apart; high ones change slowly, like the hour hand of a clock", step[0] - step[-1], 0,
+                        measured=f"pair 0 {fmt(step[0])}, last pair {fmt(step[-1])}").say()
     if change[-1] < 0.1 * change[-2]:  # the last cosine barely moves next to its sine
         common.explain(f"""
             In the last panel the slow pairs zigzag: near angle 0 a sine moves by about w per step
             but a cosine by only about w^2 * p (it is flat at its top), e.g. the last pair's columns
             {d_model - 2} and {d_model - 1}: {fmt(change[-2])} vs {fmt(change[-1])}.""")
-    plot_wavelengths(pe, wavelengths, change, args)
-    return wavelengths
+    plot_wavelengths(pe, wavelengths, change, formula, fast, args)
+    return claims.all_of("insight-wavelengths", f"Pair i has wavelength 2*pi*BASE^(2i/d_model), from "
+                         f"{fmt(wavelengths[0])} positions (pair 0) to {fmt(wavelengths[-1])} (last pair): low "
+                         "dimensions change fastest.", formula, fast)
 
 
-def plot_wavelengths(pe, wavelengths, change, args):
+def plot_wavelengths(pe, wavelengths, change, formula, fast, args):
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     max_len, d_model = pe.shape
@@ -278,7 +303,8 @@ def plot_wavelengths(pe, wavelengths, change, args):
         axes[0].plot(range(max_len), pe[:, 2 * i], ".-" if i == 0 else "-", lw=1 if i == 0 else 1.8, ms=3,
                      label=f"column {2 * i}: wavelength {fmt(wavelengths[i].item(), 3)}")
     axes[0].set(xlabel="position p", ylabel="PE[p, column]  (sine columns)", ylim=(-1.75, 1.1),
-                yticks=[-1, -0.5, 0, 0.5, 1], title="Sine columns: higher pairs turn more slowly")
+                yticks=[-1, -0.5, 0, 0.5, 1], title=claims.figure_title(
+                    "sines-title", "Sine columns: higher pairs turn more slowly", formula, fast, width=44))
     axes[0].legend(fontsize=7, loc="lower center", ncol=2)  # in the room left below the curves
     axes[1].plot(range(n_pairs), wavelengths, "o-", ms=3, label="2*pi*BASE^(2i/d_model)")
     for y, text, style in ((2 * math.pi, "2*pi", ":"), (BASE * 2 * math.pi, "2*pi*BASE", ":"),
@@ -287,11 +313,11 @@ def plot_wavelengths(pe, wavelengths, change, args):
         if style == ":":  # at the right end, above the line: the curve starts at 2*pi, ends below 2*pi*BASE
             axes[1].text(n_pairs - 1, y * 1.15, text, fontsize=8, color="gray", ha="right")
     axes[1].set(xlabel="dimension pair i (columns 2i, 2i+1)", ylabel="wavelength (positions, log)",
-                title="Wavelength grows geometrically with the pair;\npairs above the dashed line "
-                      "do not turn once in the table")
+                title=claims.figure_title("wavelengths-title", "Wavelength grows geometrically with the pair;\npairs "
+                                          "above the dashed line do not turn once in the table", formula, width=58))
     axes[2].plot(range(d_model), change, ".-")
     axes[2].set(xlabel="embedding dimension (column)", ylabel="mean |PE[p+1] - PE[p]|  (log)",
-                title="Low dimensions change fastest")
+                title=claims.figure_title("change-title", "Low dimensions change fastest", fast, width=44))
     for ax in axes[1:]:  # log axes labelled 1, 10, 100 (plain numbers), no minor ticks
         ax.xaxis.get_major_locator().set_params(integer=True)  # pairs and columns are whole numbers
         ax.set_yscale("log")
@@ -312,20 +338,26 @@ def section_4_relative(pe, d_model, offsets):
     common.show_tensor("M_1[:4, :4]", relative_position_matrix(1, d_model)[:4, :4], decimals=4)
     table, rows = pe.double(), []
     for k in offsets:
-        moved = table[:-k] @ relative_position_matrix(k, d_model, torch.float64).T  # M_k PE(p), every p
+        M = relative_position_matrix(k, d_model, torch.float64)
+        moved = table[:-k] @ M.T  # M_k PE(p), every p
         rows.append([k, table.size(0) - k, (moved - table[k:]).abs().max().item(),
-                     (table[:-k] - table[k:]).abs().max().item()])
-    common.table(rows, ["offset k", "positions p", "max |M_k PE(p) - PE(p+k)|", "max |PE(p) - PE(p+k)|"])
-    error, moved_by = torch.tensor(rows)[:, 2:].max(0).values.tolist()  # torch's max keeps a NaN
-    verdict = "float32 rounding of the table" if error < 1e-5 else "NOT rounding: M_k and the table disagree"
-    common.explain(f"""
-        M_k PE(p) lands on PE(p + k) to within {fmt(error, 2)} ({verdict}) for every p, while the
-        vectors themselves differ by up to {fmt(moved_by, 3)}. Since M_k is a rotation, it keeps every
-        PE(p) at the same length. Rotary position embeddings (RoPE, used by most recent language
-        models) build on exactly this: instead of adding PE to the input, they rotate the query at
-        position p by M_p and the key at position j by M_j, so their dot product depends only on the
-        offset j - p, in every layer.""")
-    return error
+                     (table[:-k] - table[k:]).abs().max().item(), (M.T @ M - torch.eye(d_model)).abs().max().item()])
+    common.table(rows, ["offset k", "positions p", "max |M_k PE(p) - PE(p+k)|", "max |PE(p) - PE(p+k)|",
+                        "max |M_k^T M_k - I|"])
+    error, moved_by, unrotated = torch.tensor(rows)[:, 2:].max(0).values.tolist()  # torch's max keeps a NaN
+    moves = claims.below("M_k-moves-every-p", "M_k PE(p) lands on PE(p + k) for every p, to within float32 rounding "
+                         f"of the table (largest error {fmt(error, 2)}), while the vectors themselves differ by up to "
+                         f"{fmt(moved_by, 3)}", error, 1e-5, hint="M_k and the table disagree").say()
+    rotation = claims.below("M_k-is-a-rotation", "Each M_k is a rotation (M_k^T M_k = I): it keeps every PE(p) at "
+                            "the same length", unrotated, 1e-9).say()
+    common.explain("""
+        Rotary position embeddings (RoPE, used by most recent language models) build on exactly
+        this: instead of adding PE to the input, they rotate the query at position p by M_p and the
+        key at position j by M_j, so their dot product depends only on the offset j - p, in every
+        layer.""")
+    return claims.all_of("insight-relative", f"For each offset k a fixed rotation M_k maps PE(p) to PE(p+k) for every "
+                         f"p (largest error {fmt(error, 2)}); RoPE rotates queries and keys by their positions "
+                         "instead of adding PE.", moves, rotation)
 
 
 # %% 5. Dot products depend only on the offset; attention can look k tokens back
@@ -352,38 +384,47 @@ def section_5_dot_products(pe, d_model, offsets, args):
     rows = [[k, torch.diagonal(gram, k).mean().item(), torch.cos(k * w).sum().item(),
              (torch.diagonal(gram, k).max() - torch.diagonal(gram, k).min()).item()] for k in (0, *offsets)]
     common.table(rows, ["offset k", "mean PE(p).PE(p+k)", "sum_i cos(k w_i)", "spread over p (max - min)"])
+    worst, rest = max(max(abs(r[1] - r[2]), r[3]) for r in rows), gram[0, 1:].max()
+    offset_only = claims.check("dot-depends-on-offset", worst < 1e-4 * d_model and gram[0, 0] > rest, "PE(p) . PE(p+k) "
+                               f"is sum_i cos(k w_i) for every p, largest at offset 0 ({fmt(gram[0, 0])}; elsewhere at "
+                               f"most {fmt(rest)})", f"spread over p or gap to the sum up to {fmt(worst)}, offset 0 "
+                               f"{fmt(gram[0, 0])}, others up to {fmt(rest)}", "one per offset, largest at 0").say()
     k, n = offsets[0], gram.size(0)
     common.explain(f"""
-        The value is largest at offset 0 ({fmt(gram[0, 0])}; elsewhere at most {fmt(gram[0, 1:].max())})
-        and falls off as positions move apart, not monotonically. Offsets -k and +k give the same
+        It falls off as positions move apart, not monotonically. Offsets -k and +k give the same
         number (cos is even): the dot product alone cannot tell before from after.
 
         Attention compares W_q x with W_k x. Take W_k = I and W_q = c M_-{k} (so W_q^T W_k = c M_{k}):
         the query of position p becomes c PE(p - {k}), and its score with the key at position j is
         c sum_i cos((p - {k} - j) w_i), largest at j = p - {k}. Weights of query p = {n - 1} (causal,
         scores / sqrt(d_model), lesson 01's function; a uniform row gives each key {fmt(1 / n, 3)}):""")
-    table, curves = [], {}
+    table, curves, hits = [], {}, []
     for c in LOOK_BACK_SCALES:
         scores, weights = look_back_weights(pe, k, c)
         target = torch.arange(k, n)                             # queries p >= k and their key p - k
-        others = torch.cat([scores[-1, :n - 1 - k], scores[-1, n - k:]])
-        hits = (weights[target].argmax(-1) == target - k).float().mean().item()
-        table.append([c, scores[-1, n - 1 - k].item(), others.max().item(), weights[-1, n - 1 - k].item(),
-                      torch.cat([weights[-1, :n - 1 - k], weights[-1, n - k:]]).max().item(), f"{hits:.0%}"])
+        hits.append((weights[target].argmax(-1) == target - k).float().mean().item())
+        table.append([c, scores[-1, n - 1 - k].item(), torch.cat([scores[-1, :n - 1 - k], scores[-1, n - k:]]).max(),
+                      weights[-1, n - 1 - k].item(), torch.cat([weights[-1, :n - 1 - k], weights[-1, n - k:]]).max(),
+                      f"{hits[-1]:.0%}"])
         curves[c] = weights[-1]
     common.table(table, ["c", f"score of key p-{k}", "best other score", f"weight on p-{k}",
                          "largest other weight", f"rows peaking at p-{k}"])
     margin = (table[0][1] - table[0][2]) / table[0][1]  # the same for every c: scores scale with c
-    common.explain(f"""
-        The score of key p - {k} stands only {fmt(100 * margin, 2)}% above the best other key, whatever c: the
-        peak is shallow, and only the size c of W_q^T W_k decides how much weight it gets
-        ({fmt(table[0][3], 3)} with c = {table[0][0]}, {fmt(table[-1][3], 3)} with c = {table[-1][0]};
-        see the last panel of the figure).""")
-    plot_dot_products(gram, curves, k, args)
-    return table
+    peaks = claims.check("look-back-peaks", min(hits) == 1, f"Every query p >= {k} peaks at key p - {k}, with every c,"
+                         f" though that key's score stands only {fmt(100 * margin, 2)}% above the best other key: a "
+                         "shallow peak", f"{min(hits):.0%} of the rows", "all of them", "look at the causal mask").say()
+    weights = [row[3] for row in table]
+    grows = claims.check("bigger-c-more-weight", all(a < b for a, b in zip(weights, weights[1:])), "Only the size c "
+                         f"of W_q^T W_k decides how much weight that peak gets: {fmt(weights[0], 3)} with c = "
+                         f"{table[0][0]}, {fmt(weights[-1], 3)} with c = {table[-1][0]} (the last panel of the figure)",
+                         f"weights {[fmt(w, 3) for w in weights]}", "growing with c").say()
+    plot_dot_products(gram, curves, k, offset_only, peaks, args)
+    return claims.all_of("insight-look-back", f"PE(p).PE(j) depends only on p - j, not on its sign. W_q = c M_-k makes "
+                         f"a query peak at p - k; with c = {table[0][0]} that peak holds weight {fmt(weights[0], 3)}, "
+                         f"with c = {table[-1][0]} {fmt(weights[-1], 3)}.", offset_only, peaks, grows)
 
 
-def plot_dot_products(gram, curves, k, args):
+def plot_dot_products(gram, curves, k, offset_only, peaks, args):
     n = gram.size(0)
     fig, axes = common.new_figure(1, 3, figsize=(17, 4.8), show=args.show)
     stride = -(-n // 512)  # at most 512 x 512 cells drawn: more only costs drawing time
@@ -391,31 +432,30 @@ def plot_dot_products(gram, curves, k, args):
                            extent=(-0.5, n - 0.5, n - 0.5, -0.5))  # axes in positions, cell centres on ticks
     axes[0].set_xticks(range(0, n, _tick_step(n)))
     axes[0].set_yticks(range(0, n, _tick_step(n)))
-    axes[0].set(xlabel="position j", ylabel="position p",
-                title="PE(p) . PE(j): constant along every diagonal")
+    axes[0].set(xlabel="position j", ylabel="position p", title=claims.figure_title(
+        "diagonals-title", "PE(p) . PE(j): constant along every diagonal", offset_only, width=50))
     fig.colorbar(image, ax=axes[0], label="dot product")
     for p in sorted({0, n // 4, n // 2}):
         ks = torch.arange(-p, n - p)
         axes[1].plot(ks, gram[p, p + ks], lw=1.5, ls="-" if p == 0 else "--", label=f"p = {p}")
-    axes[1].set(xlabel="offset j - p", ylabel="PE(p) . PE(j)",
-                title="The same curve from every starting position p")
+    axes[1].set(xlabel="offset j - p", ylabel="PE(p) . PE(j)", title=claims.figure_title(
+        "curves-title", "The same curve from every starting position p", offset_only, width=50))
     axes[1].legend(fontsize=8)
     first = max(0, n - 1 - k - 16)  # the last keys only: the peak and its neighbours
     for c, weights in curves.items():
         axes[2].plot(range(first, n), weights[first:], ".-", ms=4, lw=1, label=f"c = {c}")
-    peak = int(curves[max(curves)].argmax())
     axes[2].axvline(n - 1 - k, color="gray", ls=":", lw=1)
     axes[2].axhline(1 / n, color="black", ls=":", lw=1, label="uniform 1/(p+1)")
     axes[2].set(xlabel=f"key position j (keys {first}..{n - 1})", ylabel="attention weight of query p",
-                title=f"Query p = {n - 1} with W_q = c M_-{k}, W_k = I:\n"
-                      f"weights peak at key {peak} = p - {n - 1 - peak}")
+                title=f"Query p = {n - 1} with W_q = c M_-{k}, W_k = I:\n" + claims.figure_title(
+                    "look-back-title", f"weights peak at key {n - 1 - k} = p - {k}", peaks, width=50))
     axes[2].xaxis.get_major_locator().set_params(integer=True)  # key positions are whole numbers
     axes[2].legend(fontsize=8)
     common.save_figure(fig, args.out_dir, "positional_encoding_dot_products.png", show=args.show)
 
 
 # %% 6. Interleaved vs concatenated halves
-def section_6_layouts(pe, d_model, args):
+def section_6_layouts(pe, d_model, interleaved, args):
     common.section(6, "Interleaved sin/cos vs concatenated halves (two layouts, one encoding)")
     order = concatenated_column_order(d_model)
     concat = pe[:, order]  # (max_len, d_model): sin(p w_0), sin(p w_1), ..., cos(p w_0), cos(p w_1), ...
@@ -431,28 +471,42 @@ def section_6_layouts(pe, d_model, args):
         permuted.weight.copy_(layer.weight[:, order])
         permuted.bias.copy_(layer.bias)
         layer_gap = (layer(pe) - permuted(concat)).abs().max().item()
-    print(f"  largest |layer(interleaved) - reordered layer(concatenated)|: {fmt(layer_gap, 2)}\n")
+    same = claims.below("layouts-equivalent", "The layer on the concatenated table, its weight columns reordered, "
+                        f"gives the interleaved layer's output (largest difference {fmt(layer_gap, 2)})", layer_gap,
+                        1e-5, hint="both the columns and the weights must be reordered with the same order").say()
+    angles = torch.arange(pe.size(0))[:, None] * pair_frequencies(d_model)  # (max_len, h): p * w_i
+    gap = (concat.double() - torch.cat([angles.sin(), angles.cos()], 1)).abs().max()
+    halves = claims.below("sines-then-cosines", f"Reordered, columns 0-{h - 1} hold sin(p w_i) and columns {h}-"
+                          f"{d_model - 1} cos(p w_i), by hand to within {fmt(gap, 2)}", gap, 1e-6,
+                          hint="look at concatenated_column_order and at the table's layout").say()
+    print()
     common.explain("""
         A model learns its weights, so for the model the two layouts are equivalent. For your eyes
         they are not: the two heatmaps of positional_encoding_layouts.png look nothing alike. Check
         which layout a plot uses before you compare it with another.""")
     fig, axes = common.new_figure(1, 2, figsize=(12, 4.8), show=args.show)
-    _heatmap(axes[0], pe, "Interleaved (paper): sin in even, cos in odd columns")
-    _heatmap(axes[1], concat,
-             f"Concatenated: sin in columns 0-{d_model // 2 - 1}, cos in {d_model // 2}-{d_model - 1}")
+    _heatmap(axes[0], pe, claims.figure_title("interleaved-title", "Interleaved (paper): sin in even, cos in odd "
+                                              "columns", interleaved, width=55))
+    _heatmap(axes[1], concat, claims.figure_title("concatenated-title", f"Concatenated: sin in columns 0-{h - 1}, "
+                                                  f"cos in {h}-{d_model - 1}", halves, width=55))
     common.save_figure(fig, args.out_dir, "positional_encoding_layouts.png", show=args.show)
-    return layer_gap
+    return claims.all_of("insight-layouts", "Interleaved and concatenated layouts are the same columns reordered: a "
+                         f"linear layer with reordered weights gives the same output (difference {fmt(layer_gap, 2)}).",
+                         same, halves)
 
 
 # %% 7. Positions next to token embeddings; learned positions
 def section_7_embeddings(pe, d_model, max_len, offsets):
     common.section(7, "How loud are positions next to tokens? And learned positions")
+    lengths = pe.double().norm(dim=1)  # (max_len,) |PE(p)|
+    unit_pairs = claims.below("pe-length", f"The input of the first block is token embedding * scale + PE. Every PE(p) "
+                          f"has length sqrt(d_model/2) = {fmt(math.sqrt(d_model / 2))} (each pair adds sin^2 + cos^2 "
+                          "= 1)", (lengths - math.sqrt(d_model / 2)).abs().max(), 1e-5,
+                          measured=f"|PE(p)| from {fmt(lengths.min())} to {fmt(lengths.max())}").say()
     common.explain(f"""
-        The input of the first block is token embedding * scale + PE. Each PE(p) has length
-        sqrt(d_model/2) = {fmt(math.sqrt(d_model / 2))} (each pair adds sin^2 + cos^2 = 1). The paper
-        multiplies the embeddings by sqrt(d_model) = {fmt(math.sqrt(d_model))}. How long are token
-        vectors then? Averages over {VOCAB_SIZE} token ids:""")
-    pe_length = pe.norm(dim=1).mean().item()
+        The paper multiplies the embeddings by sqrt(d_model) = {fmt(math.sqrt(d_model))}. How long
+        are token vectors then? Averages over {VOCAB_SIZE} token ids:""")
+    pe_length = lengths.mean().item()
     rows = []
     for init, std in (("nn.Embedding default, N(0, 1)", None), ("N(0, 1/d_model)", d_model ** -0.5)):
         embed = nn.Embedding(VOCAB_SIZE, d_model)
@@ -470,22 +524,20 @@ def section_7_embeddings(pe, d_model, max_len, offsets):
         the scale before copying either.""")
 
     learned = LearnedPositionalEmbedding(d_model, max_len)
-    k, table = offsets[0], learned.table.weight.detach().double()
-    spread = {}
-    for name, t in (("sinusoidal", pe.double()), ("learned", table)):
+    k, spread = offsets[0], {}
+    for name, t in (("sinusoidal", pe.double()), ("learned", learned.table.weight.detach().double())):
         same_offset = (t[:-k] * t[k:]).sum(1)  # PE(p) . PE(p + k) for every p
         spread[name] = (same_offset.max() - same_offset.min()).item()
-    common.table([["sinusoidal (this lesson)", 0, "any (max_len rows cached)", spread["sinusoidal"]],
-                  ["learned nn.Embedding, untrained", sum(p.numel() for p in learned.parameters()),
-                   f"{max_len} (no row after that)", spread["learned"]]],
-                 ["positions", "parameters", "longest sequence", f"spread of PE(p).PE(p+{k}) over p"])
     common.explain(f"""
-        Learned absolute positions (BERT, GPT-2) replace the formula by a trained table: max_len x
-        d_model parameters, and nothing for a position beyond max_len. Untrained, the table is
-        noise: its dot products at offset {k} vary by {fmt(spread['learned'], 3)} over p, the
+        Learned absolute positions (BERT, GPT-2, LearnedPositionalEmbedding above) replace the
+        formula by a trained table: max_len x d_model = {sum(p.numel() for p in learned.parameters()):,}
+        parameters here, and no row for a position beyond max_len = {max_len}. Untrained, the table
+        is noise: its dot products at offset {k} vary by {fmt(spread['learned'], 3)} over p, the
         sinusoidal table's by {fmt(spread['sinusoidal'], 2)}. Whatever order structure it ends with
         comes from the training data.""")
-    return rows
+    return claims.all_of("insight-loudness", f"Every PE(p) has length {fmt(math.sqrt(d_model / 2))}: with N(0, 1) "
+                         f"embeddings times sqrt(d_model) that is {fmt(rows[1][4], 2)} of a token's length; learned "
+                         "position tables cost max_len x d_model parameters and stop at max_len.", unit_pairs)
 
 
 # %% main: the lesson's table of contents
@@ -503,14 +555,11 @@ def check_settings(args):
                    f"{d_label} must be a multiple of {step} up to 4096 (even for the sin/cos pairs, and "
                    f"divisible by N_HEADS = {N_HEADS}); try {near}")
     common.whole(max_len, m_label, low=16, high=4096, hint=f"positions in the table; try {MAX_LEN}")
-    common.number(BASE, "BASE", low=1, low_open=True, hint="wavelengths grow from 2*pi to 2*pi*BASE")
+    common.number(BASE, "BASE", low=1, low_open=True, high=1e9, hint="wavelengths grow from 2*pi to 2*pi*BASE")
     common.whole(SEQ_LEN, "SEQ_LEN", low=2, hint="tokens to move around")
     common.whole(VOCAB_SIZE, "VOCAB_SIZE", low=1)
     common.whole_numbers(OFFSETS, "OFFSETS", low=1)
-    common.require(isinstance(LOOK_BACK_SCALES, (list, tuple)) and len(LOOK_BACK_SCALES) > 0,
-                   f"LOOK_BACK_SCALES = {LOOK_BACK_SCALES!r} must hold sizes above 0, e.g. (1, 4, 16)")
-    for c in LOOK_BACK_SCALES:
-        common.number(c, f"LOOK_BACK_SCALES = {LOOK_BACK_SCALES!r}: each", low=0, low_open=True)
+    common.whole_numbers(LOOK_BACK_SCALES, "LOOK_BACK_SCALES", low=1, hint="sizes c of W_q = c M_-k, e.g. (1, 4, 16)")
     return d_model, max_len
 
 
@@ -529,31 +578,14 @@ def main(argv=None):
     offsets = tuple(k for k in OFFSETS if k < max_len // 2) or (1,)
     pe = sinusoidal_positional_encoding(max_len, d_model)  # (max_len, d_model), on the CPU
 
-    plain, with_pe = section_1_order_blindness(d_model, device)
-    section_2_table(pe, d_model, max_len, args)
+    order = section_1_order_blindness(d_model, device)
+    angles, module = section_2_table(pe, d_model, max_len, args)
     wavelengths = section_3_wavelengths(pe, d_model, max_len, args)
-    relative_error = section_4_relative(pe, d_model, offsets)
+    relative = section_4_relative(pe, d_model, offsets)
     look_back = section_5_dot_products(pe, d_model, offsets, args)
-    layer_gap = section_6_layouts(pe, d_model, args)
-    sizes = section_7_embeddings(pe, d_model, max_len, offsets)
-
-    common.key_insights([
-        f"Attention alone is permutation-equivariant: moved input, moved output (largest difference "
-        f"{fmt(plain, 2)}). Adding PE breaks that (difference {fmt(with_pe, 3)}).",
-        "PositionalEncoding adds a fixed table kept in a buffer: no parameters, nothing in state_dict; "
-        "max_len only says how many rows of the formula are cached.",
-        f"Pair i has wavelength 2*pi*BASE^(2i/d_model), from {fmt(wavelengths[0])} positions (pair 0) to "
-        f"{fmt(wavelengths[-1])} (last pair): low dimensions change fastest.",
-        f"For each offset k a fixed rotation M_k maps PE(p) to PE(p+k) for every p (largest error "
-        f"{fmt(relative_error, 2)}); RoPE rotates queries and keys by their positions instead of adding PE.",
-        f"PE(p).PE(j) depends only on p - j, not on its sign. W_q = c M_-k makes a query peak at p - k; "
-        f"with c = {look_back[0][0]} that peak holds weight {fmt(look_back[0][3], 3)}, with c = "
-        f"{look_back[-1][0]} {fmt(look_back[-1][3], 3)}.",
-        f"Interleaved and concatenated layouts are the same columns reordered: a linear layer with "
-        f"reordered weights gives the same output (difference {fmt(layer_gap, 2)}).",
-        f"With N(0, 1) embeddings times sqrt(d_model), positions are {fmt(sizes[1][4], 2)} of a token's "
-        f"length; learned position tables cost max_len x d_model parameters and stop at max_len.",
-    ])
+    layouts = section_6_layouts(pe, d_model, angles, args)
+    loudness = section_7_embeddings(pe, d_model, max_len, offsets)
+    common.key_insights([order, module, wavelengths, relative, look_back, layouts, loudness])
 
 
 if __name__ == "__main__":

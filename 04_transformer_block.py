@@ -3,7 +3,7 @@
 What you will learn:
   1. How a block is wired, post-LN (the paper) and pre-LN (modern code), where dropout sits; equal
      to PyTorch's nn.TransformerEncoderLayer with no mask, a causal mask and a padding mask.
-  2. LayerNorm normalises each token on its own.
+  2. LayerNorm normalises each token on its own (by hand, and PyTorch's).
   3. The feed-forward network is position-wise; attention is what mixes tokens.
   4. What each costs as the sequence grows: attention T^2 in time and memory, the feed-forward T.
   5. Stacking blocks: shapes and parameter counts.
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import fmt, load_lesson
+from common import claims, fmt, load_lesson
 from common.report import seed_range  # '0.515 (0.47-0.56)': the mean over seeds, and their range
 
 # Reused from earlier lessons (one source for each component).
@@ -40,7 +40,7 @@ COST_LENGTHS = (128, 256, 512, 1024)  # section 4: sequence lengths T at which b
 # sections 6-7 (depth study): the seeds are added to --seed, so another --seed draws other stacks
 DEPTH_STUDY = dict(depths=(2, 4, 8, 16, 32), d_model=32, heads=4, B=8, T=16, seeds=(0, 1))  # sections 6-7
 QUICK_COST_LENGTHS = (32, 64, 128)                                                  # --quick
-QUICK_DEPTH_STUDY = dict(depths=(2, 4), d_model=16, heads=2, B=4, T=8, seeds=(0,))  # --quick
+QUICK_DEPTH_STUDY = dict(depths=(2, 32), d_model=32, heads=4, B=8, T=16, seeds=(0, 1))  # --quick: 2 depths
 MAX_PARAMETERS = 250_000_000  # sections 1-5 hold about 2 * n_layers + 9 blocks: keep them under 1 GB
 
 
@@ -101,11 +101,8 @@ class TransformerEncoderBlock(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """n_layers encoder blocks in a row (plus a final LayerNorm when pre-LN).
-
-    forward(x (B, T, d_model), mask=None) -> (B, T, d_model);
-    with return_weights=True -> (x, [weights of each layer, (B, n_heads, T, T)]).
-    """
+    """n_layers encoder blocks in a row (plus a final LayerNorm when pre-LN): forward(x (B, T, d_model),
+    mask=None) -> (B, T, d_model); with return_weights=True -> (x, [each layer's (B, n_heads, T, T) weights])."""
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
                  norm_first: bool = False):
@@ -126,8 +123,7 @@ class TransformerEncoder(nn.Module):
 
 @torch.no_grad()
 def copy_weights_from_torch(block, torch_layer):
-    """Copy an nn.TransformerEncoderLayer's weights into our block (same sizes and norm_first), so both
-    compute the same function. Returns `block`."""
+    """Copy an nn.TransformerEncoderLayer's weights into our block (same sizes and norm_first); returns it."""
     if block.norm_first != torch_layer.norm_first:
         raise ValueError(f"norm_first differs: ours {block.norm_first}, PyTorch's {torch_layer.norm_first}")
     d_model = block.self_attn.d_model
@@ -136,11 +132,10 @@ def copy_weights_from_torch(block, torch_layer):
     for i, linear in enumerate((block.self_attn.W_q, block.self_attn.W_k, block.self_attn.W_v)):
         linear.weight.copy_(theirs.in_proj_weight[i * d_model:(i + 1) * d_model])
         linear.bias.copy_(theirs.in_proj_bias[i * d_model:(i + 1) * d_model])
-    block.self_attn.W_o.load_state_dict(theirs.out_proj.state_dict())
-    block.feed_forward.linear1.load_state_dict(torch_layer.linear1.state_dict())
-    block.feed_forward.linear2.load_state_dict(torch_layer.linear2.state_dict())
-    block.norm1.load_state_dict(torch_layer.norm1.state_dict())
-    block.norm2.load_state_dict(torch_layer.norm2.state_dict())
+    for mine, same in ((block.self_attn.W_o, theirs.out_proj), (block.feed_forward.linear1, torch_layer.linear1),
+                       (block.feed_forward.linear2, torch_layer.linear2), (block.norm1, torch_layer.norm1),
+                       (block.norm2, torch_layer.norm2)):
+        mine.load_state_dict(same.state_dict())
     return block
 
 
@@ -148,18 +143,17 @@ def copy_weights_from_torch(block, torch_layer):
 def section_1_block(d_model, n_heads, d_ff, device):
     common.section(1, "One encoder block, and PyTorch's nn.TransformerEncoderLayer")
     common.explain("""
-        A block has two sublayers: self-attention (lesson 02's MultiHeadAttention) lets tokens
-        exchange information; a feed-forward network then processes each token on its own. Each is
-        wrapped in a residual connection (x + ...) and a LayerNorm, in one of two layouts:
-        post-LN (the 2017 paper, section 3.1): x = LayerNorm(x + Sublayer(x)); pre-LN (GPT-2 and
-        most modern code): x = x + Sublayer(LayerNorm(x)), plus one final LayerNorm after the last
-        block. Here is post-LN computed by hand from the block's parts:""")
+        A block has two sublayers: self-attention (lesson 02's MultiHeadAttention) lets tokens exchange
+        information; a feed-forward network then processes each token on its own. Each is wrapped in a
+        residual connection (x + ...) and a LayerNorm, in one of two layouts: post-LN (the 2017 paper,
+        section 3.1): x = LayerNorm(x + Sublayer(x)); pre-LN (GPT-2 and most modern code): x = x +
+        Sublayer(LayerNorm(x)), plus one final LayerNorm after the last block. Post-LN by hand:""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     x = torch.randn(B, T, d_model, device=device)
     with torch.no_grad():
         attended, weights = block.self_attn(x, x, x)                        # (B, T, d_model)
         h = block.norm1(x + attended)                                       # (B, T, d_model)
-        hidden = block.feed_forward.activation(block.feed_forward.linear1(h))  # (B, T, d_ff)
+        hidden = torch.relu(block.feed_forward.linear1(h))                  # (B, T, d_ff)
         ffn_out = block.feed_forward.linear2(hidden)                        # (B, T, d_model)
         y = block.norm2(h + ffn_out)                                        # (B, T, d_model)
         by_hand_diff = (y - block(x)).abs().max().item()
@@ -168,10 +162,27 @@ def section_1_block(d_model, n_heads, d_ff, device):
              ("feed-forward hidden, after ReLU", hidden), ("h + feed-forward (residual sum)", h + ffn_out),
              ("output = norm2(h + feed-forward)", y)]
     common.table([[name, str(tuple(t.shape)), t.std()] for name, t in steps], ["step", "shape", "std"])
-    print(f"  largest |by hand - block(x)| = {fmt(by_hand_diff)}")
-    worst = compare_with_torch(x, d_model, n_heads, d_ff, device)
-    show_dropout(x, d_model, n_heads, d_ff)
-    return worst
+    by_hand = claims.below("block-by-hand", f"block(x) is this post-LN computation (largest |by hand - block(x)| "
+                           f"{fmt(by_hand_diff)})", by_hand_diff, 1e-5, hint="compare forward with these steps").say()
+    matches = compare_with_torch(x, d_model, n_heads, d_ff, device)
+    common.explain("""
+        Dropout sits in three places, as in nn.TransformerEncoderLayer: on the attention weights, on
+        the feed-forward's hidden layer, and on each sublayer's output before the residual add,
+        x + dropout(sublayer(x)) (the one the paper names, with the embeddings of lesson 05).""")
+    dropping = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=DROPOUT).to(device)
+    plain = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=0.0).to(device).eval()
+    plain.load_state_dict(dropping.state_dict())  # dropout has no weights: the same block without it
+    with torch.no_grad():
+        train_change = (dropping.train()(x) - dropping(x)).abs().max().item()  # two random draws
+        eval_change = (dropping.eval()(x) - plain(x)).abs().max().item()
+    dropout = claims.check("dropout-only-in-training", train_change > 1e-3 and eval_change < 1e-6, f"With p = "
+                           f"{DROPOUT}, two training-mode calls on the same x differ by up to {fmt(train_change)}; "
+                           f"after .eval() the block equals one without dropout (difference {fmt(eval_change)})",
+                           f"{fmt(train_change)} and {fmt(eval_change)}", "above 1e-3 and below 1e-6",
+                           "F.dropout needs training=self.training").say()
+    return claims.all_of("insight-block", f"Our block equals nn.TransformerEncoderLayer with copied weights, post-LN "
+                         f"and pre-LN, with no, causal or padding mask: {matches.measured}; dropout acts only in "
+                         "training mode.", by_hand, matches, dropout)
 
 
 def compare_with_torch(x, d_model, n_heads, d_ff, device):
@@ -179,50 +190,45 @@ def compare_with_torch(x, d_model, n_heads, d_ff, device):
     keep = torch.ones(B, T, dtype=torch.bool, device=device)  # True = a real token
     keep[-1, T - T // 2:] = False  # the last sequence ends with T // 2 padding tokens
     common.explain(f"""
-        Now against PyTorch's nn.TransformerEncoderLayer, its weights copied into our block
-        (copy_weights_from_torch). An encoder reads its whole input, so it needs no causal mask; it
-        must block padding, the filler that makes sequences of different lengths fit in one batch
-        (here the last sequence ends with {T // 2} padding tokens). Our padding mask is keep[:, None,
-        :], (B, 1, T_k), True = a real token; PyTorch's masks mean True = blocked: ~mask. Outputs at
-        padding positions are thrown away (PyTorch's fast path may return zeros there).""")
+        Now against PyTorch's nn.TransformerEncoderLayer in eval mode, its weights moved off their
+        initial values (each LayerNorm gets its own gamma and beta) and copied into our block. An
+        encoder must block padding, the filler that makes sequences of different lengths fit in one
+        batch (here the last sequence ends with {T // 2} of them): our mask keep[:, None, :] is True for
+        a real token, PyTorch's ~mask True for a blocked one. Outputs at padding positions are thrown
+        away (PyTorch's fast path may return zeros there).""")
     causal, rows = causal_mask(T, device=device), []
     masks = {"none": (None, {}), "causal": (causal, dict(src_mask=~causal)),  # ours, PyTorch's (~ours)
              "padding": (keep[:, None, :], dict(src_key_padding_mask=~keep))}
     for norm_first in (False, True):
-        reference = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout=0.0, batch_first=True,
+        reference = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout=DROPOUT, batch_first=True,
                                                norm_first=norm_first).to(device).eval()
-        ours = TransformerEncoderBlock(d_model, n_heads, d_ff, norm_first=norm_first).to(device).eval()
+        with torch.no_grad():
+            for p in reference.parameters():
+                p.add_(0.1 * torch.randn_like(p))  # as after some training: LayerNorms no longer 1 and 0
+        ours = TransformerEncoderBlock(d_model, n_heads, d_ff, DROPOUT, norm_first).to(device).eval()
         copy_weights_from_torch(ours, reference)
         with torch.no_grad():
             for name, (mask, torch_mask) in masks.items():
                 diff = (ours(x, mask=mask) - reference(x, **torch_mask))[keep].abs().max()
                 rows.append(["pre-LN" if norm_first else "post-LN", name, diff.item()])
-            _, weights = ours(x, mask=masks["padding"][0], return_weights=True)
+            _, weights = ours(x, mask=masks["padding"][0], return_weights=True)  # (B, n_heads, T, T)
     common.table(rows, ["layout", "mask", "largest |ours - PyTorch| (real tokens)"])
-    worst = torch.tensor([r[2] for r in rows]).max().item()  # torch's max keeps a NaN, Python's max() not
-    on_padding = weights[-1][..., ~keep[-1]].max().item()  # (n_heads, T, padded keys)
-    print(f"  -> {'equal up to float32 rounding' if worst < 1e-4 else 'NOT equal: check the wiring'}; "
-          f"largest attention weight on a padding token: {fmt(on_padding)}")
-    return worst
-
-
-def show_dropout(x, d_model, n_heads, d_ff):
-    """Dropout in the block: on in training mode, off in eval mode."""
-    block = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=DROPOUT).to(x.device)
-    plain = TransformerEncoderBlock(d_model, n_heads, d_ff, dropout=0.0).to(x.device).eval()
-    plain.load_state_dict(block.state_dict())  # dropout has no weights: the same block without it
-    with torch.no_grad():
-        train_change = (block.train()(x) - block(x)).abs().max().item()  # two random draws
-        eval_change = (block.eval()(x) - plain(x)).abs().max().item()
-    common.explain(f"""
-        Dropout sits in three places, as in nn.TransformerEncoderLayer: on the attention weights, on
-        the feed-forward's hidden layer, and on each sublayer's output before the residual add,
-        x + dropout(sublayer(x)) (the one the paper names, with the embeddings of lesson 05). With
-        p = {DROPOUT}, two training-mode calls on the same x differ by up to {fmt(train_change)};
-        after .eval() the block equals one without dropout (difference {fmt(eval_change)}).""")
+    worst = max(rows, key=lambda row: row[2] if row[2] == row[2] else float("inf"))  # a NaN is the worst
+    on_padding = weights[-1][..., ~keep[-1]].max().item()  # the last sequence's weights on its padding keys
+    return claims.check("matches-pytorch", worst[2] < 1e-4 and on_padding < 1e-6, "Equal up to float32 rounding, in "
+                        f"both layouts with every mask; the largest attention weight on a padding token is "
+                        f"{fmt(on_padding)}", f"largest difference {fmt(worst[2])} ({worst[0]}, mask {worst[1]}), "
+                        f"weight on padding {fmt(on_padding)}", "below 1e-4 and 1e-6").say()
 
 
 # %% 2. LayerNorm works per token
+def layer_norm(x, eps: float = 1e-5):
+    """LayerNorm by hand with gamma = 1 and beta = 0 (their initial values): (B, T, d_model) -> same."""
+    mean = x.mean(dim=-1, keepdim=True)                # (B, T, 1): over the d_model features of each token
+    var = x.var(dim=-1, unbiased=False, keepdim=True)  # (B, T, 1): the biased variance, as nn.LayerNorm
+    return (x - mean) / torch.sqrt(var + eps)          # (B, T, d_model)
+
+
 def per_token_stats(x):
     """Mean and std of each token over its d_model features: (B, T, d_model) -> two (B, T)."""
     return x.mean(dim=-1), x.std(dim=-1, unbiased=False)  # LayerNorm uses the biased variance
@@ -231,10 +237,9 @@ def per_token_stats(x):
 def section_2_layernorm(d_model, device, out_dir, show):
     common.section(2, "LayerNorm normalises each token on its own")
     common.explain("""
-        LayerNorm(x) = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta, where mean and var are
-        taken over the d_model features of ONE token. gamma starts at 1 and beta at 0 (both are
-        learned). Below, each token gets its own offset and scale; after LayerNorm every token has
-        mean ~0 and std ~1, whatever it started with.""")
+        LayerNorm(x) = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta, mean and var over the
+        d_model features of ONE token (layer_norm above); gamma starts at 1, beta at 0, both learned.
+        Below, each token gets its own offset and scale, then goes through nn.LayerNorm:""")
     offsets = torch.linspace(-4.0, 6.0, T, device=device)
     scales = torch.logspace(-1, 1, T, device=device)  # 0.1 ... 10
     x = torch.randn(1, T, d_model, device=device) * scales[:, None] + offsets[:, None]  # (1, T, d_model)
@@ -242,28 +247,33 @@ def section_2_layernorm(d_model, device, out_dir, show):
     t = T // 2  # one token, normalised alone below
     with torch.no_grad():
         y = norm(x)
-        alone = norm(x[:, t:t + 1])  # token t on its own, without its neighbours
+        alone = (norm(x[:, t:t + 1]) - y[:, t:t + 1]).abs().max().item()  # token t without its neighbours
+        by_hand = (layer_norm(x, norm.eps) - y).abs().max().item()
     mean_before, std_before = per_token_stats(x)
     mean_after, std_after = per_token_stats(y)
     expected = std_before / torch.sqrt(std_before**2 + norm.eps)
     common.table([[i, mean_before[0, i], std_before[0, i], mean_after[0, i], std_after[0, i], expected[0, i]]
                   for i in range(T)], ["token", "mean before", "std before", "mean after", "std after",
                                        "std/sqrt(std^2+eps)"])
-    alone_diff = (alone - y[:, t:t + 1]).abs().max().item()
     max_mean, max_std_err = mean_after.abs().max().item(), (std_after - 1).abs().max().item()
-    narrowest = int(std_before[0].argmin())  # the token with the smallest spread
-    print(f"  after: largest |mean| {fmt(max_mean)}, largest |std - 1| {fmt(max_std_err)}\n  token {t} "
-          f"normalised alone vs inside the sequence: largest difference {fmt(alone_diff)}")
-    common.explain(f"""
-        The std after is not exactly 1: eps = {norm.eps:g} in the square root (there so that a token
-        with all features equal does not divide by 0) makes it std / sqrt(std^2 + eps) (last
-        column), furthest below 1 for token {narrowest}, the one with the smallest spread. The
-        statistics never mix tokens, nor the sequences of a batch (unlike BatchNorm).""")
-    plot_layernorm(x, y, out_dir, show)
-    return dict(max_mean=max_mean, max_std_err=max_std_err, alone_diff=alone_diff)
+    off_std = (std_after - expected).abs().max().item()
+    per_token = claims.check("layernorm-per-token", max_mean < 1e-4 and off_std < 1e-4 and alone < 1e-6, "After "
+                             f"LayerNorm every token has mean ~0 (largest |mean| {fmt(max_mean)}) and std ~1 "
+                             f"(largest |std - 1| {fmt(max_std_err)}), whatever it started with; exactly std / "
+                             f"sqrt(std^2 + eps), the last column (eps = {norm.eps:g} keeps a token with all features "
+                             f"equal from dividing by 0). Token {t} normalised alone gives the same (largest "
+                             f"difference {fmt(alone)}): the statistics never mix tokens, nor the sequences of a "
+                             "batch (unlike BatchNorm)", f"|mean| {fmt(max_mean)}, |std - last column| {fmt(off_std)}"
+                             f", alone vs in the sequence {fmt(alone)}", "below 1e-4, 1e-4 and 1e-6").say()
+    formula = claims.below("layernorm-by-hand", f"layer_norm(x), the formula by hand, equals nn.LayerNorm (largest "
+                           f"difference {fmt(by_hand)})", by_hand, 1e-5, hint="mean and var are over dim=-1").say()
+    plot_layernorm(x, y, per_token, out_dir, show)
+    return claims.all_of("insight-layernorm", f"LayerNorm works per token, as its formula by hand shows: afterwards "
+                         f"each token has |mean| <= {fmt(max_mean)} and |std - 1| <= {fmt(max_std_err)} (from eps), "
+                         "whatever its neighbours.", per_token, formula)
 
 
-def plot_layernorm(x, y, out_dir, show):
+def plot_layernorm(x, y, per_token, out_dir, show):
     fig, axes = common.new_figure(1, 2, figsize=(10, 4), show=show, sharex=True)
     jitter = torch.linspace(-0.25, 0.25, x.size(-1))
     for ax, values, when in ((axes[0], x, "before"), (axes[1], y, "after")):
@@ -275,7 +285,7 @@ def plot_layernorm(x, y, out_dir, show):
         ax.set(title=f"{when} LayerNorm", xlabel="token position", ylabel="feature value", xticks=range(T))
     axes[1].axhline(0, color="gray", lw=0.8)
     axes[0].legend(loc="upper left")
-    fig.suptitle("LayerNorm gives every token mean 0 and std 1 over its own features")
+    fig.suptitle(claims.figure_title("layernorm-title", "LayerNorm gives every token mean 0 and std 1", per_token))
     common.save_figure(fig, out_dir, "transformer_block_layernorm.png", show=show)
 
 
@@ -289,18 +299,19 @@ def section_3_feed_forward(d_model, n_heads, d_ff, device):
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     ffn, attn = block.feed_forward, block.self_attn
     x = torch.randn(B, T, d_model, device=device)
-    x_changed = x.clone()
-    x_changed[:, 0] += 1.0  # change token 0 only
+    x_changed = torch.cat([x[:, :1] + 1.0, x[:, 1:]], dim=1)  # token 0 changed, the others as they were
     with torch.no_grad():
         moved = {name: (f(x_changed) - f(x)).abs().amax(dim=(0, 2))  # (T,): largest change per position
-                 for name, f in (("feed-forward", ffn), ("attention", lambda z: attn(z, z, z)[0]))}
+                 for name, f in (("attention", lambda z: attn(z, z, z)[0]), ("feed-forward", ffn))}
     common.table([[name, change[0], change[1:].max()] for name, change in moved.items()],
                  ["sublayer", "change at token 0", "largest change at tokens 1.."])
-    others = {name: change[1:].max().item() for name, change in moved.items()}
-    alone = "works on each mixed token alone" if others["feed-forward"] == 0 else "MIXES tokens too: a bug?"
-    common.explain(f"""Attention mixes tokens (it moved the others by {fmt(others['attention'])}), then the
-        feed-forward {alone} (it moved them by {fmt(others['feed-forward'])}).""")
-    return dict(position_wise=others["feed-forward"], attn_others=others["attention"])
+    attention, ffn = (change[1:].max().item() for change in moved.values())  # largest change at tokens 1..
+    mixes = claims.above("attention-mixes", f"Attention mixes tokens: it moved the others by {fmt(attention)}",
+                         attention, 1e-3).say()
+    alone = claims.below("ffn-position-wise", f"The feed-forward then works on each mixed token alone: it moved them "
+                         f"by {fmt(ffn)}", ffn, 1e-6, hint="the feed-forward must act on each token alone").say()
+    return claims.all_of("insight-mixing", f"Attention mixes tokens (changing one moved the others by "
+                         f"{fmt(attention)}); the feed-forward does not ({fmt(ffn)}).", mixes, alone)
 
 
 # %% 4. What each sublayer costs as the sequence grows
@@ -308,11 +319,11 @@ def section_3_feed_forward(d_model, n_heads, d_ff, device):
 def section_4_cost(d_model, n_heads, d_ff, lengths, device):
     common.section(4, "What attention and the feed-forward cost as T grows")
     common.explain(f"""
-        Attention compares every query with every key: its weights are a (B, n_heads, T, T)
-        tensor, and Q K^T and weights @ V each take T^2 d_model multiply-adds. The feed-forward
-        takes 2 d_model d_ff per token, whatever T. Below, one sequence (B = 1) of growing length
-        through each sublayer of a block (d_model={d_model}, {n_heads} heads, d_ff={d_ff}), the
-        fastest of 5 runs each, and the size of the largest tensor each sublayer creates.""")
+        Attention compares every query with every key: its weights are a (B, n_heads, T, T) tensor,
+        and Q K^T and weights @ V each take T^2 d_model multiply-adds; the feed-forward takes
+        2 d_model d_ff per token, whatever T. Below, one sequence of growing length through each
+        sublayer (d_model={d_model}, {n_heads} heads, d_ff={d_ff}), the fastest of 5 runs each, and
+        the size of the largest tensor each sublayer creates.""")
     block = TransformerEncoderBlock(d_model, n_heads, d_ff).to(device).eval()
     attn, ffn = block.self_attn, block.feed_forward
     rows, mib = [], lambda t: t.numel() * t.element_size() / 2**20  # noqa: E731  (a tensor's MiB)
@@ -327,14 +338,15 @@ def section_4_cost(d_model, n_heads, d_ff, lengths, device):
     (t0, a0, f0, r0, w0, h0), (t1, a1, f1, r1, w1, h1) = rows[0], rows[-1]
     shown = a1 / a0 >= (t1 / t0) ** 1.8  # attention's time grew like T^1.8 or faster
     notice = (f"Notice the ratio column: attention took {fmt(r0)}x the feed-forward's time at T = {t0} and "
-              f"{fmt(r1)}x at T = {t1}." if shown else "These lengths are too short to show T^2 in the "
-              "times: fixed costs per call still dominate such small calls.")
+              f"{fmt(r1)}x at T = {t1}." if shown else "These lengths are too short to show T^2 in the times.")
     common.explain(f"""
-        From T = {t0} to {t1} ({fmt(t1 / t0)}x longer), attention's weights tensor grew
-        {fmt(w1 / w0)}x and its time {fmt(a1 / a0)}x; the feed-forward's hidden layer grew
-        {fmt(h1 / h0)}x and its time {fmt(f1 / f0)}x. The memory columns are computed from the
-        tensors' sizes; the times are measured and vary on a busy machine. {notice}""")
-    return dict(t=(t0, t1), attn=a1 / a0, ffn=f1 / f0, weights=w1 / w0, hidden=h1 / h0, shown=shown)
+        From T = {t0} to {t1} ({fmt(t1 / t0)}x longer), attention's weights tensor grew {fmt(w1 / w0)}x
+        and its time {fmt(a1 / a0)}x; the feed-forward's hidden layer grew {fmt(h1 / h0)}x and its time
+        {fmt(f1 / f0)}x. Memory is computed from the tensors' sizes; the times are measured and vary on
+        a busy machine. {notice}""")
+    return (f"From T = {t0} to {t1}: attention's weights x{fmt(w1 / w0)} (T^2), its time x{fmt(a1 / a0)}; the "
+            f"feed-forward's hidden layer x{fmt(h1 / h0)} (T), its time x{fmt(f1 / f0)}"
+            + ("." if shown else " (too short to show T^2 in time)."))
 
 
 # %% 5. Stacking blocks: shapes and parameter counts
@@ -343,25 +355,28 @@ def section_5_stacking(n_layers, d_model, n_heads, d_ff, device):
     encoders = {nf: TransformerEncoder(n_layers, d_model, n_heads, d_ff, norm_first=nf).to(device).eval()
                 for nf in (False, True)}
     x = torch.randn(B, T, d_model, device=device)
-    out = encoders[True](x).detach()  # every block maps (B, T, d_model) to (B, T, d_model)
+    out = encoders[True](x).detach()
     common.explain(f"""
         Every block maps (B, T, d_model) to (B, T, d_model), so blocks stack: the output of one is
         the input of the next. Here {tuple(x.shape)} in, {tuple(out.shape)} out of {n_layers} blocks.
         The parameters, part by part:""")
     numel = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    block = encoders[False].layers[0]
-    rows = [["self-attention", "4 (d_model^2 + d_model): W_q, W_k, W_v, W_o", numel(block.self_attn)],
-            ["feed-forward", "2 d_model d_ff + d_ff + d_model", numel(block.feed_forward)],
-            ["two LayerNorms", "4 d_model: gamma and beta of each", numel(block.norm1) + numel(block.norm2)],
-            ["one block", "sum of the above", numel(block)],
-            [f"{n_layers} blocks, post-LN", "N x block", numel(encoders[False])],
-            [f"{n_layers} blocks, pre-LN", "N x block + 2 d_model (final LayerNorm)", numel(encoders[True])]]
-    common.table(rows, ["part", "formula (the tests check it)", "parameters"])
-    share = numel(block.feed_forward) / numel(block)
-    common.explain(f"""
-        Attention costs 4 d_model^2 and the feed-forward 2 d_model d_ff = {fmt(2 * d_ff / d_model, 3)}
-        d_model^2: the feed-forward holds {fmt(100 * share)}% of a block's parameters.""")
-    return dict(per_block=numel(block), ffn_share=share)
+    block, d, N = encoders[False].layers[0], d_model, n_layers
+    per_block = 4 * (d * d + d) + (2 * d * d_ff + d_ff + d) + 4 * d
+    rows = [["self-attention", "4 (d_model^2 + d_model): W_q, W_k, W_v, W_o", 4 * (d * d + d), numel(block.self_attn)],
+            ["feed-forward", "2 d_model d_ff + d_ff + d_model", 2 * d * d_ff + d_ff + d, numel(block.feed_forward)],
+            ["two LayerNorms", "4 d_model: gamma and beta of each", 4 * d, numel(block.norm1) + numel(block.norm2)],
+            ["one block", "sum of the above", per_block, numel(block)],
+            [f"{N} blocks, post-LN", "N x block", N * per_block, numel(encoders[False])],
+            [f"{N} blocks, pre-LN", "N x block + 2 d_model (final LayerNorm)", N * per_block + 2 * d,
+             numel(encoders[True])]]
+    common.table(rows, ["part", "formula", "by the formula", "counted"])
+    wrong, share = [row[0] for row in rows if row[2] != row[3]], numel(block.feed_forward) / numel(block)
+    counted = claims.check("parameter-formulas", not wrong, "Every count equals its formula. Attention costs 4 "
+                           f"d_model^2 and the feed-forward 2 d_model d_ff = {fmt(2 * d_ff / d_model, 3)} d_model^2: "
+                           f"it holds {fmt(100 * share)}% of a block's parameters", f"{wrong} differ", "none").say()
+    return claims.all_of("insight-stacking", f"Blocks stack, (B, T, d_model) in and out; the feed-forward holds "
+                         f"{fmt(100 * share)}% of a block's {numel(block):,} parameters.", counted)
 
 
 # %% 6-7. The depth study: residuals, and post-LN vs pre-LN
@@ -371,11 +386,9 @@ def without_residual(b: TransformerEncoderBlock):
 
 
 def sublayer_grad_norm(block) -> float:
-    """L2 norm of the gradients of a block's attention and feed-forward parameters, as one vector.
-
-    LayerNorms are left out, so that post-LN and pre-LN are measured alike: in post-LN the last
-    block's norm2 produces the network's output, and its own gradient would swamp that block's.
-    """
+    """L2 norm of the gradients of a block's attention and feed-forward parameters, as one vector. LayerNorms
+    are left out, so that post-LN and pre-LN are measured alike: in post-LN the last block's norm2 produces
+    the network's output, and its own gradient would swamp that block's."""
     params = [*block.self_attn.parameters(), *block.feed_forward.parameters()]
     return torch.sqrt(sum((p.grad ** 2).sum() for p in params)).item()
 
@@ -384,8 +397,7 @@ def token_similarity(x) -> float:
     """Mean cosine similarity between different tokens of the same sequence (1 = all identical)."""
     unit = F.normalize(x, dim=-1)
     cos = unit @ unit.transpose(1, 2)  # (B, T, d_model) @ (B, d_model, T) -> (B, T, T)
-    off_diagonal = ~torch.eye(x.size(1), dtype=torch.bool, device=x.device)
-    return cos[:, off_diagonal].mean().item()
+    return cos[:, ~torch.eye(x.size(1), dtype=torch.bool, device=x.device)].mean().item()  # off the diagonal
 
 
 def measure_stack(steps, blocks, final_norm, x, target):
@@ -402,10 +414,8 @@ def measure_stack(steps, blocks, final_norm, x, target):
 
 
 def depth_study(study, device):
-    """Per seed, one stack of max(depths) blocks shared by the three variants (only the wiring differs);
-    depth N is its first N blocks. Returns {variant: {"first", "last", "similarity", "stream_std": (seeds,
-    depths), "per_layer": (seeds, deepest)}} and means over the seeds of what the first block's attention
-    does at initialisation (largest weight, token similarity of output and input, stds)."""
+    """Per seed, one stack of max(depths) blocks shared by the three variants (only the wiring differs), depth N
+    its first N blocks: {variant: {key: (seeds, depths)}}, and what the first block's attention does."""
     depths, d_model, heads = study["depths"], study["d_model"], study["heads"]
     results = {v: {k: [] for k in ("first", "last", "similarity", "stream_std", "per_layer")}
                for v in ("post-LN", "pre-LN", "no residual")}
@@ -435,71 +445,78 @@ def depth_study(study, device):
 
 def section_6_residuals(results, attention, study):
     depths, length = study["depths"], study["T"]
+    sizes = ", ".join(f"{k} {v}" for k, v in study.items() if k != "depths")
     common.section(6, "What residual connections do in a deep stack")
     common.explain(f"""
-        With a residual, a block computes x + f(x), whose derivative is I + f'(x): the gradient from
-        the loss reaches every block through the identity path as well as through the sublayers.
-        Without it, the gradient must pass through every sublayer in turn. We stack {depths[0]} to
-        {depths[-1]} blocks ({", ".join(f"{k} {v}" for k, v in study.items() if k != "depths")}),
-        put a random regression loss on the output and measure the gradient norm of the FIRST
-        block's attention and feed-forward weights (mean over the seeds, their range in brackets).
-        All stacks share the same weights; "no residual" is post-LN with both "x +" removed.""")
+        With a residual, a block computes x + f(x), whose derivative is I + f'(x): the gradient reaches
+        every block through the identity path as well as through the sublayers; without it, through
+        every sublayer in turn. We stack {depths[0]} to {depths[-1]} blocks ({sizes}), put a random
+        regression loss on the output and measure the gradient norm of the FIRST block's attention and
+        feed-forward weights (mean over the seeds, their range in brackets). The stacks share their
+        weights; "no residual" is post-LN without "x +".""")
     v = ("post-LN", "pre-LN", "no residual")
     grads = {k: results[k]["first"] for k in v}  # (seeds, depths): the first block's gradient norms
-    sims = {k: results[k]["similarity"].mean(0) for k in v}
-    rows = [[d, *(seed_range(grads[k][:, i]) for k in v), *(sims[k][i] for k in v)]
-            for i, d in enumerate(depths)]
-    common.table(rows, ["blocks", *(f"grad {k}" for k in v), "sim post-LN", "pre-LN", "no residual"])
-    none, post = grads["no residual"].mean(0), grads["post-LN"].mean(0)  # means over the seeds
-    shallow, versus, peak = (none[0] / post[0]).item(), (none[-1] / post[-1]).item(), int(none.argmax())
-    why = (f"each LayerNorm divides by its input's std, without \"x +\" a sublayer's output alone (attention's "
-           f"{fmt(attention['std_out'])}, x + attention {fmt(attention['std_sum'])}), so every norm scales the "
-           "gradient up" if shallow > 1 else "residuals help even here")
-    deep = (f"With depth it peaks at {depths[peak]} blocks ({fmt(none[peak])}), and at {depths[-1]} blocks it "
-            f"is {fmt(versus)}x post-LN's" if versus < 1 else f"Up to {depths[-1]} blocks it has not fallen "
-            f"below post-LN's ({fmt(versus)}x at {depths[-1]})")
+    sims = {k: results[k]["similarity"] for k in v}
+    common.table([[d, *(seed_range(grads[k][:, i]) for k in v), *(sims[k][:, i].mean() for k in v)]
+                  for i, d in enumerate(depths)],
+                 ["blocks", *(f"grad {k}" for k in v), "sim post-LN", "pre-LN", "no residual"])
     common.explain(f"""
-        Notice the "no residual" column. At {depths[0]} blocks the first block gets {fmt(shallow)}x
-        post-LN's gradient: {why}. {deep}.
-
-        "sim" is the mean cosine similarity between different tokens at the output (1 = identical
-        tokens). At initialisation attention's outputs are much alike for every token: similarity
-        {fmt(attention['sim_out'])}, against {fmt(attention['sim_in'])} for its inputs, because each
-        query spreads its weight: its largest weight is {fmt(attention['largest'])} on average (1/T =
-        {fmt(1 / length)} if spread evenly, 1 if it read one token). Without a residual that shared
-        average replaces the token (sim {fmt(sims['no residual'][0])} at {depths[0]} blocks); with one
-        it is added to it ({fmt(sims['post-LN'][0])} post-LN, {fmt(sims['pre-LN'][0])} pre-LN).""")
-    return dict(versus=versus, shallow=shallow, depths=(depths[0], depths[-1]))
+        "sim": mean cosine similarity between different tokens at the output (1 = identical tokens).
+        At initialisation attention's outputs are alike for every token (similarity {fmt(attention['sim_out'])},
+        inputs {fmt(attention['sim_in'])}): each query spreads its weight, the largest {fmt(attention['largest'])}
+        on average (1/T = {fmt(1 / length)} if spread evenly, 1 if it read one token).""")
+    alike, distinct = sims["no residual"][:, 0].min(), max(sims["post-LN"][:, 0].max(), sims["pre-LN"][:, 0].max())
+    apart = claims.check("residuals-keep-tokens-apart", alike > 0.99 and distinct < 0.5, "Without a residual that "
+                         f"shared average replaces the token (sim {fmt(alike)} at {depths[0]} blocks); with one it is "
+                         f"added to it (sim at most {fmt(distinct)})", f"{fmt(alike)} and {fmt(distinct)}",
+                         "above 0.99, below 0.5").say()
+    none, post = grads["no residual"], grads["post-LN"]
+    ratio, peak = (none.mean(0) / post.mean(0)).tolist(), int(none.mean(0).argmax())  # means over the seeds
+    shallow = claims.check("no-residual-more-when-shallow", claims.apart(none[:, 0], post[:, 0]), f"At {depths[0]} "
+                           f"blocks the first block gets {fmt(ratio[0])}x post-LN's gradient without residuals, in "
+                           f"every seed: each LayerNorm then divides a sublayer's output alone by its small std "
+                           f"(attention's {fmt(attention['std_out'])}, x + attention {fmt(attention['std_sum'])}), "
+                           f"which scales the gradient up", claims.versus(none[:, 0], post[:, 0], "post-LN's"),
+                           "above post-LN's in every seed").say()
+    stands_out = claims.apart(none[:, peak], torch.cat([none[:, :peak], none[:, peak + 1:]], 1).flatten())
+    deep = claims.versus(none[:, -1], post[:, -1], "post-LN's")
+    common.explain(f"""With depth the "no residual" gradient {"peaks" if stands_out else "has its largest mean"} at
+        {depths[peak]} blocks ({"beyond" if stands_out else "within"} the seed spread of the other depths).
+        At {depths[-1]} blocks it is {fmt(ratio[-1])}x post-LN's: {deep}.""")
+    return claims.all_of("insight-residuals", f"Without residuals the tokens leave a {depths[0]}-block stack identical "
+                         f"and its first block gets {fmt(ratio[0])}x post-LN's gradient; at {depths[-1]} blocks "
+                         f"{fmt(ratio[-1])}x ({deep}).", apart, shallow)
 
 
 def section_7_norm_placement(results, study, out_dir, show):
-    depths, n_seeds = study["depths"], len(study["seeds"])
+    depths = study["depths"]
     common.section(7, "Post-LN against pre-LN as the stack gets deeper")
     ratio = {k: results[k]["first"] / results[k]["last"] for k in ("post-LN", "pre-LN")}  # (seeds, depths)
-    std = {k: results[k]["stream_std"].mean(0) for k in ("post-LN", "pre-LN")}
-    common.table([[d, seed_range(ratio["post-LN"][:, i]), seed_range(ratio["pre-LN"][:, i]), std["post-LN"][i],
-                   std["pre-LN"][i]] for i, d in enumerate(depths)],
+    std = {k: results[k]["stream_std"] for k in ("post-LN", "pre-LN")}                   # (seeds, depths)
+    common.table([[d, seed_range(ratio["post-LN"][:, i]), seed_range(ratio["pre-LN"][:, i]),
+                   std["post-LN"][:, i].mean(), std["pre-LN"][:, i].mean()] for i, d in enumerate(depths)],
                  ["blocks", "grad first/last: post-LN", "pre-LN", "stream std: post-LN", "pre-LN"])
-    deep = {k: r[:, -1] for k, r in ratio.items()}  # each seed's ratio at the deepest stack
-    side = {k: "below 1" if r.max() < 1 else "above 1" if r.min() > 1 else "on both sides of 1"
-            for k, r in deep.items()}
-    apart = n_seeds > 1 and side["post-LN"] == "below 1" and side["pre-LN"] == "above 1"
-    verdict = ("So post-LN's early blocks get less gradient than its late ones, pre-LN's more: the usual "
-               "reason given for warming up post-LN's learning rate." if apart else "These seeds do not set "
-               f"the layouts apart: post-LN {side['post-LN']}, pre-LN {side['pre-LN']}"
-               + (" (one seed: no spread to judge by)." if n_seeds == 1 else "."))
     common.explain(f"""
         "grad first/last": the first block's gradient norm over the last block's, both layouts measured
-        alike. "stream std": std of the last block's output (for pre-LN, before its final LayerNorm). At
-        {depths[-1]} blocks the ratio is {seed_range(deep['post-LN'])} for post-LN and
-        {seed_range(deep['pre-LN'])} for pre-LN. In post-LN every path from the loss down to a block passes
-        through the LayerNorms of every block above it; in pre-LN the stream is never normalised, so the
-        gradient reaches every block through the identity path, plus what the blocks above add. {verdict}
-        The price of pre-LN: its stream's std went from {fmt(std['pre-LN'][0])} to
-        {fmt(std['pre-LN'][-1])}, hence the final LayerNorm; post-LN's has std 1 by construction.""")
+        alike. "stream std": std of the last block's output (pre-LN: before its final LayerNorm). In
+        post-LN every path from the loss down to a block passes through the LayerNorms of every block
+        above it; in pre-LN the stream is never normalised, so the gradient reaches every block
+        through the identity path, plus what the blocks above add. At {depths[-1]} blocks:""")
+    post, pre = ratio["post-LN"][:, -1], ratio["pre-LN"][:, -1]  # each seed's ratio at the deepest stack
+    apart = claims.check("post-LN-less-pre-LN-more", post.max() < 1 < pre.min(), "post-LN's first block gets less "
+                         f"gradient than its last in every seed ({seed_range(post)}), pre-LN's more "
+                         f"({seed_range(pre)}): the usual reason given for warming up post-LN's learning rate",
+                         f"largest post-LN {fmt(post.max())}, smallest pre-LN {fmt(pre.min())}",
+                         "below 1, above 1").say()
+    start, end = std["pre-LN"][:, 0], std["pre-LN"][:, -1]
+    streams = claims.check("stream-std", (std["post-LN"] - 1).abs().max() < 2e-3 and (end > start).all(), "post-"
+                           "LN's stream has std 1 at every depth (a LayerNorm comes last); the price of pre-LN: its "
+                           f"stream's std grew from {fmt(start.mean())} to {fmt(end.mean())}, so a final LayerNorm",
+                           f"post-LN {seed_range(std['post-LN'])}", "1 for post-LN, growing for pre-LN").say()
     plot_gradients(results, study, out_dir, show)
-    return dict(ratio_post=deep["post-LN"].mean().item(), ratio_pre=deep["pre-LN"].mean().item(),
-                pre_std=std["pre-LN"][-1].item())
+    return claims.all_of("insight-norm-placement", f"First/last block at {depths[-1]} blocks: {seed_range(post)} "
+                         f"post-LN, {seed_range(pre)} pre-LN, whose stream grew to std {fmt(end.mean())}: hence its "
+                         "final LayerNorm.", apart, streams)
 
 
 def plot_gradients(results, study, out_dir, show):
@@ -558,7 +575,7 @@ def settings(args):
 
 @common.entry_point
 def main(argv=None):
-    parser = common.lesson_parser(__doc__, quick_help="tiny sizes for sections 4, 6 and 7")
+    parser = common.lesson_parser(__doc__, quick_help="shorter lengths in section 4, two depths in sections 6 and 7")
     parser.add_argument("--d-model", type=int, help=f"token width, sections 1-5 (default D_MODEL = {D_MODEL})")
     parser.add_argument("--heads", type=int, help=f"heads, must divide d_model (default N_HEADS = {N_HEADS})")
     parser.add_argument("--d-ff", type=int, help=f"feed-forward hidden width (default D_FF = {D_FF})")
@@ -568,31 +585,14 @@ def main(argv=None):
     device = common.setup(args, "Lesson 04: the transformer encoder block")
     print("  reusing MultiHeadAttention from lesson 02 and causal_mask from lesson 01 (load_lesson)")
 
-    r1 = section_1_block(d_model, n_heads, d_ff, device)
-    r2 = section_2_layernorm(d_model, device, args.out_dir, args.show)
-    r3 = section_3_feed_forward(d_model, n_heads, d_ff, device)
-    r4 = section_4_cost(d_model, n_heads, d_ff, lengths, device)
-    r5 = section_5_stacking(n_layers, d_model, n_heads, d_ff, device)
+    insights = [section_1_block(d_model, n_heads, d_ff, device),
+                section_2_layernorm(d_model, device, args.out_dir, args.show),
+                section_3_feed_forward(d_model, n_heads, d_ff, device),
+                section_4_cost(d_model, n_heads, d_ff, lengths, device),
+                section_5_stacking(n_layers, d_model, n_heads, d_ff, device)]
     results, attention = depth_study(study, device)
-    r6 = section_6_residuals(results, attention, study)
-    r7 = section_7_norm_placement(results, study, args.out_dir, args.show)
-    d0, d1 = r6["depths"]
-    common.key_insights([
-        f"Our block equals nn.TransformerEncoderLayer with copied weights, post-LN and pre-LN, with no, causal "
-        f"or padding mask (largest difference {fmt(r1)}); dropout acts only in training mode.",
-        f"LayerNorm works per token: afterwards each token has |mean| <= {fmt(r2['max_mean'])} and "
-        f"|std - 1| <= {fmt(r2['max_std_err'])} (from eps), whatever its neighbours.",
-        f"Attention mixes tokens (changing one moved the others by {fmt(r3['attn_others'])}); the "
-        f"feed-forward does not ({fmt(r3['position_wise'])}) and holds {fmt(100 * r5['ffn_share'])}% "
-        f"of a block's {r5['per_block']:,} parameters.",
-        f"From T = {r4['t'][0]} to {r4['t'][1]}: attention's weights x{fmt(r4['weights'])} (T^2), its time "
-        f"x{fmt(r4['attn'])}; the feed-forward's hidden layer x{fmt(r4['hidden'])} (T), its time "
-        f"x{fmt(r4['ffn'])}" + ("." if r4["shown"] else " (too short to show T^2 in time)."),
-        f"Without residuals the first block got {fmt(r6['shallow'])}x post-LN's gradient at {d0} blocks "
-        f"and {fmt(r6['versus'])}x at {d1}. First/last block at {d1}: {fmt(r7['ratio_post'])} "
-        f"post-LN, {fmt(r7['ratio_pre'])} pre-LN, whose stream grew to std {fmt(r7['pre_std'])}: hence its "
-        "final LayerNorm.",
-    ])
+    common.key_insights(insights + [section_6_residuals(results, attention, study),
+                                    section_7_norm_placement(results, study, args.out_dir, args.show)])
 
 
 if __name__ == "__main__":

@@ -135,11 +135,8 @@ def near(name: str, text: str, value, wanted, tolerance, measured: str = "", hin
 
 
 def every(name: str, text: str, parts, hint: str = "") -> Claim:
-    """A claim built from others (a key insight that sums up a section's claims): it holds when every
-    part holds; when one breaks, it shows what the broken parts measured and what they needed."""
-    broken_parts = [c for c in parts if not c.holds]
-    return Claim(name, text, not broken_parts, "; ".join(f"{c.name}: {c.measured}" for c in broken_parts),
-                 "; ".join(f"{c.name}: {c.expected}" for c in broken_parts), hint)
+    """all_of() with the parts given as one list."""
+    return all_of(name, text, *parts, hint=hint)
 
 
 def _apart(k1: int, n1: int, k2: int, n2: int) -> bool:
@@ -183,3 +180,59 @@ def same(name: str, text: str, value, wanted, tolerance: float = 1e-5, hint: str
 
     worst = (torch.as_tensor(value) - torch.as_tensor(wanted)).abs().max().item()  # torch's max keeps a NaN
     return below(name, f"{text.rstrip('.')} (largest difference {_g(worst)}).", worst, tolerance, hint=hint)
+
+
+def all_of(name: str, text: str, *parts: Claim, hint: str = "") -> Claim:
+    """A claim that rests on claims made earlier in the run (a key insight, a figure title that sums
+    them up): it holds when every part holds; when one does not, it shows what each broken part
+    measured and what it would be if it held."""
+    broken = [part for part in parts if not part.holds]
+    return Claim(name, text, not broken, "; ".join(f"{p.name}: {p.measured}" for p in broken),
+                 "; ".join(f"{p.expected}" for p in broken), hint)
+
+
+def apart(high, low) -> bool:
+    """Whether every value of `high` (one per seed) is above every value of `low`: a difference
+    larger than what the seed alone moves. A NaN never is."""
+    high, low = [_number(v) for v in high], [_number(v) for v in low]
+    return bool(high and low) and all(h > l for h in high for l in low)
+
+
+def raises(name: str, text: str, action, error=Exception, hint: str = "") -> Claim:
+    """Holds when action() raises `error` (a refusal the lesson promises); `{error}` in the text is
+    replaced by the error's type and message."""
+    try:
+        action()
+        message = ""
+    except error as exc:
+        message = f"{type(exc).__name__}: {exc}"
+    return Claim(name, text.replace("{error}", message or error.__name__), bool(message), "no error",
+                 f"a {error.__name__}", hint)
+
+
+def versus(a, b, b_name: str) -> str:
+    """Words for how one measurement over seeds (a) compares with another (b): above or below b_name's
+    in every seed, or within the seed spread, with both ranges. A difference inside the noise is never
+    stated as a finding."""
+    if apart(b, a):
+        return f"below {b_name} in every seed"
+    if apart(a, b):
+        return f"above {b_name} in every seed"
+    return f"within the seed spread ({_seed_range(a)} against {_seed_range(b)})"
+
+
+def _seed_range(values) -> str:
+    """'0.515 (0.47-0.56)': the mean over the seeds and their range, as common.report.seed_range prints it."""
+    v = [_number(x) for x in values]
+    if any(math.isnan(x) for x in v):
+        return "nan"
+    mean = f"{sum(v) / len(v):.3g}"
+    return mean if len(v) == 1 else f"{mean} ({min(v):.2g}-{max(v):.2g})"
+
+
+def figure_title(name: str, text: str, *parts: Claim, width: int = 60) -> str:
+    """A figure title that states a property resting on claims made in the run (all_of): the text when
+    they hold, else DOES NOT HOLD with the text and what was measured, each line wrapped to `width`
+    characters so that it stays above its own panel."""
+    lines = all_of(name, text, *parts).title().split("\n")
+    return "\n".join(wrapped for line in lines for wrapped in textwrap.wrap(line, width) or [""])

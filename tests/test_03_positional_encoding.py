@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from common import load_lesson
+from common import claims, load_lesson
 from conftest import expect_user_error
 
 L3 = load_lesson(3)
@@ -242,8 +242,10 @@ def test_wavelength_section_works_at_the_smallest_d_model(tmp_path, capsys):
     # d_model = 4 (allowed by --d-model) has only two sin/cos pairs: the table must not ask for pair 2
     args = argparse.Namespace(out_dir=tmp_path, show=False)
     pe = L3.sinusoidal_positional_encoding(16, 4)
-    wavelengths = L3.section_3_wavelengths(pe, 4, 16, args)
-    torch.testing.assert_close(wavelengths, L3.pair_wavelengths(4))
+    claims.reset()
+    insight = L3.section_3_wavelengths(pe, 4, 16, args)
+    assert insight.holds and claims.broken() == []
+    assert "628.3 (last pair)" in str(insight)  # 2*pi*10000^(2/4): the last of the two pairs
     assert (tmp_path / "positional_encoding_wavelengths.png").exists()
 
 
@@ -266,6 +268,8 @@ def test_attention_that_sees_positions_is_called_out(monkeypatch, capsys):
             return out + torch.arange(out.size(1), dtype=out.dtype)[:, None], weights
 
     monkeypatch.setattr(L3, "MultiHeadAttention", PositionAware)
-    plain, _ = L3.section_1_order_blindness(16, "cpu")
+    claims.reset()
+    insight = L3.section_1_order_blindness(16, "cpu")
     out = " ".join(capsys.readouterr().out.split())
-    assert plain > 0.5 and "more than float rounding" in out and "permutation-equivariant" not in out
+    assert claims.broken() == ["order-blind", "insight-order"] and not insight.holds
+    assert "DOES NOT HOLD: Without positions the two outputs differ only by float rounding" in out
