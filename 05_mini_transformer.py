@@ -865,7 +865,11 @@ def key_insights(config, result, found):
         *([f"Beam search fixed {test['beam_fixed']} answers and broke {test['beam_broke']} (sign test p = "
            f"{test['beam_p']:.2g}: {'a difference' if test['beam_p'] < 0.05 else 'no difference'} beyond chance)."]
           if test["beam"] is not None else []),
-        *([aligned] if aligned else []), found["cache"]["same_answers"], found["reloaded"],
+        *([aligned.restate(f"Cross-attention learned where to look: {aligned.text}.")] if aligned else []),
+        found["cache"]["same_answers"].restate(f"The prefix cache gave the same answers as recomputing the prefix "
+                                               f"({found['cache']['same_answers'].measured}): the mask is causal."),
+        found["reloaded"].restate(f"The checkpoint reloads (weights_only=True) and predicts the same answers "
+                                  f"({found['reloaded'].measured})."),
         *(found.get("length_generalization") or {}).get("sentences", []),
     ])
 

@@ -188,7 +188,7 @@ def all_of(name: str, text: str, *parts: Claim, hint: str = "") -> Claim:
     measured and what it would be if it held."""
     broken = [part for part in parts if not part.holds]
     return Claim(name, text, not broken, "; ".join(f"{p.name}: {p.measured}" for p in broken),
-                 "; ".join(f"{p.expected}" for p in broken), hint)
+                 "; ".join(f"{p.name}: {p.expected}" for p in broken), hint)
 
 
 def apart(high, low) -> bool:

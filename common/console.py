@@ -95,9 +95,7 @@ def key_insights(insights):
     claims.insights[:] = list(insights)           # the tests check which insights held
     section("*", "Key insights")
     for i, text in enumerate(insights, 1):
-        text = " ".join(str(text).split())
-        text = text[:1].upper() + text[1:] + ("" if text.endswith((".", ")")) else ".")   # a sentence
-        lines = textwrap.wrap(text, WIDTH - 4)
+        lines = textwrap.wrap(" ".join(str(text).split()), WIDTH - 4)
         print(f"{i:>2}. " + lines[0])
         for line in lines[1:]:
             print("    " + line)

@@ -122,7 +122,7 @@ def test_the_claim_helpers_lessons_03_and_04_use():
     from common import claims
     small, large = claims.below("small", "x is small", 0.1, 1), claims.below("large", "y is small", 3, 1, "3.0")
     both = claims.all_of("both", "x and y are small", small, large)
-    assert not both and str(both) == "DOES NOT HOLD: x and y are small. Measured: large: 3.0; if it held: below 1."
+    assert not both and str(both) == "DOES NOT HOLD: x and y are small. Measured: large: 3.0; if it held: large: below 1."
     assert claims.all_of("one", "x is small", small).holds
     title = claims.figure_title("t", "a title that is long enough to wrap", large, width=20)
     assert title.startswith("DOES NOT HOLD: a\n") and max(map(len, title.split("\n"))) <= 20
