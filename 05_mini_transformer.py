@@ -326,11 +326,8 @@ class TransformerDecoder(nn.Module):
 
 
 class Seq2SeqTransformer(nn.Module):
-    """Embedding + positions -> encoder (lesson 04); embedding + positions -> decoder -> logits.
-
-    Built from TrainConfig.model_config() (kept as `.config`, saved in the checkpoint); one embedding
-    table for both sides. forward(src (B, T_src), tgt_in (B, T_tgt)) -> logits (B, T_tgt, vocab_size).
-    """
+    """Embedding + positions -> encoder (lesson 04); embedding + positions -> decoder -> logits (B, T_tgt, V).
+    Built from TrainConfig.model_config() (kept as .config, saved in the checkpoint); one embedding table."""
 
     def __init__(self, task="reverse", n_digits=10, d_model=32, n_heads=2, n_layers=1, d_ff=128,
                  dropout=0.0, norm_first=True, embed_scale=False, max_len=64):
