@@ -23,8 +23,9 @@ Run it
   python 05_mini_transformer.py --quick              # a tiny version in a few seconds
   python 05_mini_transformer.py --help               # every flag
 Writes to --out-dir: mini_transformer.pt (the best model, saved during training; an earlier one
-is kept as mini_transformer.previous-N.pt), metrics.json, training_progress.png and
-transformer_attention_patterns.png. Why pre-LN, why no embedding scale, why warmup: measured by
+is kept as mini_transformer.previous-N.pt), metrics.json, training_progress.png,
+transformer_attention_patterns.png and attention_explorer.html (every attention map, for a
+browser; --no-explorer skips it). Why pre-LN, why no embedding scale, why warmup: measured by
 python -m challenges.ablations. The plumbing (flags, checks, checkpoints, bookkeeping, figures)
 lives in lesson05_support.py: you do not need to read it to follow this lesson.
 
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 import common
 import lesson05_support as support
 from common import load_lesson
+from lesson05_plumbing import explorer
 from lesson05_support import (  # noqa: F401  (re-exported: load_lesson(5).X keeps working)
     CHECKPOINT_NAME, CheckpointError, TrainingDiverged, TrainResult, estimated_parameters, load_checkpoint,
     output_len, read_checkpoint, save_checkpoint, sequence_keys, validate_config)
@@ -858,6 +860,7 @@ def main(argv=None):
     evaluation = section_5_evaluate(config, result.model, test, args, device)
     metrics.update(test=evaluation)
     metrics.update(attention=section_6_attention(config, result.model, test, device, args))
+    explorer.lesson_page(args, config, result.model, test, evaluation["greedy"]["tokens"])   # attention_explorer.html
     reloaded = section_7_reload(test, evaluation["greedy"]["tokens"], args.out_dir / CHECKPOINT_NAME)
     if args.eval_lengths:                        # thin call: challenges/length_generalization.py
         metrics.update(length_generalization=support.evaluate_lengths(args, config, result.model, device, checkpoint))
