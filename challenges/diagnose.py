@@ -19,8 +19,10 @@ Run it (from the repository root)
   python -m challenges.diagnose --reveal             # the answers, explained
   python -m challenges.diagnose --seed 7 --count 4   # another game (grade it with --seed 7)
   python -m challenges.diagnose --quick              # tiny models in seconds (a smoke test)
-Writes to --out-dir: mystery_reference.png, mystery_A.png, ... (one figure per model) and
-mystery_models.json (the numbers; --answer and --reveal read it, so they need no retraining).
+Writes to --out-dir: mystery_reference.png, mystery_A.png, ... (one figure per model),
+mystery_reference.html, mystery_A.html, ... (every attention map of a few test examples, for a
+browser) and mystery_models.json (the numbers; --answer and --reveal read it, so they need no
+retraining).
 Ctrl-C keeps the models finished so far, with their figures and numbers.
 """
 import hashlib
@@ -40,6 +42,7 @@ import torch  # noqa: E402
 import common  # noqa: E402
 from challenges import bugs, variants  # noqa: E402
 from common import load_lesson  # noqa: E402
+from lesson05_plumbing import explorer  # noqa: E402
 
 # Reused from lesson 05 (one source for each component): its config, data, training loop and decoding.
 lesson05 = load_lesson(5)
@@ -122,10 +125,12 @@ def train_model(variant, base, device, bar=None):
         finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
         found, answers = symptoms(model, config, test, device) if finite else ({}, None)
         example = attention_example(model, test, device, config) if finite else None
+        explored = explorer.explore(model, test.src, test.tgt_out, answers, hints=False) if finite else None
     shown = range(min(EXAMPLES, len(test))) if answers is not None else ()
     examples = [[support.tokens_to_digits(test.src[i]), support.tokens_to_digits(test.tgt_out[i]),
                  support.tokens_to_digits(answers[i])] for i in shown]      # input, expected, answer
-    record = {"history": validations, **curves, "symptoms": found, "example": example, "examples": examples}
+    record = {"history": validations, **curves, "symptoms": found, "example": example, "examples": examples,
+              "explorer": explored}                      # the page's data: not saved in the json
     if result is None:
         record.update(stopped=f"diverged: {diverged}", steps_run=None, target_step=None)
         found.update(train_loss=None, val_loss=None)
@@ -304,10 +309,13 @@ def section_2_train(labels, base, device, state, save, out_dir):
     try:
         for label, variant in labels.items():
             record = train_model(variant, base, device, bar)
+            explored = record.pop("explorer")
             state["models"][label] = record
             save()                                              # the numbers first, then the figure
             with bar.external_write_mode():                   # "saved figure: ..." above the bar
                 record["figure"] = plot_model(label, record, base, out_dir, show=False)
+                if explored is not None:
+                    record["page"] = write_page(label, explored, base, out_dir)
             save()
             bar.update(1)
             bar.write(f"  {name_of(label)}: {stopped_text(record, base)}; {record['wall_seconds']:.1f} s "
@@ -504,6 +512,16 @@ def plot_model(label, record, base, out_dir, show):
     name = f"mystery_{label}.png"
     common.save_figure(fig, out_dir, name, show=show)
     return name
+
+
+def write_page(label, explored, base, out_dir):
+    """mystery_<label>.html: every attention map of a few test examples, for a browser."""
+    who = "Reference model (no bug)" if label == REFERENCE else f"Mystery model {label}"
+    subtitle = (f"Reverse {base.resolved_min_len()}-{base.seq_len} digits; d_model {base.d_model}, {base.n_heads} "
+                f"heads, dropout {base.dropout:g}. Compare every map with mystery_reference.html: a difference "
+                "is a symptom.")
+    return explorer.write_page(Path(out_dir) / f"mystery_{label}.html", explored, f"{who}: its attention",
+                               subtitle).name
 
 
 def plot_curves(loss_ax, exact_ax, record, base):
