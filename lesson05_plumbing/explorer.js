@@ -218,13 +218,15 @@
       if (target.classList.contains("row")) {
         const q = +target.dataset.q;
         light([q], self ? [q] : []);
+        const by = self && q < keys.length ? `; attended most by ${strongest(columnOf(q), "query")}` : "";
         readout.textContent = `${positionName(ex, kind, "query", q)} attends most to ` +
-          strongest(rowOf(q), "key") + (self && q < keys.length ? `; attended most by ${strongest(columnOf(q), "query")}` : "");
+          `${strongest(rowOf(q), "key")}${by}`;
       } else {
         const k = +target.dataset.k;
         light(self ? [k] : [], [k]);
+        const to = self && k < queries.length ? `; it attends most to ${strongest(rowOf(k), "key")}` : "";
         readout.textContent = `${positionName(ex, kind, "key", k)} is attended most by ` +
-          strongest(columnOf(k), "query") + (self && k < queries.length ? `; it attends most to ${strongest(rowOf(k), "key")}` : "");
+          `${strongest(columnOf(k), "query")}${to}`;
       }
     }
 

@@ -297,7 +297,8 @@ it. The address of the page (after #) keeps the view: copy it to link to it, rel
 NOSCRIPT = """<noscript><p class="why">Scripts are off, so this page shows only example 1's
 cross-attention in layer 1, as tables. The overview of every layer and head, choosing an example,
 pointing at cells and tokens, and the address that keeps a view all need the page's own script,
-which is inside this file: it loads nothing from anywhere. Allow scripts for this file to see the rest.</p></noscript>"""
+which is inside this file: it loads nothing from anywhere. Allow scripts for this file to see the
+rest.</p></noscript>"""
 
 
 def page(found, title: str, subtitle: str = "") -> bytes:

@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch

@@ -181,6 +181,19 @@ def wrong_example(data):
     return next(n for n, ex in enumerate(data["examples"]) if not ex["right"])
 
 
+def point(browser, selector):
+    """Move the pointer onto an element of the page; returns the readout's text."""
+    return browser.js(f"""(() => {{ document.querySelector({json.dumps(selector)}).dispatchEvent(
+        new MouseEvent("mouseover", {{bubbles: true}}));
+        return document.getElementById("readout").textContent; }})()""")
+
+
+def lit_cells(browser):
+    """(query, key) of the large view's lit cells."""
+    return [tuple(c) for c in browser.js('[...document.querySelectorAll("#matrix td.on")].map((td) => '
+                                         '[+td.dataset.q, +td.dataset.k])')]
+
+
 # %% the tests
 def test_the_overview_draws_every_layer_and_head_of_every_kind(browser, page):
     url, data, _, _ = page
@@ -223,25 +236,18 @@ def test_pointing_shows_the_cell_and_lights_what_a_token_attends_to(browser, pag
     k_wrong = ex["first_wrong"]
     browser.load(f"{url}#example={n + 1}&kind=cross&layer=1&head=1")
     w = ex["weights"]["cross"][0][0][k_wrong][1]
-    readout = browser.js(f"""(() => {{ const cell = document.querySelector('#matrix td[data-q="{k_wrong}"][data-k="1"]');
-        cell.dispatchEvent(new MouseEvent("mouseover", {{bubbles: true}}));
-        return document.getElementById("readout").textContent; }})()""")
+    readout = point(browser, f'#matrix td[data-q="{k_wrong}"][data-k="1"]')
     assert f"answer position {k_wrong} (writes {ex['answer'][k_wrong]})" in readout
     assert f"input position 1 ({ex['input'][1]})" in readout and f"weight {w:.4f}" in readout
     assert browser.js(f'document.querySelector(\'#matrix th.row[data-q="{k_wrong}"]\').classList.contains("wrong")')
-    lit = browser.js(f"""(() => {{ const label = document.querySelector('#matrix th.row[data-q="{k_wrong}"]');
-        label.dispatchEvent(new MouseEvent("mouseover", {{bubbles: true}}));
-        const m = document.getElementById("matrix");
-        return [m.classList.contains("focus"), [...m.querySelectorAll("td.on")].map((td) => +td.dataset.q),
-                document.getElementById("readout").textContent]; }})()""")
-    assert lit[0] and set(lit[1]) == {k_wrong} and len(lit[1]) == len(ex["input"])   # its row: what it attends to
-    assert "attends most to" in lit[2]
+    readout = point(browser, f'#matrix th.row[data-q="{k_wrong}"]')          # a query token: what it attends to
+    assert "attends most to" in readout and browser.js('document.getElementById("matrix").classList.contains("focus")')
+    assert sorted(lit_cells(browser)) == [(k_wrong, k) for k in range(len(ex["input"]))]
     browser.load(f"{url}#example={n + 1}&kind=encoder_self&layer=1&head=1")
-    lit = browser.js("""(() => { const label = document.querySelector('#matrix th.col[data-k="2"]');
-        label.dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));
-        return [...document.querySelectorAll("#matrix td.on")].map((td) => [+td.dataset.q, +td.dataset.k]); })()""")
-    T = len(ex["input"])                                                    # self-attention: its row and column
-    assert sorted(map(tuple, lit)) == sorted({(q, k) for q in range(T) for k in range(T) if q == 2 or k == 2})
+    readout = point(browser, '#matrix th.col[data-k="2"]')                  # self-attention: its column and row
+    assert "is attended most by" in readout and "; it attends most to" in readout
+    T = len(ex["input"])
+    assert sorted(lit_cells(browser)) == sorted({(q, k) for q in range(T) for k in range(T) if q == 2 or k == 2})
 
 
 def test_masked_cells_are_drawn_masked_not_as_zero(browser, page):
@@ -249,16 +255,18 @@ def test_masked_cells_are_drawn_masked_not_as_zero(browser, page):
     n = next(i for i, ex in enumerate(data["examples"]) if "." in ex["input"])   # with PAD keys
     ex = data["examples"][n]
     browser.load(f"{url}#example={n + 1}&kind=decoder_self&layer=1&head=1")
-    cells = browser.js("""[...document.querySelectorAll("#matrix td")].map((td) => [+td.dataset.q, +td.dataset.k,
-        td.classList.contains("masked"), getComputedStyle(td).backgroundImage, getComputedStyle(td).backgroundColor])""")
+    cells = browser.js("""[...document.querySelectorAll("#matrix td")].map((td) => [+td.dataset.q,
+        +td.dataset.k, td.classList.contains("masked"), getComputedStyle(td).backgroundImage,
+        getComputedStyle(td).backgroundColor])""")
     for q, k, masked, image, colour in cells:
         assert masked == (k > q), (q, k)                                     # above the diagonal
         assert ("repeating-linear-gradient" in image) == masked              # hatched
         assert (colour == "rgba(0, 0, 0, 0)") == masked                     # no weight colour on a masked cell
     T = len(ex["answer"])
-    pixel = browser.js(f"""(() => {{ const c = document.querySelector('canvas[data-kind="decoder_self"][data-layer="0"][data-head="0"]');
-        const cell = c.width / {T}; return [...c.getContext("2d").getImageData(
-            Math.floor({T - 1} * cell + 1), 1, 1, 1).data].slice(0, 3); }})()""")
+    pixel = browser.js(f"""(() => {{ const c = document.querySelector(
+        'canvas[data-kind="decoder_self"][data-layer="0"][data-head="0"]');   // query 0, the last key
+        return [...c.getContext("2d").getImageData(Math.floor(({T} - 1) * c.width / {T}) + 1, 1, 1, 1).data]
+            .slice(0, 3); }})()""")
     assert tuple(pixel) == MASKED_RGB != ZERO_RGB                            # the small map: grey, not weight 0
     pad_keys = [k for k, t in enumerate(ex["input"]) if t == "."]
     browser.load(f"{url}#example={n + 1}&kind=cross&layer=1&head=1")
