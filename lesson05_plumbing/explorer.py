@@ -152,9 +152,11 @@ def explore(model, src, expected, answers, n_examples: int = EXAMPLES, hints: bo
         picked = [(i, *example_maps(model, src[i], answer_rows[i], L)) for i in choose(right, n_examples)]
     finally:
         model.train(was_training)
+    def text(tokens):
+        return [token_text(t, L) for t in tokens]
+
     examples = []
     for i, reads, maps in picked:
-        text = lambda tokens: [token_text(t, L) for t in tokens]    # noqa: E731
         examples.append({
             "test_index": i, "input": text(src[i].tolist()), "expected": text(expected_rows[i]),
             "answer": text(answer_rows[i]), "reads": text(reads), "right": right[i],
