@@ -209,7 +209,7 @@
         const masked = mask[q][k] === "0";
         readout.textContent = `query: ${positionName(ex, kind, "query", q)} | key: ` +
           `${positionName(ex, kind, "key", k)} | weight ${exact(w)}` +
-          (masked ? " | masked: the mask forbids this key, so its weight is 0 by construction" : "");
+          (masked ? " | masked: the mask forbids this key" : "");
         table.querySelector(`th.row[data-q="${q}"]`).classList.add("on");
         table.querySelector(`th.col[data-k="${k}"]`).classList.add("on");
         return;
@@ -251,7 +251,7 @@
          el("div", {class: "scale"}, bar, el("span", {text: "0"}), el("span", {text: "0.5"}),
             el("span", {text: "1 (above 1: as 1)"}))),
       el("div", {}, el("span", {class: "swatch masked"}),
-         "masked: the mask forbids this key; its weight is 0 by construction, not a learned 0"),
+         "masked: the mask forbids this key, so its weight must be 0 (not a learned 0; checked below)"),
       el("div", {}, el("span", {class: "swatch nan"}), "NaN: not a number"),
       el("div", {}, el("span", {class: "swatch wrong"}), "the first wrong answer position"));
   }

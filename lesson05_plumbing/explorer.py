@@ -284,13 +284,14 @@ def claims_html(found) -> str:
 
 HOW_TO_READ = """<section id="how"><h2>How to read it</h2><ul>
 <li>A map has one row per query (the position that looks) and one column per key (the position it
-looks at); a row holds that query's weights, which a softmax makes sum to 1.</li>
+looks at); a row holds that query's weights, the output of a softmax over the keys.</li>
 <li>The weights are the model's own, computed in eval mode (no dropout) and rounded to 4 decimals.
 The decoder reads BOS and then the model's own greedy answer, as it did when it answered: up to and
 including the first wrong position, that is exactly what it reads with the expected answer.</li>
-<li>A hatched grey cell is masked: the mask forbids that key, so its weight is 0 by construction,
-not a 0 the model learned. The decoder's self-attention is masked above the diagonal (no position
-sees a later one); PAD keys ('.') are masked in the encoder and the cross-attention.</li>
+<li>A hatched grey cell is masked: the mask forbids that key, so its weight must be 0 by
+construction, not by learning (the checks above say whether it is). Lesson 05 masks the later
+positions in the decoder's self-attention and the PAD keys ('.'); the hatching shows the masks this
+run used.</li>
 <li>Choose an example in the table, then a small map in the overview to see it large. Point at a
 cell for its query, key and weight; point at a token for what it attends to and what attends to
 it. The address of the page (after #) keeps the view: copy it to link to it, reload to return.</li>
