@@ -14,8 +14,8 @@ What you will learn
 Run it: python 05_mini_transformer.py (reverse 16 digits, about 10 s); --task sort (copy, sum),
 --d-model 64 --heads 4 --layers 2, --resume mini_transformer.pt --target 1.0 --steps 800, --quick;
 --help lists every flag. Writes to --out-dir: mini_transformer.pt (the best model; an earlier one is
-kept as mini_transformer.previous-N.pt), metrics.json and two PNGs. The plumbing (flags, checks,
-checkpoint files, bookkeeping, printing, figures) is lesson05_plumbing/: no need to read it.
+kept as mini_transformer.previous-N.pt), metrics.json, two PNGs and attention_explorer.html (every
+attention map, for a browser; --no-explorer skips it). The plumbing is lesson05_plumbing/.
 
 Shapes: B batch, T_src source length, T_tgt decoder length (answer + 1), d_model model width,
 n_heads heads, d_head = d_model // n_heads, d_ff feed-forward width, V = vocab_size tokens.
@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import claims, load_lesson
-from lesson05_plumbing import figures, flags, reports, settings, text, training
+from lesson05_plumbing import explorer, figures, flags, reports, settings, text, training
 from lesson05_plumbing.checkpoints import CHECKPOINT_NAME, keep_previous_outputs, load_checkpoint
 
 # Reused from earlier lessons (one source for each component: edit them there and this lesson
@@ -885,6 +885,7 @@ def main(argv=None):
     found["cache"] = metrics.update(cache=section_4_decoding(config, result.model, test, device))
     found["test"] = metrics.update(test=section_5_evaluate(config, result.model, test, args, device))
     found["attention"] = metrics.update(attention=section_6_attention(config, result.model, test, device, args))
+    explorer.lesson_page(args, config, result.model, test, found["test"]["greedy"]["tokens"])  # every head, in a browser
     found["reloaded"] = section_7_reload(test, found["test"]["greedy"]["tokens"], args.out_dir / CHECKPOINT_NAME)
     if args.eval_lengths:                        # python -m challenges.length_generalization on this model
         from challenges import length_generalization

@@ -19,12 +19,13 @@ Run it (from the repository root)
   python -m challenges.diagnose --reveal             # the answers, explained
   python -m challenges.diagnose --seed 7 --count 4   # another game (grade it with --seed 7)
   python -m challenges.diagnose --quick              # tiny models in seconds (a smoke test)
-Writes to --out-dir: mystery_reference.png, mystery_A.png, ... (one figure per model) and
-mystery_models.json (the numbers; --answer and --reveal read it, so they need no retraining).
-While a game trains, its finished models are in mystery_models.partial.json and
-mystery_reference.partial.png, ...; only a finished game replaces the files of the last one, so
-Ctrl-C (or SIGTERM) keeps both: the last finished game, and the models this one finished (--answer
-grades those when no finished game of that seed is there).
+Writes to --out-dir: mystery_reference.png, mystery_A.png, ... (one figure per model),
+mystery_reference.html, mystery_A.html, ... (every attention map of a few test examples, for a
+browser) and mystery_models.json (the numbers; --answer and --reveal read it, so they need no
+retraining). While a game trains, its finished models are in mystery_models.partial.json,
+mystery_reference.partial.png, mystery_reference.partial.html, ...; only a finished game replaces
+the files of the last one, so Ctrl-C (or SIGTERM) keeps both: the last finished game, and the
+models this one finished (--answer grades those when no finished game of that seed is there).
 """
 import hashlib
 import json
@@ -46,6 +47,7 @@ from challenges import bugs, variants  # noqa: E402
 from common import load_lesson  # noqa: E402
 from lesson05_plumbing import text, training  # noqa: E402
 from lesson05_plumbing.settings import validate_config  # noqa: E402
+from lesson05_plumbing import explorer  # noqa: E402
 
 # Reused from lesson 05 (one source for each component): its config, data, training loop and decoding.
 lesson05 = load_lesson(5)
@@ -128,10 +130,12 @@ def train_model(variant, base, device, bar=None):
         finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
         found, answers = symptoms(model, config, test, device) if finite else ({}, None)
         example = attention_example(model, test, device, config) if finite else None
+        explored = explorer.explore(model, test.src, test.tgt_out, answers, hints=False) if finite else None
     shown = range(min(EXAMPLES, len(test))) if answers is not None else ()
     examples = [[lesson05.tokens_to_digits(test.src[i]), lesson05.tokens_to_digits(test.tgt_out[i]),
                  lesson05.tokens_to_digits(answers[i])] for i in shown]      # input, expected, answer
-    record = {"history": validations, **curves, "symptoms": found, "example": example, "examples": examples}
+    record = {"history": validations, **curves, "symptoms": found, "example": example, "examples": examples,
+              "explorer": explored}                      # the page's data: not saved in the json
     if result is None:
         record.update(stopped=f"diverged: {diverged}", steps_run=None, target_step=None)
         found.update(train_loss=None, val_loss=None)
@@ -339,9 +343,10 @@ def section_1_game(base, count, seed, quick):
 
 
 # %% 2. Training
-def section_2_train(labels, base, device, state, save, out_dir, figure_name=lambda label: f"mystery_{label}.png"):
+def section_2_train(labels, base, device, state, save, out_dir, figure_name=lambda label: f"mystery_{label}.png",
+                    page_name=lambda label: f"mystery_{label}.html"):
     """Train the reference and the mystery models in turn; after each one, its numbers go to the state
-    file and its figure is drawn (as figure_name(label)). Returns True when every model finished,
+    file, its figure is drawn (as figure_name(label)) and its page written (page_name(label)). Returns True when every model finished,
     False after Ctrl-C or SIGTERM."""
     common.section(2, "Training the models (Ctrl-C stops and keeps what finished)")
     start, cpu = time.perf_counter(), time.process_time()
@@ -349,10 +354,13 @@ def section_2_train(labels, base, device, state, save, out_dir, figure_name=lamb
     try:
         for label, variant in labels.items():
             record = train_model(variant, base, device, bar)
+            explored = record.pop("explorer")
             state["models"][label] = record
             save()                                              # the numbers first, then the figure
             with bar.external_write_mode():                   # "saved figure: ..." above the bar
                 record["figure"] = plot_model(label, record, base, out_dir, show=False, name=figure_name(label))
+                if explored is not None:
+                    record["page"] = write_page(label, explored, base, out_dir, page_name(label))
             save()
             bar.update(1)
             bar.write(f"  {name_of(label)}: {stopped_text(record, base)}; {record['wall_seconds']:.1f} s "
@@ -559,6 +567,16 @@ def plot_model(label, record, base, out_dir, show, name=None):
     return name
 
 
+def write_page(label, explored, base, out_dir, name=None):
+    """mystery_<label>.html (or `name`): every attention map of a few test examples, for a browser."""
+    who = "Reference model (no bug)" if label == REFERENCE else f"Mystery model {label}"
+    subtitle = (f"Reverse {base.resolved_min_len()}-{base.seq_len} digits; d_model {base.d_model}, {base.n_heads} "
+                f"heads, dropout {base.dropout:g}. Compare every map with mystery_reference.html: a difference "
+                "is a symptom.")
+    return explorer.write_page(Path(out_dir) / (name or f"mystery_{label}.html"), explored, f"{who}: its attention",
+                               subtitle).name
+
+
 def plot_curves(loss_ax, exact_ax, record, base):
     h = record["history"]
     if h.get("step"):                                     # (none when the training diverged)
@@ -659,8 +677,9 @@ def main(argv=None):
         if not state["complete"]:
             return result.save(state) if state["models"] else None
         for record in state["models"].values():
-            if "figure" in record:
-                record["figure"] = result.final_name(record["figure"])
+            for key in ("figure", "page"):
+                if key in record:
+                    record[key] = result.final_name(record[key])
         return result.complete(state)
 
     if args.show:
@@ -668,7 +687,8 @@ def main(argv=None):
     note_earlier_game(path, drawn)
     section_1_game(base, count, args.seed, args.quick)
     finished = section_2_train(labels, base, device, state, save, args.out_dir,
-                               lambda label: result.name(f"mystery_{label}.png"))
+                               lambda label: result.name(f"mystery_{label}.png"),
+                               lambda label: result.name(f"mystery_{label}.html"))
     section_3_summary(state, base)
     if args.show:                                # the windows now, not one by one between trainings
         for label, record in state["models"].items():

@@ -10,6 +10,7 @@ the model, the loop and its decisions, decoding, the measurements) is in 05_mini
     training     the bookkeeping around the training loop: history, clocks, progress bar, saving
     reports      printing what the lesson measured; metrics.json
     figures      training_progress.png and transformer_attention_patterns.png
+    explorer     attention_explorer.html: every attention map, one page for a browser
     text         tokens and digits as text
 
 What is generic (atomic files, checkpoints of a dataclass, flags from a dataclass, statistics)

@@ -32,6 +32,8 @@ def build_parser(doc, config_class, tasks, task_defaults):
     group.add_argument("--eval-lengths", metavar="L1,L2,...", default=None,
                        help="after training, test the model on inputs of these lengths (e.g. 8,16,24), as "
                             "python -m challenges.length_generalization does; writes length_generalization.png")
+    group.add_argument("--no-explorer", action="store_true",
+                       help="do not write attention_explorer.html (every attention map, one page for a browser)")
     return parser
 
 

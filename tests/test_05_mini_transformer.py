@@ -453,7 +453,7 @@ def test_nan_loss_in_main_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path):
 def test_quick_run_writes_both_pngs_the_checkpoint_and_metrics(run_main):
     out = run_main(5, "--quick")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["metrics.json", "mini_transformer.pt", "training_progress.png",
+    assert names == ["attention_explorer.html", "metrics.json", "mini_transformer.pt", "training_progress.png",
                      "transformer_attention_patterns.png"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] is True and metrics["task"] == "reverse" and metrics["config"]["seq_len"] == 6
