@@ -130,7 +130,7 @@ def train_model(variant, base, device, bar=None):
         finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
         found, answers = symptoms(model, config, test, device) if finite else ({}, None)
         example = attention_example(model, test, device, config) if finite else None
-        explored = explorer.explore(model, test.src, test.tgt_out, answers, hints=False) if finite else None
+        explored = explore(model, test, answers) if finite else None
     shown = range(min(EXAMPLES, len(test))) if answers is not None else ()
     examples = [[lesson05.tokens_to_digits(test.src[i]), lesson05.tokens_to_digits(test.tgt_out[i]),
                  lesson05.tokens_to_digits(answers[i])] for i in shown]      # input, expected, answer
@@ -565,6 +565,14 @@ def plot_model(label, record, base, out_dir, show, name=None):
     name = name or f"mystery_{label}.png"
     common.save_figure(fig, out_dir, name, show=show)
     return name
+
+
+def explore(model, test, answers):
+    """The explorer's data for a mystery page (None when the model's maps have other shapes)."""
+    try:
+        return explorer.explore(model, test.src, test.tgt_out, answers, hints=False)
+    except ValueError:
+        return None
 
 
 def write_page(label, explored, base, out_dir, name=None):

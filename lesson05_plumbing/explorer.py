@@ -103,9 +103,12 @@ def example_maps(model, src_row, answer: list, L):
     weights = model.attention_weights(src, tgt_in)
     masks = {"encoder_self": L.padding_mask(src), "decoder_self": L.decoder_mask(tgt_in),
              "cross": L.padding_mask(src)}
-    maps = {}
+    maps, T_src, T_tgt = {}, src.size(1), tgt_in.size(1)
     for kind, *_ in KINDS:
         w = torch.stack([layer[0] for layer in weights[kind]]).double().cpu()   # (n_layers, n_heads, T_q, T_k)
+        shape = {"encoder_self": (T_src, T_src), "decoder_self": (T_tgt, T_tgt), "cross": (T_tgt, T_src)}[kind]
+        if tuple(w.shape[-2:]) != shape:     # an edited model whose attention reads other tokens
+            raise ValueError(f"its {kind} maps are {tuple(w.shape[-2:])}, where lesson 05's are {shape}")
         maps[kind] = (w, allowed(masks[kind], w.size(1), w.size(2), w.size(3)))
     return tgt_in[0].tolist(), maps
 
@@ -334,7 +337,11 @@ def lesson_page(args, config, model, test, greedy_tokens):
     A property the page states that does not hold is printed too."""
     if getattr(args, "no_explorer", False):
         return None
-    found = explore(model, test.src, test.tgt_out, greedy_tokens)
+    try:
+        found = explore(model, test.src, test.tgt_out, greedy_tokens)
+    except ValueError as exc:                 # the page would label the wrong tokens: say so, write none
+        print(f"  {PAGE_NAME} not written: {exc}")
+        return None
     path = write_page(Path(args.out_dir) / PAGE_NAME, found, *lesson_titles(config))
     for claim in found["claims"]:
         if not claim:
