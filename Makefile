@@ -25,7 +25,7 @@ run: $(STAMP)
 	done
 
 test: $(STAMP)
-	$(VPY) -m pytest
+	$(VPY) -m pytest -n 2
 
 bench: $(STAMP)
 	$(VPY) bench/run_benchmarks.py
