@@ -582,6 +582,8 @@ def check_knobs():
 def main(argv=None):
     args = common.parse_args(common.lesson_parser(__doc__), argv)
     check_knobs()
+    common.quick_note(args, D_K_SWEEP=(D_K_SWEEP, QUICK_D_K_SWEEP), N_QUERIES_SWEEP=(N_QUERIES_SWEEP, QUICK_N_QUERIES),
+                      T_SWEEP=(T_SWEEP, QUICK_T_SWEEP))         # the one line --quick prints
     device = common.setup(args, "Lesson 01: the attention mechanism")
     Q, K, V, hand_output, listens = section_1_qkv_by_hand(device)
     steps = section_2_step_by_step(Q, K, V, hand_output, args)

@@ -545,6 +545,8 @@ def settings(args):
                    + (", ..." if d_model > 64 else ""))
     if args.quick:  # --quick: the sizes in QUICK
         sizes = dict(common.whole_fields(QUICK, "QUICK", steps=1, batch_size=1, n_eval=1))
+        common.quick_note(args, STEPS=(STEPS, sizes["steps"]), BATCH_SIZE=(BATCH_SIZE, sizes["batch_size"]),
+                          N_EVAL=(N_EVAL, sizes["n_eval"]))
     else:
         sizes = dict(steps=common.whole(STEPS, "STEPS", low=1), n_eval=common.whole(N_EVAL, "N_EVAL", low=1),
                      batch_size=common.whole(BATCH_SIZE, "BATCH_SIZE", low=1))

@@ -547,6 +547,8 @@ def check_settings(args):
     knob_d_model, knob_max_len = (QUICK_D_MODEL, QUICK_MAX_LEN) if args.quick else (D_MODEL, MAX_LEN)
     d_model, d_label = common.flag_or_knob(args, "d_model", quick + "D_MODEL", knob_d_model)
     max_len, m_label = common.flag_or_knob(args, "max_len", quick + "MAX_LEN", knob_max_len)
+    common.quick_note(args, D_MODEL=None if args.d_model else (D_MODEL, QUICK_D_MODEL),  # a typed flag wins
+                      MAX_LEN=None if args.max_len else (MAX_LEN, QUICK_MAX_LEN))
     common.whole(N_HEADS, "N_HEADS", low=1)
     common.whole(d_model, d_label)
     step = math.lcm(2, N_HEADS)  # even for sin/cos pairs, and a multiple of N_HEADS

@@ -562,6 +562,8 @@ def settings(args):
     common.whole(T, "T", low=2, hint="the examples need sequences of at least 2 tokens")
     common.number(DROPOUT, "DROPOUT", low=0, high=1, high_open=True, hint="a probability, e.g. 0.1")
     q = "QUICK_" if args.quick else ""  # --quick reads the QUICK_ knobs
+    common.quick_note(args, COST_LENGTHS=(COST_LENGTHS, QUICK_COST_LENGTHS),
+                      DEPTH_STUDY=(DEPTH_STUDY, QUICK_DEPTH_STUDY))
     lengths = common.whole_numbers(QUICK_COST_LENGTHS if args.quick else COST_LENGTHS, f"{q}COST_LENGTHS",
                                    low=1, distinct=2)
     study = dict(common.whole_fields(QUICK_DEPTH_STUDY if args.quick else DEPTH_STUDY, f"{q}DEPTH_STUDY",
@@ -584,7 +586,6 @@ def main(argv=None):
     d_model, n_heads, d_ff, n_layers, lengths, study = settings(args)
     device = common.setup(args, "Lesson 04: the transformer encoder block")
     print("  reusing MultiHeadAttention from lesson 02 and causal_mask from lesson 01 (load_lesson)")
-
     insights = [section_1_block(d_model, n_heads, d_ff, device),
                 section_2_layernorm(d_model, device, args.out_dir, args.show),
                 section_3_feed_forward(d_model, n_heads, d_ff, device),

@@ -517,7 +517,7 @@ def section_3_train(config: TrainConfig, data, device, resume, args):
     result = train(config, device, resume=resume, data=data, checkpoint_path=args.out_dir / CHECKPOINT_NAME)
     reports.report_training(config, result, resume)
     reached = claims.check("reached-target", result.target_step is not None, "validation exact-match reached "
-                           f"{config.target:.0%}{reports.when_reached(result)}", expected=f"{config.target:.0%} or more",
+                           f"{config.target:.0%}{reports.when_reached(result)}", expected=f"{config.target:.0%}+",
                            measured=f"best {result.best_val.get('exact_match', 0):.1%} in {result.steps_run} steps",
                            hint="more --steps, another --lr, or a component broken in an earlier section").say()
     return result, reached
@@ -885,7 +885,7 @@ def main(argv=None):
     found["cache"] = metrics.update(cache=section_4_decoding(config, result.model, test, device))
     found["test"] = metrics.update(test=section_5_evaluate(config, result.model, test, args, device))
     found["attention"] = metrics.update(attention=section_6_attention(config, result.model, test, device, args))
-    explorer.lesson_page(args, config, result.model, test, found["test"]["greedy"]["tokens"])  # every head, in a browser
+    explorer.lesson_page(args, config, result.model, test, found["test"]["greedy"]["tokens"])  # every head, a page
     found["reloaded"] = section_7_reload(test, found["test"]["greedy"]["tokens"], args.out_dir / CHECKPOINT_NAME)
     if args.eval_lengths:                        # python -m challenges.length_generalization on this model
         from challenges import length_generalization

@@ -30,7 +30,7 @@ from common.files import atomic_write, write_bytes, write_json
 from common.lessons import load_lesson
 from common.plotting import new_figure, pyplot, save_figure
 from common.progress import progress
-from common.setup import seed_everything, set_threads, setup
+from common.setup import quick_note, seed_everything, set_threads, setup
 from common.knobs import number, require, whole, whole_fields, whole_numbers
 from common.timing import best_time
 from common import checkpoints, claims, flags, knobs, report, stats, timing  # noqa: E402  (modules: common.flags.add_dataclass_flags, ...)
@@ -58,6 +58,7 @@ __all__ = [
     "progress",
     "require",
     "pyplot",
+    "quick_note",
     "save_figure",
     "section",
     "seed_everything",

@@ -33,6 +33,16 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+def quick_note(args, note: str = "", **knobs):
+    """With --quick: the one line common.setup prints, naming every knob --quick replaces and both
+    values, e.g. quick_note(args, STEPS=(STEPS, 100)) -> '--quick replaces STEPS = 300 with 100'. A
+    knob given as None (a flag set it) or already equal to its quick value is left out."""
+    changed = [f"{name} = {knob!r} with {quick!r}" for name, pair in knobs.items() if pair is not None
+               for knob, quick in [pair] if knob != quick]
+    if args.quick and changed:
+        args.quick_note = f"--quick replaces {', '.join(changed)}{note}"
+
+
 def setup(args, title: str) -> torch.device:
     """Threads, device, seed and the header. Returns the device to use."""
     threads = set_threads(args.threads)

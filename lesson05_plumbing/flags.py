@@ -71,7 +71,9 @@ def config_from_args(args, config_class, task_defaults, model_class):
         values.update(task_defaults.get(given.get("task", values["task"]), {}))
     values.update(given)
     config = config_class(**values)
-    args.quick_note = quick_note(config_class(), given) if args.quick else None
+    defaults = config_class()          # the knobs; a flag typed wins over --quick
+    common.quick_note(args, " (a flag you type wins)", **{f"TrainConfig.{k}": (getattr(defaults, k), v)
+                                                         for k, v in QUICK.items() if k not in given})
     if checkpoint is not None:
         settings.check_positions(config, set(given), fixed_by=repr(args.resume))
     settings.validate_config(config, typed=set(given) | (set(QUICK) if args.quick else set()))
@@ -85,11 +87,6 @@ def config_from_args(args, config_class, task_defaults, model_class):
     args.seed = config.seed                 # what common.setup seeds and prints
     return config, checkpoint
 
-
-def quick_note(defaults, given) -> str:
-    """One line: the knobs --quick overrides (flags typed still win), with their values."""
-    changed = [f"{k} {getattr(defaults, k)!r} -> {v!r}" for k, v in QUICK.items() if k not in given]
-    return f"--quick overrides TrainConfig's {', '.join(changed)} (a flag you type wins)" if changed else ""
 
 
 def check_decoding_flags(args, config):

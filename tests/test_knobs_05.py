@@ -81,6 +81,6 @@ def test_an_edited_seed_wins_over_the_flags_default_and_the_flag_over_it(tmp_pat
 
 def test_quick_says_which_knobs_it_overrides(tmp_path):
     run = run_lesson(5, ["--quick", "--beam-size", "1", "--seq-len", "5"], tmp_path, field("steps", "600 ", "30  "))
-    line = next(line for line in run.out.splitlines() if line.startswith("--quick overrides"))
-    assert "steps 30 -> 100" in line and "seq_len" not in line      # the typed flag is not overridden
+    line = " ".join(run.out.split("--quick replaces", 1)[1].split("\n\n")[0].split())
+    assert "TrainConfig.steps = 30 with 100" in line and "seq_len" not in line   # a typed flag is not replaced
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["steps"] == 100
