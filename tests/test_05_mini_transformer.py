@@ -10,6 +10,7 @@ import common
 from lesson05_plumbing import checkpoints as C
 from lesson05_plumbing import flags, settings, training
 from common import load_lesson
+from breakit import run_lesson
 from conftest import expect_user_error
 
 L = load_lesson(5)
@@ -406,6 +407,7 @@ def checkpoint_file(trained, tmp_path_factory):
     (["--grad-clip", "inf"], "--grad-clip inf: must be a finite number"),
     (["--quick", "--max-len", "1"], "raise it to --max-len 7 or more"),
     (["--resume", "no_such_file.pt"], "not found"),
+    (["--resume", ""], "--resume ''"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(capsys, flags, contains):
     expect_user_error(capsys, 5, *flags, contains=contains)
@@ -553,3 +555,32 @@ def test_embed_scale_starts_from_the_initialisation_the_paper_assumes():
     with torch.no_grad():
         length = lambda m: float((m.embed(tokens) * m.scale).norm(dim=-1).mean())   # noqa: E731
         assert length(scaled) == pytest.approx(length(plain), rel=0.25)   # both about sqrt(d_model) = 8
+
+
+# ---------------------------------------------------------------- what the lesson says is what it measured
+def test_score_answers_tells_an_error_that_falls_back_into_line_from_one_that_shifts_the_rest():
+    expected = L.teacher_forcing_pair(tokens([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]))[1]
+    answers = torch.cat([expected[:1], expected[1:2], expected[2:3]])
+    answers[1, 1] = answers[1, 0]                     # a repeated digit, then back in line: 1 1 3 4 5
+    answers[2, 1:5] = answers[2, 2:6].clone()         # a skipped digit shifts the rest: 1 3 4 5 EOS PAD
+    answers[2, 5] = L.PAD
+    scored = L.score_answers(answers, expected)
+    assert scored["exact_count"] == 1 and scored["wrong_answers_right_at_end"] == 1
+    assert scored["wrong_tokens"] == 1 + 5 and scored["wrong_after_first_mistake"] == 4
+    assert scored["position_wrong"][:2] == [0, 2]
+
+
+def test_the_first_log_line_shows_no_learning_rate_before_any_update(capsys):
+    config = L.TrainConfig(**{**SMALL, "steps": 20, "eval_every": 10, "warmup": 10})
+    L.train(config, print_every=10)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "| lr " in line]
+    assert lines[0].split("|")[0].strip() == "step     0" and lines[0].endswith("lr -"), lines[0]
+    assert lines[1].endswith(f"lr {L.learning_rate(10, config):.2e}"), lines[1]     # the rate step 10 used
+
+
+def test_beam_search_is_said_to_lose_right_answers_only_when_it_did(tmp_path):
+    run = run_lesson(5, ["--quick", "--beam-size", "3"], tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    printed = " ".join(run.out.split())
+    assert ("beam search lost" in printed) == (metrics["beam_broke"] > 0)
+    assert "not always the right ones" not in printed and "skipped digit" not in printed   # nothing unmeasured

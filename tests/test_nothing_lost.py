@@ -310,3 +310,64 @@ def test_bench_scripts_answer_bad_flags_with_one_line(script, flags):
     result = run_script(script, *flags)
     assert result.returncode == 2
     one_error_line(result.stderr)
+
+
+# ---------------------------------------------------------------- lesson 05: a full disk, SIGTERM in training
+def test_a_full_disk_while_the_checkpoint_is_saved_is_one_line(tmp_path, monkeypatch):
+    """torch.save onto a full disk raises RuntimeError ('[enforce fail at inline_container.cc]'); the
+    checkpoint is written from memory instead, so the full disk fails in a plain write: one line."""
+    import errno
+    import io
+
+    from breakit import run_lesson
+
+    real_save, real_open = torch.save, open
+
+    def save(obj, target, *args, **kwargs):        # what torch does when its own file writer hits ENOSPC
+        if not isinstance(target, io.BytesIO):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return real_save(obj, target, *args, **kwargs)
+
+    class FullDisk(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if "w" in mode and ".pt." in str(path):
+            return FullDisk()
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(common.files, "open", full_open, raising=False)
+    run = run_lesson(5, ["--quick", "--beam-size", "1"], tmp_path)
+    assert run.exit_code == 2 and not run.traceback, run.traceback
+    line = one_error_line(run.err)
+    assert "No space left on device" in line and C.CHECKPOINT_NAME in line
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []     # no temporary file left
+
+
+def test_sigterm_during_training_ends_with_one_line_and_a_metrics_json_for_the_saved_model(tmp_path):
+    script = tmp_path / "stall.py"
+    script.write_text(STALL.format(root=str(REPO_ROOT), where="lesson", name="learning_rate"))
+    out = tmp_path / "out"
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, str(script), "--quick", "--out-dir", str(out)], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in process.stdout:
+            if "STALLED HERE" in line:                     # the first training step: step 0 is validated
+                process.send_signal(signal.SIGTERM)
+                break
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    line = one_error_line(stderr, starts="interrupted (SIGTERM)")
+    assert C.CHECKPOINT_NAME in line and "metrics.json" in line
+    checkpoint = C.read_checkpoint(out / C.CHECKPOINT_NAME)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_because"] == "interrupted (SIGTERM)" and metrics["best_step"] == checkpoint["step"]
+    assert metrics["complete"] is False
