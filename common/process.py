@@ -116,6 +116,24 @@ def _excepthook(kind, value, traceback):
     os._exit(EXIT_STATUS[interruption()])
 
 
+def _unraisable(info):
+    """A KeyboardInterrupt from _on_signal that landed where Python cannot raise it (a weakref callback
+    inside the import machinery, a __del__): Python would print 'Exception ignored' and carry on as if
+    nothing happened. It is raised again a millisecond later instead, outside the callback (a timer:
+    raising from here would land in this hook just the same), so the run still stops."""
+    if isinstance(info.exc_value, KeyboardInterrupt) and _state["signal"] and not _state["stopping"] \
+            and hasattr(signal, "setitimer"):
+        signal.signal(signal.SIGALRM, _raise_again)
+        signal.setitimer(signal.ITIMER_REAL, 0.001)
+        return
+    sys.__unraisablehook__(info)
+
+
+def _raise_again(number, frame):
+    if not _state["stopping"]:
+        raise KeyboardInterrupt
+
+
 def install_signal_handlers():
     """SIGTERM and Ctrl-C raise KeyboardInterrupt through _on_signal (unless the program that imports
     the course chose other handlers, or ignores them); an uncaught one is one line."""
@@ -127,6 +145,8 @@ def install_signal_handlers():
         signal.signal(signal.SIGINT, _on_signal)
     if sys.excepthook is sys.__excepthook__:
         sys.excepthook = _excepthook
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _unraisable
 
 
 # ---------------------------------------------------------------- the console

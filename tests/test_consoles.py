@@ -158,3 +158,35 @@ def test_every_lesson_and_challenge_imports_common_before_torch(path):
     first_torch = next((i for i, name in enumerate(names) if name.split(".")[0] in ("torch", "lesson05_support")),
                        len(names))
     assert any(name.split(".")[0] == "common" for name in names[:first_torch]), names
+
+
+SIGNAL_IN_A_CALLBACK = """
+import os, signal, sys, weakref
+sys.path.insert(0, {root!r})
+import common                                   # installs the course's handlers
+
+class Thing:
+    pass
+
+def callback(ref):                              # Python cannot raise out of a weakref callback
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000):                    # the handler runs here, inside the callback
+        pass
+
+thing = Thing()
+ref = weakref.ref(thing, callback)
+del thing
+for _ in range(1000):
+    sum(range(1000))
+print("NOT INTERRUPTED")
+"""
+
+
+def test_a_signal_that_lands_inside_a_callback_still_ends_the_run(tmp_path):
+    """A KeyboardInterrupt raised inside a weakref callback (as during an import) is 'ignored' by
+    Python; the course delivers the signal again, so the run still ends with one line and 143."""
+    script = tmp_path / "callback.py"
+    script.write_text(SIGNAL_IN_A_CALLBACK.format(root=str(REPO_ROOT)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143 and "NOT INTERRUPTED" not in done.stdout, (done.returncode, done.stderr)
+    assert "Exception ignored" not in done.stderr and "interrupted (SIGTERM)" in done.stderr, done.stderr
