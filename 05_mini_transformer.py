@@ -11,7 +11,7 @@ What you will learn
   6. What the trained attention does, against chance: does answer position i look at input L-1-i?
   7. Loading the saved model back and predicting.
 
-Run it: python 05_mini_transformer.py (reverse 16 digits, about 10 s); --task sort (copy, sum),
+Run it: python 05_mini_transformer.py (reverse 16 digits, about 8 s); --task sort (copy, sum),
 --d-model 64 --heads 4 --layers 2, --resume mini_transformer.pt --target 1.0 --steps 800, --quick;
 --help lists every flag. Writes to --out-dir: mini_transformer.pt (the best model; an earlier one is
 kept as mini_transformer.previous-N.pt), metrics.json, two PNGs and attention_explorer.html (every
