@@ -108,3 +108,28 @@ def run_lesson(n: int, argv, out_dir, *edits: Edit) -> Run:
         except Exception:                             # a traceback is what the catalogue rules out
             trace = tb.format_exc()
     return Run(out.getvalue(), err.getvalue(), code, trace, list(claims.made), list(claims.insights))
+
+
+def flat(text):
+    """Printed text as one line (the console wraps paragraphs, also after a hyphen)."""
+    return " ".join(text.split()).replace("- ", "-")
+
+
+def check_named(run, breaks, insight_of):
+    """No traceback; each claim in `breaks` printed as DOES NOT HOLD; and every key insight resting on
+    a broken claim (insight_of: {claim name: insight name}) printed as DOES NOT HOLD too."""
+    assert not run.traceback, run.traceback
+    assert run.exit_code is None, run.err
+    out = flat(run.out)
+    missing = [name for name in breaks if name not in run.broken]
+    assert not missing, f"held although the edit breaks them: {missing}; broken: {run.broken}"
+    for claim in run.claims:
+        if claim.name in breaks:
+            assert flat(f"DOES NOT HOLD: {claim.text}")[:60] in out, claim.name
+    insights = out.split("Key insights")[1]
+    for name in run.broken:
+        if name in insight_of:
+            assert insight_of[name] in run.broken_insights, f"{insight_of[name]} asserts what {name} contradicts"
+    for insight in run.insights:
+        if not isinstance(insight, str) and not insight.holds:
+            assert flat(f"DOES NOT HOLD: {insight.text}")[:60] in insights, insight.name

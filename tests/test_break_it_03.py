@@ -7,7 +7,7 @@ unedited lesson holds every claim at seeds 0, 1 and 2 at its default sizes.
 """
 import pytest
 
-from breakit import Edit, run_lesson
+from breakit import Edit, check_named, flat, run_lesson
 
 # Each claim of lesson 03 that a key insight sums up, and that insight.
 INSIGHT_OF = {
@@ -69,30 +69,6 @@ CATALOGUE = {
 }
 
 
-def flat(text):
-    """Printed text as one line (the console wraps paragraphs, also after a hyphen)."""
-    return " ".join(text.split()).replace("- ", "-")
-
-
-def check_named(run, breaks):
-    """No traceback; each claim in `breaks` printed as DOES NOT HOLD; the insights resting on them too."""
-    assert not run.traceback, run.traceback
-    assert run.exit_code is None, run.err
-    out = flat(run.out)
-    missing = [name for name in breaks if name not in run.broken]
-    assert not missing, f"held although the edit breaks them: {missing}; broken: {run.broken}"
-    for claim in run.claims:
-        if claim.name in breaks:
-            assert flat(f"DOES NOT HOLD: {claim.text}")[:60] in out, claim.name
-    insights = out.split("Key insights")[1]
-    for name in run.broken:
-        if name in INSIGHT_OF:
-            assert INSIGHT_OF[name] in run.broken_insights, f"{INSIGHT_OF[name]} asserts what {name} contradicts"
-    for insight in run.insights:
-        if not insight.holds:
-            assert flat(f"DOES NOT HOLD: {insight.text}")[:60] in insights, insight.name
-
-
 # What the lesson used to print as fact after these edits, now each with its verdict.
 SAID = {"sin in place of cos": ["0.540302 0.841471 DOES NOT HOLD: Both entries equal their values by hand",
                                 "DOES NOT HOLD: Row 0 is sin 0, cos 0",  # above a row of zeros
@@ -103,7 +79,7 @@ SAID = {"sin in place of cos": ["0.540302 0.841471 DOES NOT HOLD: Both entries e
 def test_an_edit_makes_the_lesson_name_what_broke(name, tmp_path):
     edits, breaks = CATALOGUE[name]
     run = run_lesson(3, ["--quick"], tmp_path, *edits)
-    check_named(run, breaks)
+    check_named(run, breaks, INSIGHT_OF)
     for text in SAID.get(name, []):
         assert text in flat(run.out), text
 

@@ -7,8 +7,7 @@ unedited lesson holds every claim at seeds 0, 1 and 2 at its default sizes.
 """
 import pytest
 
-from breakit import Edit, run_lesson
-from test_break_it_03 import flat
+from breakit import Edit, check_named, flat, run_lesson
 
 # Each claim of lesson 04 that a key insight sums up, and that insight.
 INSIGHT_OF = {
@@ -74,30 +73,11 @@ CATALOGUE = {
 SAID = {"a residual removed, post-LN (QUICKSTART)": ["1. DOES NOT HOLD: Our block equals nn.TransformerEncoderLayer"]}
 
 
-def check_named(run, breaks):
-    """No traceback; each claim in `breaks` printed as DOES NOT HOLD; the insights resting on them too."""
-    assert not run.traceback, run.traceback
-    assert run.exit_code is None, run.err
-    out = flat(run.out)
-    missing = [name for name in breaks if name not in run.broken]
-    assert not missing, f"held although the edit breaks them: {missing}; broken: {run.broken}"
-    for claim in run.claims:
-        if claim.name in breaks:
-            assert flat(f"DOES NOT HOLD: {claim.text}")[:60] in out, claim.name
-    insights = out.split("Key insights")[1]
-    for name in run.broken:
-        if name in INSIGHT_OF:
-            assert INSIGHT_OF[name] in run.broken_insights, f"{INSIGHT_OF[name]} asserts what {name} contradicts"
-    for insight in run.insights:
-        if not isinstance(insight, str) and not insight.holds:
-            assert flat(f"DOES NOT HOLD: {insight.text}")[:60] in insights, insight.name
-
-
 @pytest.mark.parametrize("name", CATALOGUE)
 def test_an_edit_makes_the_lesson_name_what_broke(name, tmp_path):
     edits, breaks = CATALOGUE[name]
     run = run_lesson(4, ["--quick"], tmp_path, *edits)
-    check_named(run, breaks)
+    check_named(run, breaks, INSIGHT_OF)
     for text in SAID.get(name, []):
         assert text in flat(run.out), text
 
