@@ -45,8 +45,10 @@ class Claim:
         parts = [f"{BROKEN}: {self.text.rstrip('.')}."]
         if self.measured or self.expected:
             parts.append(f"Measured: {self.measured or '?'}; if it held: {self.expected or '?'}.")
-        if self.hint:
-            parts.append(self.hint[0].upper() + self.hint[1:].rstrip(".") + ".")
+        if self.hint:                  # a sentence; a code name stays as it is written
+            first = self.hint.split()[0]
+            hint = self.hint[0].upper() + self.hint[1:] if first.isalpha() else self.hint
+            parts.append(hint.rstrip(".") + ".")
         return " ".join(parts)
 
     def __repr__(self):

@@ -185,7 +185,8 @@ def page_claims(all_maps, hints: bool = True) -> list:
              "the decoder's causal mask is missing or flipped") if hints else ("", "", "")
     return [
         claims.below("explorer-rows-sum-to-1", "Every row of every map on this page sums to 1 (a softmax over "
-                     f"the keys): the largest difference from 1 is {fmt(row_error)}.", row_error, 1e-4,
+                     f"the keys): before the weights are rounded to {DECIMALS} decimals for this page, the largest "
+                     f"difference from 1 is {fmt(row_error)}.", row_error, 1e-4,
                      hint=where[0]),
         claims.below("explorer-masked-get-nothing", f"The {n_masked} masked cells (hatched) get no weight: the "
                      f"largest weight on one is {fmt(on_masked)}.", on_masked, 1e-6, hint=where[1]),

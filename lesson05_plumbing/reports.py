@@ -15,7 +15,7 @@ def show_tokens_and_example(config, test):
     """Section 1: the token table and one test example as src, tgt_in and tgt_out."""
     L = lesson()
     V = L.vocab_size(config.n_digits)
-    common.table([[L.PAD, "PAD", "padding (no loss, never attended to)"], [L.BOS, "BOS", "start of the answer"],
+    common.table([[L.PAD, "PAD", "padding (no loss; the input's PAD is masked)"], [L.BOS, "BOS", "start of the answer"],
                   [L.EOS, "EOS", "end of the answer"],
                   [f"{L.FIRST_DIGIT}..{V - 1}", f"0..{config.n_digits - 1}", "the digits"]],
                  ["token id", "shown as", "meaning"])
@@ -61,7 +61,15 @@ def report_training(config, result, resume):
     bv = result.best_val
     say(f"best model: step {result.best_step}, validation loss {bv['loss']:.4f}, token accuracy "
         f"{bv['token_accuracy']:.4f}, exact-match {bv['exact_match']:.4f}")
-    say(f"training sequences dropped because they equal a held-out input: {result.heldout_removed}")
+    if result.best_step == (result.resumed_at or 0) and result.steps_run > result.best_step:
+        say(f"no step improved on the model training started from (step {result.best_step}): that is the model "
+            "the sections below evaluate")
+    drawn = (result.steps_run - (result.resumed_at or 0)) * config.batch_size
+    possible = lesson().possible_inputs(config)
+    cap = max(1, possible // 10)                          # heldout_sets' cap on each held-out set
+    chance = drawn * (min(config.val_size, cap) + min(config.test_size, cap)) / possible
+    say(f"training sequences dropped because they equal a held-out input: {result.heldout_removed} (about "
+        f"{chance:.2g} expected by chance in {drawn:,} drawn)")
     say(f"the best model is saved in {CHECKPOINT_NAME} (rewritten whenever it improved)")
 
 
@@ -76,7 +84,7 @@ def when_reached(result) -> str:
 def report_cache(found):
     """Section 4's measurement: recomputing the prefix against the cache, and whether they agree."""
     n, ratio = found["decoded"], found["recompute_seconds"] / found["cached_seconds"]
-    say(f"greedy decoding of {n} test inputs ({found['max_tokens']} steps at most), fastest of 3: recomputing the "
+    say(f"greedy decoding of {n} test inputs ({found['max_tokens']} steps at most), fastest of 5: recomputing the "
         f"prefix {found['recompute_seconds']:.3f} s, with the cache {found['cached_seconds']:.3f} s "
         f"({ratio:.1f}x); identical answers: {found['identical']} of {n}")
     if ratio < 1.2:
@@ -99,8 +107,8 @@ def report_wrong_tokens(greedy, forced_wrong):
     wrong_answers, after = greedy["n"] - greedy["exact_count"], greedy["wrong_after_first_mistake"]
     say(f"wrong tokens: teacher-forced {forced_wrong} of {greedy['token_count']}; free-running "
         f"{greedy['wrong_tokens']}: the first mistakes of {wrong_answers} wrong answers and {after} more after them"
-        + (f", written after reading an earlier mistake; {greedy['wrong_answers_right_at_end']} of the "
-           f"{wrong_answers} wrong answers are right again at their last digit" if after else ""))
+        + (", each written by a decoder that had read its own earlier mistake (teacher forcing never shows "
+           "it one)" if after else ""))
 
 
 def report_beam_changes(changed, fixed, broke, p, n=None):
@@ -117,10 +125,11 @@ def report_where_wrong(config, test, greedy):
     if config.task == "sum":
         report_sum_lengths(config, test, expected, answers)
     wrong, count = greedy["position_wrong"], greedy["position_count"]
-    print("\n  wrong tokens by answer position (greedy; the last position of each answer is its EOS):")
+    print("\n  wrong tokens by answer position (greedy; position 0 is the first answer token, and the last")
+    print("  position of each answer is its EOS):")
     for start in range(0, len(wrong), 16):
         chunk = range(start, min(start + 16, len(wrong)))
-        print("   position " + " ".join(f"{i + 1:>4}" for i in chunk))
+        print("   position " + " ".join(f"{i:>4}" for i in chunk))
         print("   wrong    " + " ".join(f"{wrong[i]:>4}" for i in chunk))
         print("   of       " + " ".join(f"{count[i]:>4}" for i in chunk))
     wrong_rows = [i for i in range(len(expected)) if answers[i] != expected[i]]

@@ -214,7 +214,8 @@ def validate_config(c, typed=None):
     if c.d_model % c.n_heads:
         options = [h for h in range(1, min(c.d_model, 16) + 1) if c.d_model % h == 0]
         raise UserError(f"{name('d_model')} is not divisible by {name('n_heads')} (each head gets d_model / heads "
-                        f"dimensions); use heads from {options}, e.g. {fix('n_heads', options[-1])}")
+                        f"dimensions); use heads from {options}, e.g. "
+                        f"{fix('n_heads', min(options, key=lambda h: abs(h - c.n_heads)))}")
     if not 2 <= c.n_digits <= MAX_DIGITS:
         raise UserError(f"{name('n_digits')}: use from 2 to {MAX_DIGITS} digits")
     if c.min_len > c.seq_len:
