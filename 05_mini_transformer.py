@@ -732,8 +732,7 @@ def section_5_evaluate(config: TrainConfig, model, test: Batch, args, device):
              "free_running_wrong_after_first_mistake": greedy["wrong_after_first_mistake"]}
     if beam is not None:                                  # which answers beam search fixed, which it broke
         fixed, broke = int((beam["exact"] & ~greedy["exact"]).sum()), int((greedy["exact"] & ~beam["exact"]).sum())
-        p = common.stats.sign_test(fixed, broke)
-        changed = int((beam["tokens"] != greedy["tokens"]).any(dim=1).sum())
+        p, changed = common.stats.sign_test(fixed, broke), int((beam["tokens"] != greedy["tokens"]).any(dim=1).sum())
         reports.report_beam_changes(changed, fixed, broke, p, len(test))
         # What beam search ranks by: the summed log-probability / length**length_penalty (the mean here).
         rank = [float((sequence_log_prob(model, src, r["tokens"].to(device)).cpu() / (r["tokens"] != PAD).sum(1)
@@ -742,7 +741,8 @@ def section_5_evaluate(config: TrainConfig, model, test: Batch, args, device):
             "beam-scores-higher", f"beam search's answers score at least as high as greedy decoding's, on average "
             f"(log-probability / length**{args.length_penalty:g}): {rank[1]:.4f} against {rank[0]:.4f}",
             rank[1] - rank[0], -1e-6,
-            hint="beam_search should keep the K best-scoring hypotheses at every step").say()
+            hint="beam_search keeps the K best hypotheses; or a decoder that sees later tokens (section 2) scores "
+                 "whole answers unlike the prefixes it decoded").say()
         if broke and found["beam_scores_higher"]:
             text.say(f"scoring higher is not being right: beam search lost {broke} answers greedy decoding had right")
         found.update(beam_fixed=fixed, beam_broke=broke, beam_p=p, beam_rank=rank)
