@@ -805,7 +805,7 @@ def section_6_attention(config: TrainConfig, model, test: Batch, device, args):
     best = found["alignment"] and found["alignment"]["best"]          # (head, what, share, chance)
     found["aligned"] = best and claims.at_least(
         "cross-attention-aligned", f"most answer positions look at {best[1]}: {best[0]} for {best[2]:.1%} of the "
-        f"{len(test)} test answers' positions (chance {best[3]:.1%})", best[2], 0.5, measured=f"{best[2]:.1%} (chance {best[3]:.1%})",
+        f"{len(test)} test answers' positions (chance {best[3]:.1%})", best[2], 0.5, measured=f"{best[2]:.1%}",
         hint="a model that did not learn the task, or positions missing, leave no head aligned").say()
     figures.plot_attention(config, weights, test, found, args.out_dir, args.show)
     return found
